@@ -1,0 +1,1 @@
+"""geoseg's command line: thin Click commands over the `geoseg` library."""

@@ -1,0 +1,61 @@
+"""The `geoseg` command group: logging, error reporting and exit codes live here only."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from geoseg_cli.info import models_command
+from geoseg_cli.run import change_command, segment_command, vectorize_command
+
+import geoseg
+from geoseg.errors import GeosegError
+
+
+class GeosegGroup(click.Group):
+    """Turns library errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GeosegError as e:
+            if ctx.obj and ctx.obj.get("verbose", 0) > 0:
+                logging.getLogger("geoseg").exception("traceback")
+            click.echo(f"geoseg: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("geoseg: interrupted; no output was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=GeosegGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(geoseg.__version__, prog_name="geoseg")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug); tracebacks on errors.")
+@click.option("-q", "--quiet", count=True, help="Less output on stderr: no progress bars, errors only.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Find things in GeoTIFFs from a text query and write them as GeoPackage polygons.
+
+    \b
+      geoseg segment scene.tif "damaged buildings" -o damage.gpkg
+      geoseg change before.tif after.tif "new roads" -o roads.gpkg
+      geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(verbose=verbose, quiet=quiet)
+    level = logging.WARNING + 10 * (quiet - verbose)
+    logging.basicConfig(stream=sys.stderr, level=max(logging.DEBUG, level), format="geoseg: %(levelname)s: %(message)s")
+
+
+cli.add_command(segment_command, "segment")
+cli.add_command(change_command, "change")
+cli.add_command(vectorize_command, "vectorize")
+cli.add_command(models_command, "models")
+try:  # training commands need only the library; registered when present
+    from geoseg_cli.train import evaluate_command, train_command
+
+    cli.add_command(train_command, "train")
+    cli.add_command(evaluate_command, "evaluate")
+except ImportError:  # pragma: no cover - during development of the training room
+    pass

@@ -1,0 +1,116 @@
+"""`geoseg segment`, `geoseg change`, `geoseg vectorize`: parse, call the pipeline, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from geoseg_cli.options import model_opts, parse_min_area, raster_opts, vector_opts, write_opts
+
+from geoseg import pipeline
+from geoseg.errors import EmptyResultError
+
+
+def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:
+    """Map Click's keyword arguments onto the library's RunOptions."""
+    min_px, min_m2 = parse_min_area(kw.pop("min_area", "0"))
+    known = pipeline.RunOptions.__dataclass_fields__
+    opts = pipeline.RunOptions(**{k: v for k, v in kw.items() if k in known})
+    opts.min_area_px, opts.min_area_m2 = min_px, min_m2
+    opts.progress = not ctx.obj.get("quiet")
+    return opts
+
+
+def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> None:
+    """stdout: the JSON summary (--json) or one line per layer; exit 3 on empty with --fail-on-empty."""
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
+    else:
+        for layer in summary.layers:
+            kind = f" [{layer.change_type}]" if layer.change_type else ""
+            click.echo(f"{summary.output}\t{layer.name}\t{layer.features} features{kind}")
+    if fail_on_empty and summary.status == "empty":
+        raise EmptyResultError(f"{summary.output}: found nothing (empty layers written)")
+
+
+@click.command(no_args_is_help=True)
+@click.argument("args", nargs=-1, required=True, metavar="SCENE... QUERY")
+@click.option("--query", "extra_queries", multiple=True,
+              help="A query (repeatable). When given, every positional argument is a scene.")
+@click.option("--dst-crs", help="CRS of the layer when scenes differ (default: the first scene's).")
+@click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing (polygons in pixel units).")
+@raster_opts
+@vector_opts
+@model_opts
+@write_opts
+@click.pass_context
+def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, output, **kw):
+    """Segment SCENE(s) for QUERY and write polygons to a GeoPackage.
+
+    Several scenes go into one layer (field `source`); several --query give a layer each, with
+    the image features of every tile computed once for all of them.
+
+    \b
+      geoseg segment scene.tif "damaged buildings" -o damage.gpkg
+      geoseg segment a.tif b.tif --query roads --query rivers -o out.gpkg --json
+    """
+    scenes, queries = (list(args), list(extra_queries)) if extra_queries else (list(args[:-1]), [args[-1]])
+    if not scenes:
+        raise click.UsageError("give at least one SCENE before the QUERY")
+    opts = build_options(ctx, kw)
+    if dry_run:
+        click.echo(json.dumps(pipeline.dry_run(scenes, opts), indent=None if as_json else 2))
+        return
+    summary = pipeline.segment(scenes, queries, output, opts)
+    report(summary, as_json, fail_on_empty)
+
+
+@click.command(no_args_is_help=True)
+@click.argument("before", type=click.Path(path_type=Path))
+@click.argument("after", type=click.Path(path_type=Path))
+@click.argument("query", nargs=-1, required=True)
+@click.option("--align-to", type=click.Choice(["before", "after"]), default="before", show_default=True,
+              help="Which date's grid the other is warped onto.")
+@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic"]), default="bilinear",
+              show_default=True, help="Resampling used to warp the other date.")
+@click.option("--dilate", "dilate_px", type=click.IntRange(0), default=2, show_default=True,
+              help="Misregistration tolerance in pixels (single-date models).")
+@raster_opts
+@vector_opts
+@model_opts
+@write_opts
+@click.pass_context
+def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, **kw):
+    """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
+
+    The direction comes from the words of the query: "new", "built", "appeared"... -> appeared;
+    "demolished", "removed", "destroyed", "lost", "cleared"... -> disappeared; otherwise both.
+
+    \b
+      geoseg change before.tif after.tif "new roads" -o roads.gpkg
+    """
+    opts = build_options(ctx, kw)
+    if dry_run:
+        click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True), indent=None if as_json else 2))
+        return
+    summary = pipeline.change(before, after, list(query), output, opts)
+    report(summary, as_json, fail_on_empty)
+
+
+@click.command(no_args_is_help=True)
+@click.argument("probabilities", type=click.Path(path_type=Path))
+@click.option("--query", help="Query stored with the layer (default: the one recorded in the raster).")
+@click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing.")
+@vector_opts
+@write_opts
+@click.pass_context
+def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output, **kw):
+    """Re-vectorise a probability raster (from --probabilities) without running a model.
+
+    \b
+      geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
+    """
+    opts = build_options(ctx, kw)
+    summary = pipeline.vectorize_raster(probabilities, output, opts, query=query)
+    report(summary, as_json, fail_on_empty)

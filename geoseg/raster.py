@@ -1,0 +1,350 @@
+"""Open and validate input rasters, pick bands, honour nodata, and align a second date.
+
+Everything the pipeline reads goes through a `Scene`: one or two validated files, the reference
+grid every tile is cut from, and normalisation statistics computed once (from a decimated read)
+and shared by every tile and by both dates. Per-tile min-max stretching, which makes contrast jump
+between tiles (samgeo, geoai), never happens here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from geoseg.errors import GeosegError, InputError
+
+STATS_MAX_SIDE = 1024  # longest side of the decimated read used for normalisation statistics
+PERCENTILES = (2.0, 98.0)
+RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear, "cubic": Resampling.cubic}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid tiles are cut from: size, georeferencing and CRS (None: pixel coordinates)."""
+
+    width: int
+    height: int
+    transform: Affine
+    crs: CRS | None
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band linear stretch to [0, 1]: (value - low) / (high - low), clipped."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"low": list(self.low), "high": list(self.high), "percentiles": list(PERCENTILES)}
+
+
+@dataclass
+class RasterInput:
+    """One validated input file, optionally warped onto a reference grid."""
+
+    path: Path
+    bands: tuple[int, ...]  # 1-based band indexes read from the file
+    nodata: float | None
+    native: Grid
+    warp_to: Grid | None = None  # set for a second date that is not on the reference grid
+    resampling: Resampling = Resampling.bilinear
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def _dataset(self):
+        """A dataset handle per thread: GDAL handles must not be shared across reader threads."""
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            ds = rasterio.open(self.path)
+            if self.warp_to is not None:
+                ds = WarpedVRT(
+                    ds,
+                    crs=self.warp_to.crs,
+                    transform=self.warp_to.transform,
+                    width=self.warp_to.width,
+                    height=self.warp_to.height,
+                    resampling=self.resampling,
+                    src_nodata=self.nodata,
+                    nodata=self.nodata,
+                    add_alpha=self.nodata is None,
+                )
+            self._local.ds = ds
+        return ds
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values (bands x h x w, float32) and the validity mask (h x w, bool) of a window."""
+        ds = self._dataset()
+        try:
+            data = ds.read(list(self.bands), window=window, out_dtype="float32")
+            if isinstance(ds, WarpedVRT) and self.nodata is None:
+                valid = ds.read(ds.count, window=window) > 0  # the alpha band added by the warp
+            else:
+                valid = ds.read_masks(list(self.bands), window=window).min(axis=0) > 0
+        except RasterioError as e:
+            raise GeosegError(
+                f"{self.path}: reading window {window} failed ({e}); the file may be truncated or "
+                "corrupt: check it with `gdalinfo -checksum` and re-export it"
+            ) from None
+        if self.nodata is not None:
+            valid &= ~np.all(data == self.nodata, axis=0)
+        valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
+
+    def decimated(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """A small read of the whole grid (for statistics): bands x h x w and validity."""
+        scale = max(grid.width, grid.height) / STATS_MAX_SIDE
+        out_h = max(1, round(grid.height / max(scale, 1)))
+        out_w = max(1, round(grid.width / max(scale, 1)))
+        ds = self._dataset()
+        window = Window(0, 0, grid.width, grid.height)
+        try:
+            data = ds.read(
+                list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w),
+                resampling=Resampling.nearest, out_dtype="float32",
+            )
+            if isinstance(ds, WarpedVRT) and self.nodata is None:
+                valid = ds.read(ds.count, window=window, out_shape=(out_h, out_w), resampling=Resampling.nearest) > 0
+            else:
+                valid = ds.read_masks(list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w)).min(axis=0) > 0
+        except RasterioError as e:
+            raise GeosegError(
+                f"{self.path}: the file cannot be read ({e}); it may be truncated or corrupt: "
+                "check it with `gdalinfo -checksum` and re-export it"
+            ) from None
+        if self.nodata is not None:
+            valid &= ~np.all(data == self.nodata, axis=0)
+        valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
+
+
+@dataclass
+class Scene:
+    """What the pipeline tiles: the reference grid, one or two inputs on it, shared statistics."""
+
+    grid: Grid
+    inputs: list[RasterInput]  # [scene] or [before, after]
+    stats: BandStats
+    model_bands: int
+    overlap_fraction: float = 1.0  # of the reference grid covered by both dates (pairs)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [i.path for i in self.inputs]
+
+    def read_tile(self, window: Window) -> tuple[list[np.ndarray], np.ndarray]:
+        """Normalised float32 arrays (model_bands x h x w) per input and their joint validity."""
+        arrays, valid = [], None
+        for source in self.inputs:
+            raw, ok = source.read(window)
+            arrays.append(to_model_bands(normalise(raw, self.stats), self.model_bands))
+            valid = ok if valid is None else valid & ok
+        return arrays, valid
+
+
+# ---------------------------------------------------------------- opening and validation
+
+
+def open_input(
+    path: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    pixel_coords: bool = False,
+) -> RasterInput:
+    """Validate a raster file and describe it; every failure is one line naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a raster file")
+    try:
+        with rasterio.open(path) as src:
+            profile = (src.count, src.width, src.height, src.transform, src.crs, src.nodata, src.dtypes)
+            _probe_first_block(src, path)
+    except RasterioIOError as e:
+        raise InputError(
+            f"{path}: not a readable raster ({_first_line(e)}); give a GeoTIFF or another GDAL raster"
+        ) from None
+    count, width, height, transform, crs, file_nodata, dtypes = profile
+    selected = _select_bands(path, count, bands)
+    if any(np.dtype(dtypes[b - 1]).kind == "c" for b in selected):
+        raise InputError(f"{path}: complex-valued bands are not imagery; select other bands with -b")
+    georef_missing = crs is None or transform == Affine.identity()
+    if georef_missing and not pixel_coords:
+        raise InputError(
+            f"{path}: has no CRS or geotransform, so polygons cannot be georeferenced; assign one "
+            "(gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...) or pass --pixel-coords"
+        )
+    if not georef_missing and (transform.b != 0 or transform.d != 0):
+        raise InputError(
+            f"{path}: has a rotated/sheared geotransform; warp it north-up first "
+            f"(gdalwarp -t_srs {crs.to_string() if crs else 'EPSG:XXXX'} {path.name} north_up.tif)"
+        )
+    if georef_missing:
+        transform, crs = Affine.identity(), None
+    use_nodata = nodata if nodata is not None else file_nodata
+    if use_nodata is not None and math.isnan(use_nodata):
+        use_nodata = None  # NaN never compares equal; the finite check in read() covers it
+    return RasterInput(
+        path=path,
+        bands=tuple(selected),
+        nodata=use_nodata,
+        native=Grid(width, height, transform, crs),
+    )
+
+
+def _probe_first_block(src, path: Path) -> None:
+    """Read one small window so a truncated or corrupt file fails here, not mid-run."""
+    try:
+        src.read(1, window=Window(0, 0, min(src.width, 64), min(src.height, 64)))
+    except RasterioError as e:
+        raise InputError(
+            f"{path}: the file is corrupt or truncated ({_first_line(e)}); re-export or re-download it"
+        ) from None
+
+
+def _select_bands(path: Path, count: int, bands: Sequence[int] | None) -> list[int]:
+    if not bands:
+        return list(range(1, min(count, 3) + 1))
+    bad = [b for b in bands if b < 1 or b > count]
+    if bad:
+        raise InputError(f"{path}: has {count} band(s); -b {','.join(map(str, bad))} does not exist")
+    return list(bands)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def open_scene(
+    path: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    model_bands: int = 3,
+    pixel_coords: bool = False,
+) -> Scene:
+    """Open one scene and compute its normalisation statistics."""
+    source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords)
+    grid = source.native
+    stats = compute_stats([source], grid)
+    return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands)
+
+
+def open_pair(
+    before: str | Path,
+    after: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    model_bands: int = 3,
+    align_to: str = "before",
+    resampling: str = "bilinear",
+) -> Scene:
+    """Open a bi-temporal pair and warp the other date onto the reference date's grid."""
+    first = open_input(before, bands=bands, nodata=nodata)
+    second = open_input(after, bands=bands, nodata=nodata)
+    n_first = _count(first.path)
+    n_second = _count(second.path)
+    if not bands and n_first != n_second:
+        raise InputError(
+            f"{second.path}: has {n_second} band(s) but {first.path} has {n_first}; "
+            "select matching bands with -b"
+        )
+    if align_to not in ("before", "after"):
+        raise InputError(f"--align-to must be 'before' or 'after', not {align_to!r}")
+    if resampling not in RESAMPLING:
+        raise InputError(f"--resampling must be one of {', '.join(RESAMPLING)}, not {resampling!r}")
+    ref, other = (first, second) if align_to == "before" else (second, first)
+    grid = ref.native
+    fraction = overlap_fraction(grid, other.native)
+    if fraction <= 0:
+        raise InputError(
+            f"{other.path} does not overlap {ref.path} (their footprints are disjoint in "
+            f"{grid.crs.to_string() if grid.crs else 'pixel space'}); give two images of the same place"
+        )
+    if other.native != grid:
+        other.warp_to = grid
+        other.resampling = RESAMPLING[resampling]
+    stats = compute_stats([first, second], grid)
+    return Scene(
+        grid=grid, inputs=[first, second], stats=stats, model_bands=model_bands,
+        overlap_fraction=fraction,
+    )
+
+
+def _count(path: Path) -> int:
+    with rasterio.open(path) as src:
+        return src.count
+
+
+def overlap_fraction(ref: Grid, other: Grid) -> float:
+    """Share of the reference grid's footprint that the other grid covers."""
+    rl, rb, rr, rt = rasterio.transform.array_bounds(ref.height, ref.width, ref.transform)
+    ob = rasterio.transform.array_bounds(other.height, other.width, other.transform)
+    if ref.crs and other.crs and ref.crs != other.crs:
+        ob = transform_bounds(other.crs, ref.crs, *ob, densify_pts=21)
+    ol, obb, orr, ot = ob
+    w = max(0.0, min(rr, orr) - max(rl, ol))
+    h = max(0.0, min(rt, ot) - max(rb, obb))
+    return (w * h) / ((rr - rl) * (rt - rb))
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def compute_stats(sources: Sequence[RasterInput], grid: Grid) -> BandStats:
+    """Per-band 2-98 percentiles of valid pixels from a decimated read, pooled over all dates."""
+    samples = []
+    for source in sources:
+        data, valid = source.decimated(grid)
+        samples.append(data[:, valid])
+    pooled = np.concatenate(samples, axis=1)
+    if pooled.shape[1] == 0:
+        names = " and ".join(str(s.path) for s in sources)
+        raise InputError(
+            f"{names}: every pixel is nodata; check the file or override the nodata value with --nodata"
+        )
+    low, high = np.percentile(pooled, PERCENTILES, axis=1)
+    # A band whose percentiles coincide (a mostly constant band, a sparse 0/1 band) falls back to
+    # its full range so the stretch never divides by zero.
+    flat = high <= low
+    low[flat] = pooled.min(axis=1)[flat]
+    high[flat] = pooled.max(axis=1)[flat]
+    high = np.where(high <= low, low + 1.0, high)
+    return BandStats(tuple(map(float, low)), tuple(map(float, high)))
+
+
+def normalise(raw: np.ndarray, stats: BandStats) -> np.ndarray:
+    low = np.asarray(stats.low, dtype=np.float32)[:, None, None]
+    high = np.asarray(stats.high, dtype=np.float32)[:, None, None]
+    out = (raw - low) / (high - low)
+    np.clip(out, 0.0, 1.0, out=out)
+    return np.nan_to_num(out, copy=False)
+
+
+def to_model_bands(data: np.ndarray, model_bands: int) -> np.ndarray:
+    """Match the model's band count: a single band is repeated (grey), extra bands dropped."""
+    count = data.shape[0]
+    if count == model_bands:
+        return data
+    if count > model_bands:
+        return data[:model_bands]
+    return np.concatenate([data, np.repeat(data[-1:], model_bands - count, axis=0)], axis=0)
