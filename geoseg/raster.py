@@ -124,7 +124,7 @@ class RasterInput:
             else:
                 valid = ds.read_masks(list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w)).min(axis=0) > 0
         except RasterioError as e:
-            raise GeosegError(
+            raise InputError(
                 f"{self.path}: the file cannot be read ({e}); it may be truncated or corrupt: "
                 "check it with `gdalinfo -checksum` and re-export it"
             ) from None

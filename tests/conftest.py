@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.features import rasterize
+
+sys.path.insert(0, str(Path(__file__).parent))  # test doubles
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no ../shared); real-file tests skipped")
+    return SHARED_DATA
+
+
+def write_truth_scene(
+    path: Path,
+    polygons: list,
+    *,
+    width: int,
+    height: int,
+    transform: Affine,
+    crs: str | None = "EPSG:32633",
+    dtype: str = "uint8",
+    seed: int = 0,
+    nodata: float | None = None,
+    nodata_cols: int = 0,
+) -> np.ndarray:
+    """A 4-band raster: textured RGB + band 4 = ground truth (255 inside `polygons`)."""
+    rng = np.random.default_rng(seed)
+    truth = rasterize([(p, 1) for p in polygons], out_shape=(height, width), transform=transform, dtype="uint8")
+    rgb = rng.integers(40, 200, size=(3, height, width)).astype(np.float32)
+    rgb[:, truth > 0] += 40
+    scale = 2047 / 255 if dtype == "uint16" else 1
+    data = np.concatenate([rgb * scale, truth[None] * 255.0 * scale]).astype(dtype)
+    if nodata_cols:
+        data[:, :, :nodata_cols] = nodata
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=4, dtype=dtype,
+        crs=crs, transform=transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
+    ) as dst:
+        dst.write(data)
+    return truth.astype(bool)
+
+
+def smooth_field(height: int, width: int, seed: int = 0, scale: int = 24) -> np.ndarray:
+    """A smooth random field in [0, 255] (blobs whose contours cross tile seams)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // scale + 2, width // scale + 2))
+    ys = np.linspace(0, coarse.shape[0] - 1.001, height)
+    xs = np.linspace(0, coarse.shape[1] - 1.001, width)
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+    c = coarse
+    top = c[y0][:, x0] * (1 - fx) + c[y0][:, x0 + 1] * fx
+    bottom = c[y0 + 1][:, x0] * (1 - fx) + c[y0 + 1][:, x0 + 1] * fx
+    return ((top * (1 - fy) + bottom * fy) * 255).astype(np.float32)
+
+
+def write_rgb(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:32633", **kw) -> None:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=transform, **kw,
+    ) as dst:
+        dst.write(data)

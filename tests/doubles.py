@@ -1,0 +1,45 @@
+"""Test-double segmenters. They live in tests/ only, never in the product.
+
+- BandOracle: returns the scene's last band (a ground-truth mask written into the file) as the
+  probability, so the pipeline's georeferencing can be checked to the pixel.
+- ConvOracle: a deterministic convolution with a 31 px receptive field and zero padding, so tile
+  edges change its output the way a real network's do; seams show unless tiles are blended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from geoseg.models.base import ModelInfo, Prediction
+
+
+class BandOracle:
+    def __init__(self, bands: int = 4, tile_size: int = 256, overlap: int = 32):
+        self.info = ModelInfo("band-oracle", "test", tile_size, overlap, bands=bands)
+        self.device = torch.device("cpu")
+        self.calls = 0
+
+    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+        self.calls += 1
+        mask = (images[:, -1] > 0.5).float()
+        if before is not None:  # change-native behaviour: the mask appeared since `before`
+            mask = mask * (before[:, -1] <= 0.5).float()
+        return Prediction(mask[:, None].expand(-1, len(queries), -1, -1).contiguous())
+
+
+class ConvOracle:
+    radius = 15
+
+    def __init__(self, tile_size: int = 128, overlap: int = 32):
+        self.info = ModelInfo("conv-oracle", "test", tile_size, overlap, bands=3)
+        self.device = torch.device("cpu")
+
+    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+        grey = images.mean(dim=1, keepdim=True)
+        k = 2 * self.radius + 1
+        blurred = F.avg_pool2d(grey, k, stride=1, padding=self.radius, count_include_pad=True)
+        prob = torch.sigmoid(25 * (blurred - 0.45))[:, 0]
+        return Prediction(prob[:, None].expand(-1, len(queries), -1, -1).contiguous())
