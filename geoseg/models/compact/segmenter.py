@@ -1,0 +1,110 @@
+"""The compact model behind the `Segmenter` contract that the pipeline calls."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from geoseg.errors import InputError, ModelLoadError
+from geoseg.models.base import ModelInfo, Prediction
+from geoseg.models.compact.config import CompactConfig
+from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
+from geoseg.models.compact.text import TextEncoder, shared_text_encoder
+
+LICENSE = "Apache-2.0 (weights: trained by geoseg on synthetic data; text encoder all-MiniLM-L6-v2: Apache-2.0)"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CompactSegmenter:
+    """probabilities = sigmoid(mask logits) * sigmoid(existence logit), per image and query.
+
+    The existence factor is what keeps target-free tiles empty: a tile whose pooled features do
+    not match the query gets a small existence probability and every pixel of it is scaled down.
+    """
+
+    def __init__(self, model: CompactModel, text: TextEncoder, info: ModelInfo, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.text = text
+        self.info = info
+        self.device = device
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: torch.Tensor,
+        queries: Sequence[str],
+        *,
+        before: torch.Tensor | None = None,
+    ) -> Prediction:
+        self._check(images, queries, before)
+        b, q = images.shape[0], len(queries)
+        images = images.to(self.device, torch.float32)
+        if before is not None:
+            before = before.to(self.device, torch.float32)
+        feats = self.model.encode_images(images, before if self.model.config.change else None)
+        text = self.text.encode(list(queries)).to(self.device)
+        image_index = torch.arange(b, device=self.device).repeat_interleave(q)
+        text = text.index(torch.arange(q, device=self.device).repeat(b))
+        out = self.model.decode(feats, text, image_index)
+        probs = torch.sigmoid(out.mask_logits) * torch.sigmoid(out.exist_logits)[:, None, None]
+        return Prediction(probabilities=probs.view(b, q, *images.shape[-2:]).float())
+
+    def _check(self, images: torch.Tensor, queries: Sequence[str], before: torch.Tensor | None) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"{self.info.name}: expected images B x 3 x H x W, got {tuple(images.shape)}")
+        if images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise InputError(f"{self.info.name}: tile size {tuple(images.shape[-2:])} must be a multiple of 32")
+        if not queries or any(not q.strip() for q in queries):
+            raise InputError(f"{self.info.name}: every query must be a non-empty string")
+        if self.model.config.change and before is None:
+            raise InputError(f"{self.info.name} is a change model: give both dates (before and after)")
+        if before is not None and before.shape != images.shape:
+            raise InputError(f"{self.info.name}: before {tuple(before.shape)} and after {tuple(images.shape)} differ in shape")
+
+
+def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        version=config.version,
+        tile_size=config.tile_size,
+        overlap=config.overlap,
+        bands=3,
+        weights_sha256=sha256,
+        license=LICENSE,
+        change_native=config.change,
+        extra={"family": "compact", "text_encoder": config.text_encoder, "model_type": config.model_type},
+    )
+
+
+def load_compact_segmenter(
+    path: str | Path, *, device: torch.device | str = "cpu", allow_pickle: bool = False
+) -> CompactSegmenter:
+    """Load a compact checkpoint directory (config.json + model.safetensors) as a Segmenter.
+
+    `allow_pickle` is accepted for the registry's uniform call; compact checkpoints are
+    safetensors only, so it changes nothing.
+    """
+    del allow_pickle
+    path = Path(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights} is missing; a compact checkpoint needs config.json + {WEIGHTS_NAME}")
+    device = torch.device(device)
+    try:
+        model = CompactModel.from_pretrained(path, map_location=device)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: weights do not fit config.json ({type(e).__name__}: {str(e)[:200]})") from None
+    config = model.config
+    text = shared_text_encoder(config.text_encoder, config.max_text_tokens, device)
+    name = "compact-change" if config.change else "compact"
+    return CompactSegmenter(model, text, model_info(config, name, file_sha256(weights)), device)

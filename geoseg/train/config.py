@@ -1,0 +1,110 @@
+"""Training configuration: one YAML or TOML file -> `TrainConfig`.
+
+Example (configs/compact.yaml):
+
+    run_dir: runs/compact
+    stage: segment            # segment | change_pretrain | change
+    steps: 6000
+    batch_size: 8
+    model: {tile_size: 256}   # CompactConfig overrides
+    data: {seed: 0, tile: 128}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from geoseg.errors import InputError
+from geoseg.train.losses import LossWeights
+
+STAGES = ("segment", "change_pretrain", "change")
+
+
+@dataclass
+class DataConfig:
+    source: str = "synth"  # synth (drawn on the fly) or a path to a JSONL manifest
+    seed: int = 0
+    tile: int = 128  # training crop size in pixels (multiple of 32)
+    scene_size: int = 512  # synthetic scenes are rendered at this size, then cropped
+    gsd: float = 0.5
+    pool_scenes: int = 48  # scenes kept in memory; crops and queries are drawn from them
+    refresh_every: int = 50  # steps between replacing one pooled scene by a fresh render
+    queries_per_image: int = 3
+    empty_share: float = 0.25  # share of queries whose target is absent from the crop
+    workers: int = 0  # background render processes (0: render in the training process)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/compact"
+    stage: str = "segment"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    warmup: int = 100
+    grad_clip: float = 1.0
+    threads: int = 2
+    checkpoint_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    init_from: str | None = None  # checkpoint directory to start from (weights only)
+    export_to: str | None = None  # copy the final checkpoint (config + weights) here
+    time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
+    model: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise InputError(f"{where}: unknown training option(s) {', '.join(sorted(unknown))}")
+    return cls(**data)
+
+
+def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
+    data = dict(data)
+    nested = {
+        "data": _build(DataConfig, data.pop("data", {}) or {}, f"{where} [data]"),
+        "loss": _build(LossWeights, data.pop("loss", {}) or {}, f"{where} [loss]"),
+    }
+    config = _build(TrainConfig, data, where)
+    config.data, config.loss = nested["data"], nested["loss"]
+    if config.stage not in STAGES:
+        raise InputError(f"{where}: stage must be one of {', '.join(STAGES)}, not {config.stage!r}")
+    if config.data.tile % 32:
+        raise InputError(f"{where}: data.tile must be a multiple of 32, not {config.data.tile}")
+    return config
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"training config {path} does not exist")
+    text = path.read_text()
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        tomllib = None
+    try:
+        if path.suffix == ".toml":
+            if tomllib is None:
+                raise InputError(f"{path}: TOML configs need Python >= 3.11; use YAML")
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) if path.suffix != ".json" else json.loads(text)
+        else:
+            raise InputError(f"{path}: use a .yaml, .yml or .toml training config")
+    except (yaml.YAMLError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"{path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    return train_config_from_dict(data or {}, str(path))

@@ -1,0 +1,109 @@
+"""Referring-segmentation metrics, as SegEarth-R1 defines them, plus the empty-target view.
+
+Per sample (one image, one query) with binary prediction P and truth G:
+    I = |P & G|, U = |P | G|, IoU = I / U, and IoU = 1 when U == 0 (both empty).
+Over a set of samples:
+    gIoU  = mean of per-sample IoU                               (SegEarth-R1 "gIoU")
+    cIoU  = sum(I) / sum(U)                                      (SegEarth-R1 "cIoU", iou_class[1])
+    oIoU  = sum(I) / sum(U), the RRSIS name of the same number; equal to cIoU by definition
+    mIoU  = mean over the two classes {background, target} of the pooled class IoU,
+            i.e. (cIoU + background IoU) / 2, as SegEarth-R1's intersectionAndUnion yields it
+    Pr@t  = share of samples with IoU > t (strict), t in {0.5, 0.7, 0.9}
+    fp_area = mean share of pixels predicted positive (reported for empty targets: the false-
+            positive area per target-free tile)
+A pooled ratio whose denominator is 0 (no pixel positive anywhere) is 1.0, like the per-sample rule.
+Every number is reported for all samples, for non-empty targets and for empty targets.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+THRESHOLDS = (0.5, 0.7, 0.9)
+
+
+@dataclass
+class SampleCounts:
+    intersection: int
+    union: int
+    pred_area: int
+    true_area: int
+    pixels: int
+
+    @property
+    def iou(self) -> float:
+        return 1.0 if self.union == 0 else self.intersection / self.union
+
+
+def sample_counts(pred: np.ndarray, truth: np.ndarray) -> SampleCounts:
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    return SampleCounts(
+        intersection=int(np.count_nonzero(pred & truth)),
+        union=int(np.count_nonzero(pred | truth)),
+        pred_area=int(np.count_nonzero(pred)),
+        true_area=int(np.count_nonzero(truth)),
+        pixels=int(pred.size),
+    )
+
+
+def _ratio(num: float, den: float) -> float:
+    return 1.0 if den == 0 else num / den
+
+
+def summarise(samples: list[SampleCounts]) -> dict[str, float]:
+    """The metric set over a list of samples (empty list: count 0 and no other keys)."""
+    if not samples:
+        return {"count": 0}
+    ious = np.array([s.iou for s in samples])
+    inter = sum(s.intersection for s in samples)
+    union = sum(s.union for s in samples)
+    pixels = sum(s.pixels for s in samples)
+    # background IoU: |~P & ~G| / |~P | ~G| = (pixels - U) / (pixels - I)
+    background = _ratio(pixels - union, pixels - inter)
+    ciou = _ratio(inter, union)
+    out = {
+        "count": len(samples),
+        "gIoU": float(ious.mean()),
+        "cIoU": ciou,
+        "oIoU": ciou,
+        "mIoU": (ciou + background) / 2,
+    }
+    for t in THRESHOLDS:
+        out[f"Pr@{t}"] = float((ious > t).mean())
+    out["fp_area"] = float(np.mean([_ratio(s.pred_area - s.intersection, s.pixels) for s in samples]))
+    return out
+
+
+@dataclass
+class MetricAccumulator:
+    """Collect per-sample counts (optionally tagged with groups) and summarise them."""
+
+    samples: list[SampleCounts] = field(default_factory=list)
+    groups: dict[str, list[SampleCounts]] = field(default_factory=lambda: defaultdict(list))
+
+    def update(self, pred: np.ndarray, truth: np.ndarray, groups: tuple[str, ...] = ()) -> SampleCounts:
+        counts = sample_counts(pred, truth)
+        self.samples.append(counts)
+        for g in groups:
+            self.groups[g].append(counts)
+        return counts
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        result = split_by_emptiness("all", self.samples)
+        for name in sorted(self.groups):
+            result.update(split_by_emptiness(name, self.groups[name]))
+        return result
+
+
+def split_by_emptiness(name: str, samples: list[SampleCounts]) -> dict[str, dict[str, float]]:
+    return {
+        name: summarise(samples),
+        f"{name}/non_empty": summarise([s for s in samples if s.true_area > 0]),
+        f"{name}/empty": summarise([s for s in samples if s.true_area == 0]),
+    }
