@@ -1,0 +1,154 @@
+"""The command line: exit codes, stdout/stderr discipline, one-line errors, nothing clobbered."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+from shapely.geometry import box
+
+from conftest import write_rgb, write_truth_scene
+from doubles import BandOracle
+from geoseg import pipeline
+from geoseg_cli.main import cli
+
+T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    model = BandOracle(tile_size=128, overlap=16)
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
+    return model
+
+
+@pytest.fixture
+def scene(tmp_path):
+    path = tmp_path / "scene.tif"
+    write_truth_scene(path, [box(500020, 5000020, 500060, 5000080)], width=256, height=240, transform=T)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_segment_json_on_stdout_only(oracle, scene, tmp_path):
+    out = tmp_path / "o.gpkg"
+    r = run("-q", "segment", scene, "buildings", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["status"] == "ok" and summary["layers"][0]["features"] == 1
+    assert summary["output"] == str(out)
+
+
+def test_existing_output_exit_2_and_untouched(oracle, scene, tmp_path):
+    out = tmp_path / "o.gpkg"
+    out.write_bytes(b"keep me")
+    r = run("segment", scene, "buildings", "-o", out)
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and "--overwrite" in r.stderr and str(out) in r.stderr
+    assert out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("make,expect", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_text("not a tiff"), "not a readable raster"),
+])
+def test_bad_inputs_one_line_exit_2(oracle, tmp_path, make, expect):
+    bad = tmp_path / "bad.tif"
+    make(bad)
+    out = tmp_path / "o.gpkg"
+    r = run("segment", bad, "buildings", "-o", out)
+    assert r.exit_code == 2 and expect in r.stderr and str(bad) in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stdout == ""
+    assert not out.exists() and list(tmp_path.iterdir()) == ([bad] if bad.exists() else [])
+
+
+def test_missing_output_directory(oracle, scene, tmp_path):
+    r = run("segment", scene, "q", "-o", tmp_path / "nowhere" / "o.gpkg")
+    assert r.exit_code == 2 and "nowhere" in r.stderr
+
+
+def test_empty_query_exit_2(oracle, scene, tmp_path):
+    r = run("segment", scene, "", "-o", tmp_path / "o.gpkg")
+    assert r.exit_code == 2 and "query is empty" in r.stderr
+
+
+def test_fail_on_empty_exit_3_after_writing_empty_layer(oracle, tmp_path):
+    empty = tmp_path / "empty.tif"
+    write_truth_scene(empty, [], width=128, height=128, transform=T)
+    out = tmp_path / "o.gpkg"
+    r = run("-q", "segment", empty, "unicorns", "-o", out, "--fail-on-empty", "--json")
+    assert r.exit_code == 3 and json.loads(r.stdout)["status"] == "empty" and out.exists()
+    r = run("-q", "segment", empty, "unicorns", "-o", out, "--overwrite")
+    assert r.exit_code == 0 and "found nothing" in r.stderr
+
+
+def test_ctrl_c_leaves_nothing(monkeypatch, scene, tmp_path):
+    class Interrupted(BandOracle):
+        def predict(self, *a, **k):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: Interrupted(tile_size=128))
+    out = tmp_path / "o.gpkg"
+    r = run("segment", scene, "buildings", "-o", out, "--probabilities", tmp_path / "p.tif")
+    assert r.exit_code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_dry_run_prints_plan(oracle, scene):
+    r = run("segment", scene, "q", "-o", "unused.gpkg", "--dry-run", "--json")
+    assert r.exit_code == 0
+    plan = json.loads(r.stdout)["scenes"][0]
+    assert plan["tiles"] == 4 and plan["tile_size"] == 128 and "memory_estimate_mb" in plan
+
+
+def test_change_command_and_append(oracle, tmp_path):
+    before, after = tmp_path / "b.tif", tmp_path / "a.tif"
+    write_truth_scene(before, [], width=256, height=256, transform=T)
+    write_truth_scene(after, [box(500020, 5000020, 500060, 5000080)], width=256, height=256, transform=T)
+    out = tmp_path / "c.gpkg"
+    r = run("-q", "change", before, after, "new buildings", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["layers"][0]["change_type"] == "appeared"
+    r = run("-q", "change", before, after, "demolished buildings", "-o", out, "--append")
+    assert r.exit_code == 0, r.stderr
+    import pyogrio
+
+    assert pyogrio.list_layers(out)[:, 0].tolist() == ["new_buildings", "demolished_buildings"]
+
+
+def test_min_area_units(oracle, scene, tmp_path):
+    out = tmp_path / "o.gpkg"
+    # the building is 40 x 60 m = 2400 m2
+    r = run("-q", "segment", scene, "b", "-o", out, "--min-area", "3000m2", "--json")
+    assert json.loads(r.stdout)["status"] == "empty"
+    r = run("-q", "segment", scene, "b", "-o", out, "--min-area", "2000m2", "--json", "--overwrite")
+    assert json.loads(r.stdout)["status"] == "ok"
+    r = run("segment", scene, "b", "-o", out, "--min-area", "lots")
+    assert r.exit_code == 2 and "--min-area" in r.stderr
+
+
+def test_uint16_single_band_input(oracle, tmp_path):
+    p = tmp_path / "grey.tif"
+    write_rgb(p, (np.arange(128 * 128).reshape(1, 128, 128) % 2048).astype(np.uint16), T)
+    oracle.info = type(oracle.info)("band-oracle", "test", 128, 16, bands=3)
+    r = run("-q", "segment", p, "x", "-o", tmp_path / "o.gpkg")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_version_and_models():
+    assert run("--version").output.startswith("geoseg")
+    r = run("models", "--json")
+    assert r.exit_code == 0 and any(json.loads(line)["name"] == "compact" for line in r.stdout.splitlines())
+
+
+def test_probability_cog_is_georeferenced(oracle, scene, tmp_path):
+    probs = tmp_path / "p.tif"
+    r = run("-q", "segment", scene, "b", "-o", tmp_path / "o.gpkg", "--probabilities", probs)
+    assert r.exit_code == 0
+    with rasterio.open(probs) as src:
+        assert src.transform == T and src.crs.to_epsg() == 32633

@@ -1,0 +1,211 @@
+"""End to end through the library: georeferencing to the pixel, change mode, outputs, provenance."""
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from affine import Affine
+from shapely.geometry import Polygon, box
+from shapely.ops import unary_union
+
+from conftest import write_truth_scene
+from doubles import BandOracle
+from geoseg import pipeline
+from geoseg.errors import InputError, OutputExistsError
+
+
+def opts(**kw):
+    return pipeline.RunOptions(progress=False, **kw)
+
+
+def iou(a, b):
+    return a.intersection(b).area / a.union(b).area
+
+
+def rotated_house(cx, cy, w, h, angle_deg):
+    from shapely import affinity
+
+    return affinity.rotate(box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), angle_deg)
+
+
+def truth_polygons_utm():
+    # buildings, a lake and a field, in metres; sizes chosen well above the 0.5 m pixel
+    return [
+        rotated_house(500040, 4999960, 30, 18, 20),
+        rotated_house(500150, 4999880, 40, 25, -35),
+        box(500210, 4999990, 500290, 5000100),
+        Polygon([(500020, 4999800), (500120, 4999760), (500100, 4999700), (500010, 4999720)]),
+    ]
+
+
+def test_georeferencing_utm_to_the_pixel(tmp_path):
+    polys = truth_polygons_utm()
+    scene = tmp_path / "utm.tif"
+    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    out = tmp_path / "out.gpkg"
+    summary = pipeline.segment([scene], ["buildings"], out, opts(tile_size=256, overlap=32), segmenter=BandOracle())
+    got = gpd.read_file(out)
+    assert got.crs.to_epsg() == 32633 and summary.layers[0].features == len(got) == 4
+    assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
+
+
+def test_georeferencing_epsg4326_and_geodesic_area(tmp_path):
+    # ~1 m pixels at 45N: 1/111320 deg in latitude, 1/(111320 cos 45) in longitude
+    dy, dx = 1 / 111320, 1 / (111320 * np.cos(np.radians(45)))
+    t = Affine(dx, 0, 15.0, 0, -dy, 45.0)
+    polys = [box(15.0 + 40 * dx, 45.0 - 120 * dy, 15.0 + 100 * dx, 45.0 - 60 * dy),
+             rotated_house(15.0 + 200 * dx, 45.0 - 200 * dy, 50 * dx, 30 * dy, 0)]
+    scene = tmp_path / "geo.tif"
+    write_truth_scene(scene, polys, width=300, height=300, transform=t, crs="EPSG:4326")
+    out = tmp_path / "out.gpkg"
+    pipeline.segment([scene], ["fields"], out, opts(tile_size=128, overlap=32), segmenter=BandOracle())
+    got = gpd.read_file(out)
+    assert got.crs.to_epsg() == 4326
+    assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
+    # areas in m2 on the ellipsoid: the 60 x 60 px square is ~3600 m2
+    assert sorted(got["area_m2"].round(-1))[-1] == pytest.approx(3600, rel=0.03)
+
+
+def test_change_pair_on_different_grids(tmp_path):
+    # before: two buildings; after (on a grid shifted by 0.25 px, other pixel size): one more
+    t_before = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
+    t_after = Affine(0.4, 0, 499999.9, 0, -0.4, 5000120.1)
+    old = truth_polygons_utm()[:2]
+    new = rotated_house(500250, 5000030, 35, 20, 10)
+    before, after = tmp_path / "before.tif", tmp_path / "after.tif"
+    write_truth_scene(before, old, width=640, height=480, transform=t_before)
+    write_truth_scene(after, [*old, new], width=800, height=600, transform=t_after, seed=1)
+    out = tmp_path / "change.gpkg"
+    summary = pipeline.change(before, after, ["new buildings"], out, opts(tile_size=256, overlap=32),
+                              segmenter=BandOracle())
+    got = gpd.read_file(out)
+    assert set(got["change_type"]) == {"appeared"} and summary.overlap_fraction > 0.99
+    assert iou(unary_union(got.geometry), new) >= 0.98
+    assert set(got["before"]) == {str(before)} and set(got["after"]) == {str(after)}
+
+
+def test_change_direction_words():
+    assert pipeline.change_direction("new roads") == "appeared"
+    assert pipeline.change_direction("Demolished buildings") == "disappeared"
+    assert pipeline.change_direction("changed buildings") == "both"
+
+
+def test_single_date_model_change_both_directions(tmp_path):
+    t = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
+    a, b = truth_polygons_utm()[:2]
+    before, after = tmp_path / "b.tif", tmp_path / "a.tif"
+    write_truth_scene(before, [a], width=640, height=480, transform=t)
+    write_truth_scene(after, [b], width=640, height=480, transform=t, seed=2)
+
+    class SingleDate(BandOracle):
+        def predict(self, images, queries, *, before=None):
+            assert before is None  # a single-date model is never asked for change
+            return super().predict(images, queries)
+
+    out = tmp_path / "c.gpkg"
+    pipeline.change(before, after, ["changed buildings"], out, opts(tile_size=256), segmenter=SingleDate())
+    got = gpd.read_file(out)
+    appeared = unary_union(got[got.change_type == "appeared"].geometry)
+    disappeared = unary_union(got[got.change_type == "disappeared"].geometry)
+    assert iou(appeared, b) > 0.95 and iou(disappeared, a) > 0.95
+
+
+def test_multi_query_encodes_each_tile_once(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, truth_polygons_utm(), width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    model = BandOracle()
+    out = tmp_path / "m.gpkg"
+    summary = pipeline.segment([scene], ["buildings", "roads", "lakes"], out, opts(tile_size=256, overlap=32, batch_size=64), segmenter=model)
+    assert model.calls == 1  # 6 tiles, 3 queries, one call
+    assert pyogrio.list_layers(out)[:, 0].tolist() == ["buildings", "roads", "lakes"]
+    assert [layer.features for layer in summary.layers] == [4, 4, 4]
+
+
+def test_probability_and_mask_cogs_and_revectorize(tmp_path):
+    scene = tmp_path / "s.tif"
+    polys = truth_polygons_utm()
+    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    probs, mask, out = tmp_path / "p.tif", tmp_path / "m.tif", tmp_path / "o.gpkg"
+    pipeline.segment([scene], ["buildings"], out, opts(tile_size=256, probabilities=probs, mask_out=mask), segmenter=BandOracle())
+    with rasterio.open(probs) as p, rasterio.open(mask) as m:
+        assert p.driver == "GTiff" and p.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert p.crs.to_epsg() == 32633 and p.transform == Affine(0.5, 0, 500000, 0, -0.5, 5000120)
+        assert p.scales[0] == pytest.approx(1 / 254)
+        assert set(np.unique(m.read(1))) <= {0, 1}
+    again = tmp_path / "again.gpkg"
+    summary = pipeline.vectorize_raster(probs, again, opts(threshold=0.6))
+    got = gpd.read_file(again)
+    assert summary.layers[0].features == 4 and set(got["query"]) == {"buildings"}
+    assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
+
+
+def test_nodata_tiles_skipped_and_no_polygons_there(tmp_path):
+    scene = tmp_path / "nd.tif"
+    polys = truth_polygons_utm()
+    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120),
+                      nodata=0, nodata_cols=300)
+    out = tmp_path / "o.gpkg"
+    summary = pipeline.segment([scene], ["x"], out, opts(tile_size=128, overlap=0), segmenter=BandOracle())
+    assert summary.tiles_skipped_nodata == 4 * 2  # the first two tile columns of four rows
+    got = gpd.read_file(out)
+    assert got.total_bounds[0] >= 500000 + 300 * 0.5 - 1e-6
+
+
+def test_provenance_and_hostile_query_round_trip(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, truth_polygons_utm(), width=320, height=240, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    query = "b'\"; DROP TABLE gpkg_contents;-- 🏠\nline two " + "x" * 10_000
+    out = tmp_path / "h.gpkg"
+    summary = pipeline.segment([scene], [query], out, opts(tile_size=256), segmenter=BandOracle())
+    got = gpd.read_file(out, layer=summary.layers[0].name)
+    assert (got["query"] == query).all()
+    meta = pyogrio.read_info(out, layer=summary.layers[0].name)
+    assert "fid" not in [f.lower() for f in meta["fields"]]
+    from geoseg.gpkg import read_provenance
+
+    record = read_provenance(out, summary.layers[0].name)
+    assert record["query"] == query and record["run_id"] == summary.run_id
+    assert record["model"]["name"] == "band-oracle"
+    assert len(record["inputs"][str(scene)]["sha256"]) == 64
+
+
+def test_existing_output_untouched_without_overwrite(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, truth_polygons_utm(), width=320, height=240, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    out = tmp_path / "o.gpkg"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        pipeline.segment([scene], ["q"], out, opts(), segmenter=BandOracle())
+    assert out.read_bytes() == b"precious"
+
+
+def test_empty_query_refused():
+    with pytest.raises(InputError, match="query is empty"):
+        pipeline.validate_queries(["  "])
+
+
+def test_found_nothing_is_an_empty_layer(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, [], width=320, height=240, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    out = tmp_path / "e.gpkg"
+    summary = pipeline.segment([scene], ["unicorns"], out, opts(tile_size=256), segmenter=BandOracle())
+    assert summary.status == "empty" and len(gpd.read_file(out)) == 0
+    assert json.loads(json.dumps(summary.to_dict()))["status"] == "empty"
+
+
+def test_several_scenes_in_different_crs_into_one_layer(tmp_path):
+    polys = truth_polygons_utm()
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    write_truth_scene(a, polys[:2], width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    dy, dx = 1 / 111320, 1 / (111320 * np.cos(np.radians(45)))
+    geo = [box(15.0 + 40 * dx, 45.0 - 120 * dy, 15.0 + 100 * dx, 45.0 - 60 * dy)]
+    write_truth_scene(b, geo, width=200, height=200, transform=Affine(dx, 0, 15.0, 0, -dy, 45.0), crs="EPSG:4326")
+    out = tmp_path / "two.gpkg"
+    pipeline.segment([a, b], ["things"], out, opts(tile_size=256), segmenter=BandOracle())
+    got = gpd.read_file(out)
+    assert got.crs.to_epsg() == 32633 and sorted(set(got["source"])) == sorted([str(a), str(b)])
+    from_b = got[got.source == str(b)].to_crs(4326)
+    assert iou(unary_union(from_b.geometry), geo[0]) > 0.97
