@@ -1,0 +1,574 @@
+"""Probability raster -> polygons, block by block, in memory bounded by the block size.
+
+The raster is read in square blocks. In each block the foreground is labelled into connected
+components and polygonised. A component that does not reach an interior block edge is complete
+and is emitted at once; one that does is *pending*: it is joined to the parts it meets across the
+seam (union-find over pixel adjacency along the seam) and emitted when its group can no longer
+grow, i.e. once the block row below has been read. Pending state therefore only ever holds parts
+that touch a seam of the current block row, never the scene.
+
+All polygon work happens in pixel coordinates (integers, exact in float64) and every component's
+geometry goes through the same canonical form (union, collinear vertices removed, normalised), so
+the result is identical to polygonising the whole raster as one block. The affine transform to the
+raster CRS is applied once, at the end.
+
+Input rasters (first band is read):
+
+- integer raster with a scale tag (what the pipeline writes: uint8, v in 0..254, scale 1/254,
+  nodata 255): probability = v * scale + offset;
+- floating-point raster: probability = v * scale + offset (scale 1, offset 0 when untagged);
+  NaN is nodata as well as the file's nodata value;
+- integer raster without a scale tag: a mask. Every non-zero pixel is foreground (0/1 and 0/255
+  masks both work), the threshold is not used and the score is 1.0.
+
+Pixels that are nodata or masked in the file's GDAL mask are never foreground.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.shutil
+import shapely
+from affine import Affine
+from pyproj import CRS as ProjCRS
+from rasterio.features import shapes
+from rasterio.windows import Window
+from scipy import ndimage
+from tqdm import tqdm
+
+from geoseg.errors import InputError
+
+# p >= threshold - THRESHOLD_EPS is foreground, so that 127/254 counts as 0.5 whatever the
+# rounding of the stored scale factor.
+THRESHOLD_EPS = 1e-9
+OUTPUT_COLUMNS = ["score", "pixel_count", "area_m2", "perimeter_m"]
+
+
+@dataclass
+class VectorizeOptions:
+    """How a probability raster becomes polygons.
+
+    threshold:    a pixel is foreground when its probability is >= threshold (masks: value > 0).
+    min_area_px:  drop components with fewer foreground pixels than this.
+    min_area_m2:  drop polygons whose final area_m2 is smaller than this.
+    fill_holes:   fill interior holes whose area is below this many m2; True or math.inf fills
+                  every hole, False or 0 none. Components lying inside a filled hole are absorbed
+                  into the polygon that now covers them (their pixels count towards its score).
+    simplify:     topology-preserving simplification tolerance in *pixels* (0: none); shared
+                  boundaries stay shared (shapely.coverage_simplify).
+    block_size:   rows and columns per block read; memory scales with block_size**2.
+    connectivity: 4 or 8; with 8, diagonally touching pixels form one (Multi)Polygon.
+    """
+
+    threshold: float = 0.5
+    min_area_px: int = 0
+    min_area_m2: float = 0.0
+    fill_holes: bool | float = False
+    simplify: float = 0.0
+    block_size: int = 2048
+    connectivity: int = 4
+
+    def validate(self) -> None:
+        """Raise InputError naming the first option that cannot work."""
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"threshold {self.threshold} is outside [0, 1]; pass e.g. --threshold 0.5")
+        if self.min_area_px < 0 or self.min_area_m2 < 0:
+            raise InputError("minimum areas must be >= 0")
+        if self.hole_area_limit_m2 < 0:
+            raise InputError("fill_holes must be True/False or a hole area in m2 >= 0")
+        if self.simplify < 0:
+            raise InputError(f"simplify tolerance {self.simplify} must be >= 0 (pixels)")
+        if self.block_size < 16:
+            raise InputError(f"block_size {self.block_size} is too small; use at least 16")
+        if self.connectivity not in (4, 8):
+            raise InputError(f"connectivity must be 4 or 8, not {self.connectivity}")
+
+    @property
+    def hole_area_limit_m2(self) -> float:
+        """fill_holes as a number: holes with area below it are filled."""
+        if self.fill_holes is True:
+            return math.inf
+        if self.fill_holes is False or self.fill_holes is None:
+            return 0.0
+        return float(self.fill_holes)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: what a pixel value means
+
+
+@dataclass(frozen=True)
+class _Coding:
+    """How stored values map to probabilities for one file."""
+
+    is_mask: bool
+    scale: float
+    offset: float
+
+    def probability_sum(self, value_sum: float, count: int) -> float:
+        """Mean probability of a component from the sum of its stored values."""
+        if self.is_mask:
+            return 1.0
+        return (value_sum * self.scale + count * self.offset) / count
+
+
+def _coding_of(src: rasterio.DatasetReader) -> _Coding:
+    dtype = np.dtype(src.dtypes[0])
+    scale = float(src.scales[0]) if src.scales and src.scales[0] is not None else 1.0
+    offset = float(src.offsets[0]) if src.offsets and src.offsets[0] is not None else 0.0
+    tagged = scale != 1.0 or offset != 0.0
+    if dtype.kind in "ui" and not tagged:
+        return _Coding(True, 1.0, 0.0)
+    if dtype.kind not in "uif":
+        raise InputError(f"{src.name}: band type {dtype} is not a probability raster or a mask")
+    return _Coding(False, scale, offset)
+
+
+def _read_block(
+    src: rasterio.DatasetReader, window: Window, coding: _Coding, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground, validity (both bool) and the stored values (summed for scores) of a window."""
+    values = src.read(1, window=window)
+    valid = src.read_masks(1, window=window) > 0
+    if values.dtype.kind == "f":
+        valid &= ~np.isnan(values)
+    if coding.is_mask:
+        foreground = valid & (values != 0)
+    elif values.dtype in (np.uint8, np.uint16):
+        # A lookup table keeps the comparison identical for every block and avoids a float copy.
+        codes = np.arange(np.iinfo(values.dtype).max + 1, dtype=np.float64)
+        lut = codes * coding.scale + coding.offset >= threshold - THRESHOLD_EPS
+        foreground = valid & lut[values]
+    else:
+        probabilities = values.astype(np.float64) * coding.scale + coding.offset
+        foreground = valid & (probabilities >= threshold - THRESHOLD_EPS)
+    return foreground, valid, values
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry in pixel space
+
+
+def _canonical(parts: list[shapely.Geometry]) -> shapely.Geometry:
+    """One component's geometry in a form that does not depend on how it was cut into blocks.
+
+    Union dissolves the seams; normalising first puts every ring's start on a corner, so the
+    zero-tolerance Douglas-Peucker pass removes exactly the collinear vertices the seams left.
+    """
+    geom = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+    geom = shapely.normalize(geom)
+    geom = shapely.simplify(geom, 0.0, preserve_topology=False)
+    return shapely.normalize(geom)
+
+
+def _sort_key(geom: shapely.Geometry) -> tuple[float, float]:
+    """(row, col) of the component's first pixel in raster order: unique per component."""
+    coords = shapely.get_coordinates(geom)
+    top = coords[:, 1].min()
+    return float(top), float(coords[coords[:, 1] == top, 0].min())
+
+
+def _to_world(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    a, b, c, d, e, f = transform[:6]
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(geoms, apply)
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry | None:
+    """Valid polygonal part of a geometry (None when nothing is left)."""
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if geom.geom_type == "GeometryCollection":
+        polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+        geom = shapely.union_all(polys) if polys else None
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        return None
+    return geom
+
+
+# --------------------------------------------------------------------------------------------
+# Block-wise component extraction with seam merging
+
+
+@dataclass
+class _Component:
+    geom: shapely.Geometry  # canonical, pixel coordinates
+    pixel_count: int
+    value_sum: float
+
+
+@dataclass
+class _Part:
+    geoms: list[shapely.Geometry]
+    pixel_count: int
+    value_sum: float
+    block_row: int
+    touches_bottom: bool
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, item: int) -> None:
+        self.parent[item] = item
+
+    def find(self, item: int) -> int:
+        root = item
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[item] != root:  # path compression
+            self.parent[item], item = root, self.parent[item]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def remove(self, items: Iterable[int]) -> None:
+        for item in items:
+            del self.parent[item]
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+
+
+def _seam_pairs(
+    local: np.ndarray, neighbour: np.ndarray, neighbour_offset: int, connectivity: int
+) -> np.ndarray:
+    """(local label, neighbour gid) pairs of foreground pixels that touch across a seam.
+
+    `local` is this block's edge line of labels, `neighbour` the gids on the other side of the
+    seam, where neighbour[i + neighbour_offset] faces local[i].
+    """
+    shifts = (0,) if connectivity == 4 else (-1, 0, 1)
+    pairs = []
+    idx = np.arange(local.size)
+    for shift in shifts:
+        j = idx + neighbour_offset + shift
+        ok = (j >= 0) & (j < neighbour.size)
+        lab = local[idx[ok]]
+        gid = neighbour[j[ok]]
+        hit = (lab > 0) & (gid > 0)
+        if hit.any():
+            pairs.append(np.column_stack([lab[hit], gid[hit]]))
+    if not pairs:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+
+
+def _block_polygons(labels: np.ndarray, col0: int, row0: int) -> dict[int, list[shapely.Geometry]]:
+    """Polygons of every label in a block, in pixel coordinates of the whole raster."""
+    out: dict[int, list[shapely.Geometry]] = {}
+    transform = Affine.translation(col0, row0)
+    for geojson, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+        out.setdefault(int(value), []).append(shapely.geometry.shape(geojson))
+    return out
+
+
+def _components(
+    src: rasterio.DatasetReader, options: VectorizeOptions, coding: _Coding, progress: bool
+) -> Iterator[_Component]:
+    """Every connected foreground component of the raster, each exactly once."""
+    height, width, size = src.height, src.width, options.block_size
+    structure = _structure(options.connectivity)
+    uf = _UnionFind()
+    pending: dict[int, _Part] = {}
+    next_gid = 1
+    prev_bottom = np.zeros(width, dtype=np.int64)  # gids along the bottom seam of the row above
+    n_rows, n_cols = math.ceil(height / size), math.ceil(width / size)
+    bar = tqdm(total=n_rows * n_cols, disable=not progress, file=sys.stderr, desc="vectorise", unit="block")
+    for bi in range(n_rows):
+        row0, row1 = bi * size, min((bi + 1) * size, height)
+        cur_bottom = np.zeros(width, dtype=np.int64)
+        prev_right = np.zeros(row1 - row0, dtype=np.int64)
+        for bj in range(n_cols):
+            col0, col1 = bj * size, min((bj + 1) * size, width)
+            window = Window(col0, row0, col1 - col0, row1 - row0)
+            foreground, _, values = _read_block(src, window, coding, options.threshold)
+            labels, n = ndimage.label(foreground, structure=structure)
+            bar.update(1)
+            if n == 0:
+                prev_right[:] = 0
+                continue
+            fg_labels = labels[foreground]
+            counts = np.bincount(fg_labels, minlength=n + 1)
+            sums = np.bincount(fg_labels, weights=values[foreground].astype(np.float64), minlength=n + 1)
+            del fg_labels, values
+
+            edges = {
+                "top": labels[0, :] if row0 > 0 else None,
+                "bottom": labels[-1, :] if row1 < height else None,
+                "left": labels[:, 0] if col0 > 0 else None,
+                "right": labels[:, -1] if col1 < width else None,
+            }
+            on_seam = np.zeros(n + 1, dtype=bool)
+            for line in edges.values():
+                if line is not None:
+                    on_seam[line] = True
+            on_seam[0] = False
+            on_bottom = np.zeros(n + 1, dtype=bool)
+            if edges["bottom"] is not None:
+                on_bottom[edges["bottom"]] = True
+
+            gid_of = np.zeros(n + 1, dtype=np.int64)
+            seam_labels = np.flatnonzero(on_seam)
+            gid_of[seam_labels] = np.arange(next_gid, next_gid + seam_labels.size)
+            next_gid += seam_labels.size
+
+            polygons = _block_polygons(labels, col0, row0)
+            for label, geoms in polygons.items():
+                if on_seam[label]:
+                    gid = int(gid_of[label])
+                    uf.add(gid)
+                    pending[gid] = _Part(geoms, int(counts[label]), float(sums[label]), bi, bool(on_bottom[label]))
+                else:
+                    yield _Component(_canonical(geoms), int(counts[label]), float(sums[label]))
+            del polygons
+
+            if edges["top"] is not None:
+                for lab, gid in _seam_pairs(edges["top"], prev_bottom, col0, options.connectivity):
+                    uf.union(int(gid_of[lab]), int(gid))
+            if edges["left"] is not None:
+                for lab, gid in _seam_pairs(edges["left"], prev_right, 0, options.connectivity):
+                    uf.union(int(gid_of[lab]), int(gid))
+            if edges["bottom"] is not None:
+                cur_bottom[col0:col1] = gid_of[edges["bottom"]]
+            if edges["right"] is not None:
+                prev_right = gid_of[edges["right"]]
+        prev_bottom = cur_bottom
+        yield from _flush_complete(pending, uf, bi)
+    bar.close()
+
+
+def _flush_complete(pending: dict[int, _Part], uf: _UnionFind, block_row: int) -> Iterator[_Component]:
+    """Emit pending groups that the next block row cannot extend; keep the others."""
+    groups: dict[int, list[int]] = {}
+    for gid in pending:
+        groups.setdefault(uf.find(gid), []).append(gid)
+    for members in groups.values():
+        if any(pending[g].block_row == block_row and pending[g].touches_bottom for g in members):
+            continue
+        parts = [pending[g] for g in members]
+        geoms = [geom for part in parts for geom in part.geoms]
+        yield _Component(
+            _canonical(geoms),
+            sum(p.pixel_count for p in parts),
+            math.fsum(p.value_sum for p in parts),
+        )
+        for g in members:
+            del pending[g]
+        uf.remove(members)
+
+
+# --------------------------------------------------------------------------------------------
+# Post-processing
+
+
+def _fill_holes(
+    comps: list[_Component], limit_m2: float, transform: Affine, crs
+) -> list[_Component]:
+    """Fill holes smaller than limit_m2; absorb components lying inside a filled hole."""
+    filled_holes: list[tuple[int, shapely.Geometry]] = []
+    for i, comp in enumerate(comps):
+        polys = shapely.get_parts(comp.geom)
+        new_polys = []
+        changed = False
+        for poly in polys:
+            holes = [shapely.Polygon(ring) for ring in poly.interiors]
+            if not holes:
+                new_polys.append(poly)
+                continue
+            changed = True
+            if math.isinf(limit_m2):
+                fill = np.ones(len(holes), dtype=bool)
+            else:
+                area, _ = polygon_metrics(gpd.GeoSeries(_to_world(np.array(holes), transform)), crs)
+                fill = area < limit_m2
+            keep = [poly.interiors[k] for k in range(len(holes)) if not fill[k]]
+            filled_holes.extend((i, holes[k]) for k in range(len(holes)) if fill[k])
+            new_polys.append(shapely.Polygon(poly.exterior, keep))
+        if changed:
+            comp.geom = shapely.normalize(shapely.union_all(new_polys))
+    if not filled_holes:
+        return comps
+
+    tree = shapely.STRtree([c.geom for c in comps])
+    container_of: dict[int, int] = {}
+    container_area = np.array([c.geom.area for c in comps])
+    for owner, hole in filled_holes:
+        for j in tree.query(hole, predicate="contains"):
+            j = int(j)
+            best = container_of.get(j)
+            if best is None or container_area[owner] > container_area[best]:
+                container_of[j] = owner
+    for island, owner in container_of.items():
+        comps[owner].pixel_count += comps[island].pixel_count
+        comps[owner].value_sum += comps[island].value_sum
+    return [c for i, c in enumerate(comps) if i not in container_of]
+
+
+def _simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
+    if tolerance <= 0 or geoms.size == 0:
+        return geoms
+    return shapely.coverage_simplify(geoms, tolerance)
+
+
+def _unit_factor(crs) -> float:
+    """Metres per CRS unit along the first axis (1.0 when unknown)."""
+    axis = ProjCRS.from_user_input(crs).axis_info
+    factor = axis[0].unit_conversion_factor if axis else None
+    return float(factor) if factor else 1.0
+
+
+def polygon_metrics(geoms: gpd.GeoSeries | Iterable[shapely.Geometry], crs) -> tuple[np.ndarray, np.ndarray]:
+    """Area (m2) and perimeter (m) of each polygon.
+
+    Geographic CRS: geodesic on the CRS's own ellipsoid (pyproj.Geod; WGS84 when it has none).
+    Projected CRS: planar, scaled by the CRS's linear unit (e.g. US survey feet -> m); note that
+    planar area in a non-equal-area projection (Web Mercator) carries its scale distortion.
+    No CRS: pixel/CRS units as they are. The perimeter is the length of the whole boundary,
+    holes included.
+    """
+    geoms = np.asarray(list(geoms), dtype=object)
+    if geoms.size == 0:
+        return np.zeros(0), np.zeros(0)
+    if crs is None:
+        return shapely.area(geoms).astype(float), shapely.length(geoms).astype(float)
+    crs = ProjCRS.from_user_input(crs)
+    if not crs.is_geographic:
+        k = _unit_factor(crs)
+        return shapely.area(geoms) * k * k, shapely.length(geoms) * k
+    geod = crs.get_geod() or ProjCRS.from_epsg(4326).get_geod()
+    area = np.zeros(geoms.size)
+    perimeter = np.zeros(geoms.size)
+    for i, geom in enumerate(geoms):
+        for poly in shapely.get_parts(geom):
+            for k, ring in enumerate([poly.exterior, *poly.interiors]):
+                lon, lat = ring.xy
+                a, p = geod.polygon_area_perimeter(lon, lat)
+                area[i] += abs(a) if k == 0 else -abs(a)
+                perimeter[i] += p
+    return area, perimeter
+
+
+def _empty_frame(crs) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {
+            "score": np.zeros(0, dtype=np.float64),
+            "pixel_count": np.zeros(0, dtype=np.int64),
+            "area_m2": np.zeros(0, dtype=np.float64),
+            "perimeter_m": np.zeros(0, dtype=np.float64),
+        },
+        geometry=gpd.GeoSeries([], crs=crs),
+        crs=crs,
+    )
+
+
+def vectorize_probabilities(
+    path: str | Path, options: VectorizeOptions | None = None, *, progress: bool = False
+) -> gpd.GeoDataFrame:
+    """Polygons of the foreground of a probability raster (or mask), in the raster's CRS.
+
+    Columns: geometry (Polygon, or MultiPolygon with 8-connectivity or after simplification),
+    score (mean probability of the component's foreground pixels), pixel_count (foreground pixels),
+    area_m2, perimeter_m (see polygon_metrics). Rows are sorted by the component's first pixel in
+    raster order (top row first, then left to right).
+    """
+    options = options or VectorizeOptions()
+    options.validate()
+    path = Path(path)
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{path}: cannot open as a raster ({exc})") from exc
+    with src:
+        coding = _coding_of(src)
+        transform, crs = src.transform, src.crs
+        comps = list(_components(src, options, coding, progress))
+
+    comps.sort(key=lambda c: _sort_key(c.geom))
+    if options.hole_area_limit_m2 > 0:
+        comps = _fill_holes(comps, options.hole_area_limit_m2, transform, crs)
+    comps = [c for c in comps if c.pixel_count >= options.min_area_px]
+    if not comps:
+        return _empty_frame(crs)
+
+    geoms = _simplify(np.array([c.geom for c in comps], dtype=object), options.simplify)
+    kept = [(g, c) for g, c in zip((_polygonal(g) for g in geoms), comps, strict=True) if g is not None]
+    if not kept:
+        return _empty_frame(crs)
+    world = shapely.normalize(_to_world(np.array([g for g, _ in kept], dtype=object), transform))
+    area, perimeter = polygon_metrics(world, crs)
+    frame = gpd.GeoDataFrame(
+        {
+            "score": np.array([coding.probability_sum(c.value_sum, c.pixel_count) for _, c in kept]),
+            "pixel_count": np.array([c.pixel_count for _, c in kept], dtype=np.int64),
+            "area_m2": area,
+            "perimeter_m": perimeter,
+        },
+        geometry=gpd.GeoSeries(world, crs=crs),
+        crs=crs,
+    )
+    frame = frame[frame["area_m2"] >= options.min_area_m2].reset_index(drop=True)
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholded mask raster (for --mask-out)
+
+
+def write_mask(
+    probabilities: str | Path,
+    destination: str | Path,
+    *,
+    threshold: float = 0.5,
+    block_size: int = 2048,
+    cog: bool = True,
+) -> Path:
+    """Write the thresholded foreground as a uint8 raster: 1 in, 0 out, 255 nodata.
+
+    Same pixel rule as vectorize_probabilities (threshold, nodata, masks), no sieve or area
+    filter. With cog=True the result is a Cloud-Optimised GeoTIFF (DEFLATE, internal overviews);
+    the blocks are first written to a tiled temporary GeoTIFF beside the destination, so memory
+    stays bounded by block_size.
+    """
+    VectorizeOptions(threshold=threshold, block_size=block_size).validate()
+    destination = Path(destination)
+    tmp = destination.with_name(f".{destination.name}.blocks.tif") if cog else destination
+    try:
+        with rasterio.open(probabilities) as src:
+            coding = _coding_of(src)
+            profile = {
+                "driver": "GTiff", "width": src.width, "height": src.height, "count": 1,
+                "dtype": "uint8", "nodata": 255, "crs": src.crs, "transform": src.transform,
+                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+            }
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for row0 in range(0, src.height, block_size):
+                    for col0 in range(0, src.width, block_size):
+                        window = Window(col0, row0, min(block_size, src.width - col0),
+                                        min(block_size, src.height - row0))
+                        foreground, valid, _ = _read_block(src, window, coding, threshold)
+                        out = np.where(valid, foreground.astype(np.uint8), np.uint8(255))
+                        dst.write(out, 1, window=window)
+        if cog:
+            rasterio.shutil.copy(tmp, destination, driver="COG", compress="DEFLATE", overview_resampling="nearest")
+    finally:
+        if cog and tmp.exists():
+            tmp.unlink()
+    return destination
