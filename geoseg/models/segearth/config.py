@@ -17,8 +17,18 @@ from geoseg.errors import ModelLoadError
 
 # Swin presets of the reference (`build_swin_b` / `build_swin_l`, Mask2Former `swin_*_384`).
 SWIN_PRESETS: dict[str, dict[str, Any]] = {
-    "base": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32), "window_size": 12},
-    "large": {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "window_size": 12},
+    "base": {
+        "embed_dim": 128,
+        "depths": (2, 2, 18, 2),
+        "num_heads": (4, 8, 16, 32),
+        "window_size": 12,
+    },
+    "large": {
+        "embed_dim": 192,
+        "depths": (2, 2, 18, 2),
+        "num_heads": (6, 12, 24, 48),
+        "window_size": 12,
+    },
 }
 
 # ImageNet statistics on the 0-255 scale (Mask2Former PIXEL_MEAN / PIXEL_STD).
@@ -77,7 +87,9 @@ class GeosegOptions:
     gate_min_score: float = 0.7  # mean sigmoid inside the predicted mask below this -> empty
     gate_min_area: int = 64  # predicted mask smaller than this (pixels of the tile) -> empty
     change_dilate_px: int = 8  # radius of the dilation of the other date's mask in change mode
-    change_min_angle_deg: float = 25.0  # AnyChange's 155 deg: keep changes whose features turned more
+    change_min_angle_deg: float = (
+        25.0  # AnyChange's 155 deg: keep changes whose features turned more
+    )
     overlap: int = 128  # default tile overlap the pipeline should use
 
 
@@ -137,7 +149,9 @@ def parse_config(raw: dict, where: str = "config.json") -> SegEarthConfig:
     extra = raw.get("geoseg", {}) or {}
     swin_type = raw.get("swin_type", "base")
     if swin_type not in SWIN_PRESETS:
-        raise ModelLoadError(f"{where}: swin_type {swin_type!r} unknown ({', '.join(SWIN_PRESETS)})")
+        raise ModelLoadError(
+            f"{where}: swin_type {swin_type!r} unknown ({', '.join(SWIN_PRESETS)})"
+        )
     swin = _sub(SwinConfig, extra.get("swin"), f"{where} geoseg.swin", **SWIN_PRESETS[swin_type])
     if len(swin.depths) != 4 or len(swin.num_heads) != 4:
         raise ModelLoadError(f"{where}: the Swin backbone needs 4 stages (res2-res5)")
@@ -148,9 +162,13 @@ def parse_config(raw: dict, where: str = "config.json") -> SegEarthConfig:
     if mask.conv_dim % 32:
         raise ModelLoadError(f"{where}: mask decoder conv_dim must be a multiple of 32 (GroupNorm)")
     projector = _sub(
-        DescriptionProjectorConfig, extra.get("description_projector"), f"{where} geoseg.description_projector"
+        DescriptionProjectorConfig,
+        extra.get("description_projector"),
+        f"{where} geoseg.description_projector",
     )
-    options_raw = {k: v for k, v in extra.items() if k not in ("swin", "mask_decoder", "description_projector")}
+    options_raw = {
+        k: v for k, v in extra.items() if k not in ("swin", "mask_decoder", "description_projector")
+    }
     options = _sub(GeosegOptions, options_raw, f"{where} geoseg")
     if options.task not in (None, "referring", "reasoning"):
         raise ModelLoadError(f"{where}: geoseg.task must be 'referring' or 'reasoning'")
@@ -158,10 +176,14 @@ def parse_config(raw: dict, where: str = "config.json") -> SegEarthConfig:
         raise ModelLoadError(f"{where}: geoseg.image_size must be a multiple of 128")
     mm_in = int(raw.get("mm_input_embeds", swin.channels[-1]))
     if mm_in != swin.channels[-1]:
-        raise ModelLoadError(f"{where}: mm_input_embeds {mm_in} != Swin res5 channels {swin.channels[-1]}")
+        raise ModelLoadError(
+            f"{where}: mm_input_embeds {mm_in} != Swin res5 channels {swin.channels[-1]}"
+        )
     outdim = int(raw.get("projector_outdim", raw["hidden_size"]))
     if outdim != int(raw["hidden_size"]):
-        raise ModelLoadError(f"{where}: projector_outdim {outdim} != hidden_size {raw['hidden_size']}")
+        raise ModelLoadError(
+            f"{where}: projector_outdim {outdim} != hidden_size {raw['hidden_size']}"
+        )
     return SegEarthConfig(
         phi={k: raw[k] for k in _PHI_KEYS if k in raw},
         hidden_size=int(raw["hidden_size"]),

@@ -38,7 +38,9 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tgt, memory, mask, pos, query_pos) -> torch.Tensor:
-        out = self.multihead_attn(tgt + query_pos, memory + pos, memory, attn_mask=mask, need_weights=False)[0]
+        out = self.multihead_attn(
+            tgt + query_pos, memory + pos, memory, attn_mask=mask, need_weights=False
+        )[0]
         return self.norm(tgt + out)
 
 
@@ -57,7 +59,9 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int):
         super().__init__()
         dims = [in_dim] + [hidden] * (layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [out_dim], strict=True))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims, dims[1:] + [out_dim], strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -74,11 +78,15 @@ class MaskedTransformerDecoder(nn.Module):
         super().__init__()
         d, h = cfg.hidden_dim, cfg.nheads
         self.heads = h
-        self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(d, h) for _ in range(cfg.dec_layers))
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(d, h) for _ in range(cfg.dec_layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(d, h) for _ in range(cfg.dec_layers)
         )
-        self.transformer_ffn_layers = nn.ModuleList(FFNLayer(d, cfg.dec_ffn) for _ in range(cfg.dec_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(d, cfg.dec_ffn) for _ in range(cfg.dec_layers)
+        )
         self.decoder_norm = nn.LayerNorm(d)
         self.query_feat = nn.Embedding(cfg.num_queries, d)
         self.query_embed = nn.Embedding(cfg.num_queries, d)
@@ -89,13 +97,17 @@ class MaskedTransformerDecoder(nn.Module):
         self.SEG_proj = MLP(d, d, d, 2)
         self.CLASS_proj = MLP(d, d, d, 2)
 
-    def forward(self, query: torch.Tensor, multi_scale: list[torch.Tensor], mask_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, multi_scale: list[torch.Tensor], mask_features: torch.Tensor
+    ) -> torch.Tensor:
         """query: B x D (one [SEG] embedding per image); multi_scale: 3 maps (strides 32, 16, 8);
         mask_features: B x mask_dim x H/4 x W/4. Returns mask logits B x H/4 x W/4 (final layer)."""
         src, pos, sizes = [], [], []
         for i, x in enumerate(multi_scale):
             sizes.append(tuple(x.shape[-2:]))
-            pos.append(sine_position_embedding(x, x.shape[1] // 2).to(x.dtype).flatten(2).permute(2, 0, 1))
+            pos.append(
+                sine_position_embedding(x, x.shape[1] // 2).to(x.dtype).flatten(2).permute(2, 0, 1)
+            )
             src.append((x.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
         output = query.unsqueeze(0)  # 1 x B x D (sequence-first, like the reference)
         query_pos = torch.zeros_like(output)
@@ -104,7 +116,9 @@ class MaskedTransformerDecoder(nn.Module):
             level = i % self.NUM_LEVELS
             # A query that would see nothing attends everywhere instead (Mask2Former's rule).
             attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
-            output = self.transformer_cross_attention_layers[i](output, src[level], attn_mask, pos[level], query_pos)
+            output = self.transformer_cross_attention_layers[i](
+                output, src[level], attn_mask, pos[level], query_pos
+            )
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
             logits, attn_mask = self._heads(output, mask_features, sizes[(i + 1) % self.NUM_LEVELS])
@@ -113,7 +127,9 @@ class MaskedTransformerDecoder(nn.Module):
     def _heads(self, output, mask_features, target_size):
         decoded = self.decoder_norm(output).transpose(0, 1)  # B x 1 x D
         logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
-        small = F.interpolate(logits.float(), size=target_size, mode="bilinear", align_corners=False)
+        small = F.interpolate(
+            logits.float(), size=target_size, mode="bilinear", align_corners=False
+        )
         # True = may not attend (background of the current mask estimate), one copy per head.
         attn_mask = (small.sigmoid().flatten(2) < 0.5).repeat_interleave(self.heads, dim=0)
         return logits, attn_mask

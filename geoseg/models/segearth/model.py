@@ -54,11 +54,15 @@ def phi_config(cfg: SegEarthConfig) -> PhiConfig:
     rope = {
         "rope_type": "default",
         "rope_theta": fields.pop("rope_theta", rope.get("rope_theta", 10000.0)),
-        "partial_rotary_factor": fields.pop("partial_rotary_factor", rope.get("partial_rotary_factor", 0.5)),
+        "partial_rotary_factor": fields.pop(
+            "partial_rotary_factor", rope.get("partial_rotary_factor", 0.5)
+        ),
     }
     if fields.pop("rope_scaling", None):
         raise ValueError("rope_scaling is not supported for SegEarth-R1 checkpoints")
-    config = PhiConfig(**fields, rope_parameters=rope, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    config = PhiConfig(
+        **fields, rope_parameters=rope, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0
+    )
     config._attn_implementation = "sdpa"
     return config
 
@@ -70,7 +74,9 @@ class SegEarthR1(nn.Module):
         self.phi_config = phi_config(cfg)
         self.model = PhiModel(self.phi_config)
         self.model.vision_tower = SwinBackbone(cfg.swin)
-        self.model.mm_projector = CompressionConnector(cfg.mm_input_embeds, cfg.projector_outdim, cfg.connector_sizes)
+        self.model.mm_projector = CompressionConnector(
+            cfg.mm_input_embeds, cfg.projector_outdim, cfg.connector_sizes
+        )
         hidden, dim = cfg.hidden_size, cfg.projector.dim
         self.lm_head = nn.Linear(hidden, cfg.vocab_size, bias=False)
         self.seg_query = nn.Parameter(torch.zeros(cfg.mask.num_queries, hidden))
@@ -100,7 +106,11 @@ class SegEarthR1(nn.Module):
 
     # --- query side --------------------------------------------------------------------------
     def refer_embeddings(
-        self, feats: ImageFeatures, before_ids: torch.Tensor, after_ids: torch.Tensor, refer: list[torch.Tensor]
+        self,
+        feats: ImageFeatures,
+        before_ids: torch.Tensor,
+        after_ids: torch.Tensor,
+        refer: list[torch.Tensor],
     ) -> torch.Tensor:
         """Run Phi over [before | image tokens | after | refer ids] and mean-pool the refer states.
 
@@ -122,8 +132,12 @@ class SegEarthR1(nn.Module):
         padded = torch.nn.utils.rnn.pad_sequence(refer, batch_first=True, padding_value=0)
         inputs = torch.cat([prefix, embed(padded)], dim=1)
         valid = torch.arange(padded.shape[1], device=prefix.device)[None, :] < lengths[:, None]
-        attention = torch.cat([torch.ones(b, prefix.shape[1], dtype=torch.bool, device=prefix.device), valid], 1)
-        hidden = self.model(inputs_embeds=inputs, attention_mask=attention.long(), use_cache=False).last_hidden_state
+        attention = torch.cat(
+            [torch.ones(b, prefix.shape[1], dtype=torch.bool, device=prefix.device), valid], 1
+        )
+        hidden = self.model(
+            inputs_embeds=inputs, attention_mask=attention.long(), use_cache=False
+        ).last_hidden_state
         states = hidden[:, prefix.shape[1] :]
         weights = valid.to(states.dtype).unsqueeze(-1)
         return ((states * weights).sum(1) / lengths[:, None].to(states.dtype)).to(dtype)
@@ -139,7 +153,11 @@ class SegEarthR1(nn.Module):
         return self.SEG_token_projector(torch.cat([origin, cross], dim=-1))
 
     def segment(
-        self, feats: ImageFeatures, before_ids: torch.Tensor, after_ids: torch.Tensor, refer: list[torch.Tensor]
+        self,
+        feats: ImageFeatures,
+        before_ids: torch.Tensor,
+        after_ids: torch.Tensor,
+        refer: list[torch.Tensor],
     ) -> torch.Tensor:
         """Mask logits at stride 4 in the padded input frame: B x S/4 x S/4 (one query per image)."""
         pooled = self.refer_embeddings(feats, before_ids, after_ids, refer)

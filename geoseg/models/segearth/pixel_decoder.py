@@ -19,7 +19,9 @@ from torch import nn
 from geoseg.models.segearth.config import MaskDecoderConfig
 
 
-def sine_position_embedding(x: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_position_embedding(
+    x: torch.Tensor, num_feats: int, temperature: float = 10000.0
+) -> torch.Tensor:
     """DETR's normalised sine embedding for a B x C x H x W map -> B x 2*num_feats x H x W (float32)."""
     b, _, h, w = x.shape
     eps, scale = 1e-6, 2 * math.pi
@@ -39,7 +41,10 @@ def sine_position_embedding(x: torch.Tensor, num_feats: int, temperature: float 
 
 
 def deformable_sample(
-    value: torch.Tensor, shapes: list[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+    value: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    locations: torch.Tensor,
+    weights: torch.Tensor,
 ) -> torch.Tensor:
     """Multi-scale deformable attention core.
 
@@ -54,7 +59,11 @@ def deformable_sample(
         h, w = shapes[lvl]
         level_value = level_value.flatten(2).transpose(1, 2).reshape(b * heads, d, h, w)
         grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (B*heads) x Q x P x 2
-        sampled.append(F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+        sampled.append(
+            F.grid_sample(
+                level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )
     weights = weights.transpose(1, 2).reshape(b * heads, 1, q, levels * points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*heads) x d x Q
     return out.view(b, heads * d, q).transpose(1, 2)
@@ -70,7 +79,11 @@ class MSDeformAttn(nn.Module):
         self.output_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, query: torch.Tensor, reference: torch.Tensor, source: torch.Tensor, shapes: list[tuple[int, int]]
+        self,
+        query: torch.Tensor,
+        reference: torch.Tensor,
+        source: torch.Tensor,
+        shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         """query: B x Q x D, reference: B x Q x L x 2 in [0, 1], source: B x S x D."""
         b, q, _ = query.shape
@@ -79,8 +92,12 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
         # Offsets are in pixels of each level; normalise by (W, H) since locations are (x, y).
-        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
-        locations = reference[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        normaliser = torch.tensor(
+            [[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device
+        )
+        locations = (
+            reference[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        )
         # Sample in float32 like the reference's CUDA op (it casts value and weights to float).
         out = deformable_sample(value.float(), shapes, locations.float(), weights.float())
         return self.output_proj(out.to(query.dtype))
@@ -114,7 +131,9 @@ class DeformableTransformer(nn.Module):
         self.level_embed = nn.Parameter(torch.zeros(levels, cfg.conv_dim))
         self.encoder = DeformableEncoder(
             [
-                DeformableEncoderLayer(cfg.conv_dim, cfg.enc_ffn, levels, cfg.nheads, cfg.enc_points)
+                DeformableEncoderLayer(
+                    cfg.conv_dim, cfg.enc_ffn, levels, cfg.nheads, cfg.enc_points
+                )
                 for _ in range(cfg.enc_layers)
             ]
         )
@@ -123,9 +142,15 @@ class DeformableTransformer(nn.Module):
         shapes = [tuple(s.shape[-2:]) for s in srcs]
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
         pos = torch.cat(
-            [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos)], dim=1
+            [
+                p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
+                for i, p in enumerate(pos)
+            ],
+            dim=1,
         )
-        reference = self.reference_points(shapes, src.device).to(src.dtype).expand(src.shape[0], -1, -1, -1)
+        reference = (
+            self.reference_points(shapes, src.device).to(src.dtype).expand(src.shape[0], -1, -1, -1)
+        )
         for layer in self.encoder.layers:
             src = layer(src, pos, reference, shapes)
         return src
@@ -158,7 +183,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         self.conv_dim = cfg.conv_dim
         # The deformable encoder sees res3..res5, ordered from low to high resolution.
-        self.input_proj = nn.ModuleList(conv_gn(ch, cfg.conv_dim, 1, relu=False) for ch in channels[1:][::-1])
+        self.input_proj = nn.ModuleList(
+            conv_gn(ch, cfg.conv_dim, 1, relu=False) for ch in channels[1:][::-1]
+        )
         self.transformer = DeformableTransformer(cfg, levels=3)
         self.mask_features = nn.Conv2d(cfg.conv_dim, cfg.mask_dim, 1)
         self.adapter_1 = conv_gn(channels[0], cfg.conv_dim, 1, relu=True)
@@ -172,9 +199,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         b = memory.shape[0]
         sizes = [h * w for h, w in (s.shape[-2:] for s in srcs)]
         outs = [
-            m.transpose(1, 2).reshape(b, -1, *s.shape[-2:]) for m, s in zip(memory.split(sizes, dim=1), srcs, strict=True)
+            m.transpose(1, 2).reshape(b, -1, *s.shape[-2:])
+            for m, s in zip(memory.split(sizes, dim=1), srcs, strict=True)
         ]
         lateral = self.adapter_1(feats[0])
-        top = F.interpolate(outs[-1].float(), size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        top = F.interpolate(
+            outs[-1].float(), size=lateral.shape[-2:], mode="bilinear", align_corners=False
+        )
         fpn = self.layer_1(lateral + top.to(lateral.dtype))
         return self.mask_features(fpn), outs

@@ -71,7 +71,12 @@ class DescriptionProjector(nn.Module):
     def __init__(self, cfg: DescriptionProjectorConfig):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(cfg.dim, cfg.dim_head, cfg.heads), feed_forward(cfg.dim, cfg.ff_mult)])
+            nn.ModuleList(
+                [
+                    PerceiverAttention(cfg.dim, cfg.dim_head, cfg.heads),
+                    feed_forward(cfg.dim, cfg.ff_mult),
+                ]
+            )
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim)

@@ -52,7 +52,9 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, windows_per_image: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, windows_per_image: int, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """x: (B * nW) x n x C windows; mask: nW x n x n additive shift mask or None."""
         bw, n, c = x.shape
         b = bw // windows_per_image
@@ -137,11 +139,14 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int, device) -> torc
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, downsample: bool):
+    def __init__(
+        self, dim: int, depth: int, heads: int, window: int, mlp_ratio: float, downsample: bool
+    ):
         super().__init__()
         self.window = window
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio) for i in range(depth)
+            SwinBlock(dim, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio)
+            for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -177,7 +182,14 @@ class SwinBackbone(nn.Module):
         self.channels = cfg.channels
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
         self.layers = nn.ModuleList(
-            SwinStage(cfg.channels[i], cfg.depths[i], cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio, i < 3)
+            SwinStage(
+                cfg.channels[i],
+                cfg.depths[i],
+                cfg.num_heads[i],
+                cfg.window_size,
+                cfg.mlp_ratio,
+                i < 3,
+            )
             for i in range(4)
         )
         for i, ch in enumerate(cfg.channels):
