@@ -15,6 +15,7 @@ pixel decoder: once per tile) and `segment` (Phi + projectors + transformer deco
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from geoseg.models.segearth.config import SegEarthConfig
 from geoseg.models.segearth.mask_decoder import MaskedTransformerDecoder
 from geoseg.models.segearth.pixel_decoder import MSDeformAttnPixelDecoder
 from geoseg.models.segearth.projectors import CompressionConnector, DescriptionProjector
-from geoseg.models.segearth.swin import SwinBackbone
+from geoseg.models.segearth.swin import SwinBackbone, WindowAttention, relative_position_index
 
 
 @dataclass
@@ -90,7 +91,12 @@ class SegEarthR1(nn.Module):
 
     def reset_runtime_buffers(self, device: torch.device) -> None:
         """Rebuild the buffers that are not in a checkpoint (after building on the meta device)."""
-        self.model.rotary_emb = PhiRotaryEmbedding(self.phi_config, device=device)
+        with torch.device(device):
+            self.model.rotary_emb = PhiRotaryEmbedding(self.phi_config)
+        for module in self.model.vision_tower.modules():
+            if isinstance(module, WindowAttention) and module.relative_position_index.is_meta:
+                window = math.isqrt(module.relative_position_bias_table.shape[0]) // 2 + 1
+                module.relative_position_index = relative_position_index(window).to(device)
 
     # --- image side: once per tile ---------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:

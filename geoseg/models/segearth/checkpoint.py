@@ -1,0 +1,160 @@
+"""Reading a SegEarth-R1 checkpoint directory into the module, with one clear error when it does not fit.
+
+safetensors only (single file, `model.safetensors.index.json` shards, or any `*.safetensors`);
+pickled `pytorch_model*.bin` only with `allow_pickle`, and then with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from geoseg.errors import ModelLoadError
+
+# Keys a checkpoint may carry that are not parameters here (4.36-era non-persistent buffers that
+# some savers still write); they are dropped silently.
+IGNORED_KEYS = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
+# Buffers this module can rebuild itself: missing ones are fine.
+OPTIONAL_KEYS = (re.compile(r"^model\.vision_tower\..*\.relative_position_index$"),)
+# Renames from other transformers versions' Phi layouts to the 4.36.2 names used here.
+KEY_RENAMES: tuple[tuple[re.Pattern, str], ...] = ()
+
+
+def weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The weight files of a checkpoint directory and whether they are pickles."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return _indexed(index), False
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files, False
+    pickles = sorted(path.glob("pytorch_model*.bin"))
+    if not pickles:
+        raise ModelLoadError(
+            f"{path}: no *.safetensors weights found; download the full checkpoint"
+        )
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: only pickled weights ({pickles[0].name}) found; they can run code when loaded, "
+            "so pass --allow-pickle if you trust them (or convert them to safetensors)"
+        )
+    index = path / "pytorch_model.bin.index.json"
+    return (_indexed(index) if index.is_file() else pickles), True
+
+
+def _indexed(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{index} is not a readable shard index: {e}") from None
+    files = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelLoadError(f"{index}: shard(s) {', '.join(missing)} are missing; re-download")
+    return files
+
+
+def iter_tensors(
+    files: Iterable[Path], pickled: bool, device: str
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for file in files:
+        if pickled:
+            state = torch.load(file, map_location=device, weights_only=True)
+            yield from state.items()
+            continue
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt", device=device) as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    yield key, f.get_tensor(key)
+        except Exception as e:  # a truncated or foreign file: one line, not a traceback
+            raise ModelLoadError(
+                f"{file}: cannot read safetensors ({type(e).__name__}: {e})"
+            ) from None
+
+
+def _rename(key: str) -> str:
+    for pattern, repl in KEY_RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def load_weights(
+    module: nn.Module,
+    files: list[Path],
+    pickled: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    where: Path,
+) -> None:
+    """Assign every tensor of the checkpoint to `module` (built on the meta device) or raise.
+
+    All problems are collected first and reported together: missing, unexpected and misshapen keys.
+    """
+    expected = module.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected, misshapen = [], []
+    load_device = "cpu" if device.type == "mps" else str(device)
+    for raw_key, tensor in iter_tensors(files, pickled, load_device):
+        if any(p.match(raw_key) for p in IGNORED_KEYS):
+            continue
+        key = _rename(raw_key)
+        if key not in expected:
+            unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(expected[key].shape):
+            misshapen.append(f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}")
+        else:
+            floating = expected[key].is_floating_point()
+            loaded[key] = tensor.to(device=device, dtype=dtype if floating else expected[key].dtype)
+    missing = [
+        k for k in expected if k not in loaded and not any(p.match(k) for p in OPTIONAL_KEYS)
+    ]
+    missing = [k for k in missing if k not in {m.split(" ")[0] for m in misshapen}]
+    if missing or unexpected or misshapen:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing ({_listing(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
+        if misshapen:
+            problems.append(f"{len(misshapen)} misshapen ({_listing(misshapen, 3)})")
+        raise ModelLoadError(
+            f"{where}: the weights do not fit the SegEarth-R1 architecture described by its "
+            f"config.json: {'; '.join(problems)}; use an unmodified SegEarth-R1 checkpoint"
+        )
+    module.load_state_dict(loaded, strict=False, assign=True)
+
+
+def weights_sha256(files: list[Path]) -> str:
+    """sha256 of the weights (of the concatenated per-file digests when sharded).
+
+    A Hugging Face cache stores each LFS file under its sha256, so the digest is read from the
+    blob name when the file is such a link instead of hashing gigabytes again.
+    """
+    digests = []
+    for file in files:
+        target = file.resolve()
+        if file.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", target.name):
+            digests.append(target.name)
+            continue
+        h = hashlib.sha256()
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        digests.append(h.hexdigest())
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
