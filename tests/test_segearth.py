@@ -274,7 +274,75 @@ def expand_inventory(dims: dict) -> dict[str, tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------ tiny checkpoint helpers
-WORDS = "[UNK] the a of and in to is with red blue roof roofs building buildings road roads car cars water tree trees new field , . : ; ( ) [ ] < > / - This an image Please doing Referring Reasoning Segmentation according following instruction INST SYS You are helpful language vision assistant able understand visual content that user provides assist variety tasks using natural".split()  # noqa: E501
+WORDS = [
+    "[UNK]",
+    "the",
+    "a",
+    "of",
+    "and",
+    "in",
+    "to",
+    "is",
+    "with",
+    "red",
+    "blue",
+    "roof",
+    "roofs",
+    "building",
+    "buildings",
+    "road",
+    "roads",
+    "car",
+    "cars",
+    "water",
+    "tree",
+    "trees",
+    "new",
+    "field",
+    ",",
+    ".",
+    ":",
+    ";",
+    "(",
+    ")",
+    "[",
+    "]",
+    "<",
+    ">",
+    "/",
+    "-",
+    "This",
+    "an",
+    "image",
+    "Please",
+    "doing",
+    "Referring",
+    "Reasoning",
+    "Segmentation",
+    "according",
+    "following",
+    "instruction",
+    "INST",
+    "SYS",
+    "You",
+    "are",
+    "helpful",
+    "language",
+    "vision",
+    "assistant",
+    "able",
+    "understand",
+    "visual",
+    "content",
+    "that",
+    "user",
+    "provides",
+    "assist",
+    "variety",
+    "tasks",
+    "using",
+    "natural",
+]
 
 
 def write_tokenizer(path: Path) -> None:
@@ -579,8 +647,8 @@ def test_predict_change_encodes_both_dates_in_one_pass(segmenter):
         hook.remove()
     assert calls == [4]  # after and before together, once for both queries
     assert pred.probabilities.shape == (2, 2, 128, 128)
-    assert 0 <= pred.probabilities.min() and pred.probabilities.max() <= 1
+    assert pred.probabilities.min() >= 0 and pred.probabilities.max() <= 1
     same = segmenter.predict_change(tiles(1, seed=5), tiles(1, seed=5), ["road"], direction="both")
     assert same.probabilities.max() <= 0.5  # identical dates: min(p, 1 - p) never passes 0.5
     dense = segmenter.feature_change(tiles(1, seed=5), tiles(1, seed=6))
-    assert dense.shape == (1, 128, 128) and 0 <= dense.min() and dense.max() <= 1
+    assert dense.shape == (1, 128, 128) and dense.min() >= 0 and dense.max() <= 1
