@@ -1,0 +1,649 @@
+"""GeoPackage output: one layer per query, provenance, a default QGIS style, atomic writes.
+
+What a written file holds (docs/output-format.md has the full description):
+
+- one MultiPolygon layer per query in the scene's CRS, geometry column `geom`, GDAL's integer
+  primary key `fid` and never a `fid` attribute, an R-tree spatial index;
+- `gpkg_contents.description` = the query, verbatim;
+- the run record as JSON twice: GDAL layer metadata item GEOSEG_PROVENANCE (ogrinfo, pyogrio
+  read_info) and a `gpkg_metadata` row (md_standard_uri PROVENANCE_URI, application/json)
+  referenced from `gpkg_metadata_reference` at table scope; plus a QGIS metadata record
+  (http://mrcc.com/qgis.dtd) whose title is the query, shown in QGIS's Metadata tab;
+- a default style per layer in QGIS's `layer_styles` table, so the layer opens styled;
+- GeoPackage 1.2 (application_id GPKG, user_version 10200): QGIS 3.22 LTR ships GDAL 3.6, which
+  warns on 1.4 files.
+
+The file is built as a temporary file beside the target and renamed over it at the end; on any
+failure the temporary file is removed and an existing target is left untouched. All text goes
+into SQLite through bound parameters, never through SQL string building.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+
+from geoseg.errors import GeosegError, InputError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+GPKG_VERSION = "1.2"
+GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
+GPKG_USER_VERSION = 10200
+GEOMETRY_COLUMN = "geom"
+FID_COLUMN = "fid"
+LAYER_METADATA_KEY = "GEOSEG_PROVENANCE"
+PROVENANCE_URI = "https://geoseg.dev/provenance"
+QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"
+METADATA_EXTENSION = "http://www.geopackage.org/spec120/#extension_metadata"
+MAX_LAYER_NAME = 63
+RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
+RESERVED_NAMES = ("layer_styles",)
+FID_LIKE = ("fid", "ogc_fid")
+
+# Known attribute fields and their types: an empty layer still gets the right column types.
+FIELD_TYPES: dict[str, str] = {
+    "query": "str", "target": "str", "score": "float", "area_m2": "float", "perimeter_m": "float",
+    "pixel_count": "int", "model": "str", "model_version": "str", "run_id": "str", "source": "str",
+    "before": "str", "after": "str", "change_type": "str",
+}
+
+
+@dataclass
+class LayerData:
+    """One layer to write: a slug name, the features, the query and the run record."""
+
+    name: str
+    gdf: gpd.GeoDataFrame
+    description: str  # the query, verbatim -> gpkg_contents.description
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- names
+
+
+def layer_name_for(query: str) -> str:
+    """A layer name from a query: lowercase ASCII [a-z0-9_], at most 63 characters, never empty.
+
+    Accents are folded ("bâtiments" -> "batiments"), everything else becomes "_"; a name that
+    would start with a digit or a reserved GeoPackage prefix gets "q_" in front.
+    """
+    folded = unicodedata.normalize("NFKD", query).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
+    if not slug:
+        slug = "query"
+    if slug[0].isdigit() or slug.startswith(RESERVED_PREFIXES) or slug in RESERVED_NAMES:
+        slug = f"q_{slug}"
+    return slug[:MAX_LAYER_NAME].rstrip("_")
+
+
+def unique_layer_names(names: Iterable[str]) -> list[str]:
+    """Make names unique (case-insensitively, as SQLite tables are) with _2, _3 ... suffixes."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate.lower() in seen:
+            k += 1
+            suffix = f"_{k}"
+            candidate = f"{name[: MAX_LAYER_NAME - len(suffix)]}{suffix}"
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+# ------------------------------------------------------------------------ output checks
+
+
+def check_output_path(path: str | Path, *, overwrite: bool, append: bool) -> None:
+    """Fail fast (before any heavy work) when the output cannot be written as asked."""
+    path = Path(path)
+    if overwrite and append:
+        raise InputError(f"{path}: --overwrite and --append cannot be used together; pick one")
+    if path.suffix.lower() != ".gpkg":
+        raise InputError(f"{path}: the output must be a GeoPackage file ending in .gpkg")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: directory {parent} is not writable; choose another output path")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a .gpkg file path")
+    if not path.exists():
+        return
+    if not (overwrite or append):
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or --append to add a layer")
+    if append and not _is_geopackage(path):
+        raise InputError(f"{path} is not a GeoPackage; --append needs an existing .gpkg (or use --overwrite)")
+
+
+def _is_geopackage(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return (
+        len(header) == 100
+        and header[:16] == b"SQLite format 3\x00"
+        and int.from_bytes(header[68:72], "big") == GPKG_APPLICATION_ID
+    )
+
+
+def _check_text(value: str, what: str) -> None:
+    """Text must survive GDAL's C strings and UTF-8: no NUL, no lone surrogates."""
+    if "\x00" in value:
+        raise InputError(f"{what} contains a NUL character; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode text ({exc.reason}); check the terminal encoding") from exc
+
+
+def _check_layer_name(name: str) -> None:
+    if not name or not name.strip():
+        raise InputError("layer name is empty; pass --layer NAME")
+    _check_text(name, f"layer name {name!r}")
+    lower = name.lower()
+    if lower.startswith(RESERVED_PREFIXES) or lower in RESERVED_NAMES:
+        raise InputError(f"layer name {name!r} is reserved by GeoPackage/QGIS; pass another --layer NAME")
+
+
+def _check_layers(layers: Sequence[LayerData]) -> None:
+    if not layers:
+        raise GeosegError("no layer to write")
+    seen: set[str] = set()
+    for layer in layers:
+        _check_layer_name(layer.name)
+        if layer.name.lower() in seen:
+            raise InputError(f"layer {layer.name!r} is given twice; pass distinct --layer names")
+        seen.add(layer.name.lower())
+        _check_text(layer.description, f"query of layer {layer.name!r}")
+
+
+# ------------------------------------------------------------------------- features
+
+
+def _as_multipolygon(geom: shapely.Geometry | None) -> shapely.MultiPolygon | None:
+    """Valid MultiPolygon (Polygons promoted, invalid repaired, non-areal parts dropped)."""
+    if geom is None or geom.is_empty:
+        return None
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    polys = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    polys = [q for p in polys for q in shapely.get_parts(p) if not q.is_empty]
+    if not polys:
+        return None
+    return shapely.MultiPolygon(polys)
+
+
+def _prepare_frame(layer: LayerData) -> gpd.GeoDataFrame:
+    """Lowercase fields, no fid attribute, typed known fields, valid MultiPolygons in `geom`."""
+    gdf = layer.gdf
+    if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
+        raise GeosegError(f"layer {layer.name!r}: expected a GeoDataFrame with a geometry column")
+    crs = gdf.crs
+    geometry = [_as_multipolygon(g) for g in gdf.geometry]
+    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
+    attrs.columns = [str(c).lower() for c in attrs.columns]
+    dropped = [c for c in attrs.columns if c in FID_LIKE or c == GEOMETRY_COLUMN]
+    if dropped:
+        # GDAL's own primary key is `fid`; a second one breaks QGIS edits ("UNIQUE constraint failed").
+        log.warning("layer %r: dropping attribute column(s) %s", layer.name, ", ".join(dropped))
+        attrs = attrs.drop(columns=dropped)
+    if attrs.columns.duplicated().any():
+        dupes = sorted(set(attrs.columns[attrs.columns.duplicated()]))
+        raise GeosegError(f"layer {layer.name!r}: columns {dupes} clash once lowercased")
+    for column in attrs.columns:
+        attrs[column] = _typed(attrs[column], FIELD_TYPES.get(column), layer.name)
+    keep = np.array([g is not None for g in geometry], dtype=bool)
+    if not keep.all():
+        log.warning("layer %r: dropping %d feature(s) with empty geometry", layer.name, int((~keep).sum()))
+    geoms = gpd.GeoSeries([g for g in geometry if g is not None], crs=crs, name=GEOMETRY_COLUMN)
+    return gpd.GeoDataFrame(attrs[keep].reset_index(drop=True), geometry=geoms, crs=crs)
+
+
+def _typed(values: pd.Series, kind: str | None, layer: str) -> pd.Series:
+    if kind == "float":
+        return values.astype("float64")
+    if kind == "int":
+        return values.astype("int64")
+    if kind == "str" or values.dtype == object:
+        out = values.astype(object).where(values.notna(), None)
+        out = out.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        for v in out:
+            if v is not None:
+                _check_text(v, f"a {values.name!r} value of layer {layer!r}")
+        return out
+    return values
+
+
+# ------------------------------------------------------------------------- provenance
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become "nan"/"inf"/"-inf" (strict JSON has none)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def provenance_json(record: dict[str, Any]) -> str:
+    """The run record as compact UTF-8 JSON (control characters escaped by JSON itself)."""
+    text = json.dumps(_jsonable(record), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (undecodable argv bytes): keep them as \u escapes
+        text = json.dumps(_jsonable(record), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(value: str) -> str:
+    """XML 1.0 cannot carry most control characters: replace them (JSON keeps them verbatim)."""
+    return escape(_XML_INVALID.sub("\ufffd", value))
+
+
+def _qgis_metadata_xml(layer: LayerData) -> str:
+    """A QGIS layer metadata document: title = the query, for QGIS's Metadata tab."""
+    record = layer.provenance
+    model = record.get("model") or {}
+    model_text = " ".join(str(model.get(k, "")) for k in ("name", "version")).strip() if isinstance(model, dict) else str(model)
+    abstract = f"Polygons segmented by geoseg for the query: {layer.description}"
+    history = []
+    if record.get("run_id"):
+        command = f" ({record['command']})" if record.get("command") else ""
+        history.append(f"geoseg run {record['run_id']}{command}")
+    if model_text:
+        history.append(f"model: {model_text}")
+    if record.get("created_utc"):
+        history.append(f"created: {record['created_utc']}")
+    history_xml = "".join(f"  <history>{_xml_text(h)}</history>\n" for h in history)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0">\n'
+        f"  <identifier>{_xml_text(layer.name)}</identifier>\n"
+        "  <parentidentifier></parentidentifier>\n"
+        "  <language></language>\n"
+        "  <type>dataset</type>\n"
+        f"  <title>{_xml_text(layer.description)}</title>\n"
+        f"  <abstract>{_xml_text(abstract)}</abstract>\n"
+        '  <keywords vocabulary="geoseg">\n'
+        "    <keyword>segmentation</keyword>\n"
+        "    <keyword>geoseg</keyword>\n"
+        "  </keywords>\n"
+        "  <links/>\n"
+        f"{history_xml}"
+        "  <fees></fees>\n"
+        "  <encoding></encoding>\n"
+        "  <extent/>\n"
+        "</qgis>\n"
+    )
+
+
+# ------------------------------------------------------------------------------ style
+
+
+def style_colour(name: str) -> tuple[int, int, int]:
+    """A saturated colour picked deterministically from the layer name."""
+    hue = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big") / 2**32
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.9)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+FILL_ALPHA = 90  # of 255: the image stays visible under the polygons
+OUTLINE_WIDTH_MM = 0.5
+
+
+def _outline_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(round(c * 0.6) for c in rgb)  # type: ignore[return-value]
+
+
+def _style_qml(name: str) -> str:
+    """A QGIS 3 single-symbol style: semi-transparent fill, darker solid outline."""
+    rgb = style_colour(name)
+    fill = ",".join(map(str, (*rgb, FILL_ALPHA)))
+    line = ",".join(map(str, (*_outline_colour(rgb), 255)))
+    props = {
+        "color": fill, "joinstyle": "bevel", "offset": "0,0", "offset_unit": "MM",
+        "outline_color": line, "outline_style": "solid", "outline_width": str(OUTLINE_WIDTH_MM),
+        "outline_width_unit": "MM", "style": "solid",
+    }
+    options = "".join(f'       <Option type="QString" name="{k}" value="{v}"/>\n' for k, v in props.items())
+    legacy = "".join(f'      <prop k="{k}" v="{v}"/>\n' for k, v in props.items())  # read by older QGIS
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">\n'
+        ' <renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">\n'
+        "  <symbols>\n"
+        '   <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">\n'
+        '    <layer class="SimpleFill" enabled="1" locked="0" pass="0">\n'
+        '     <Option type="Map">\n'
+        f"{options}"
+        "     </Option>\n"
+        f"{legacy}"
+        "    </layer>\n"
+        "   </symbol>\n"
+        "  </symbols>\n"
+        "  <rotation/>\n"
+        "  <sizescale/>\n"
+        " </renderer-v2>\n"
+        " <blendMode>0</blendMode>\n"
+        " <featureBlendMode>0</featureBlendMode>\n"
+        " <layerOpacity>1</layerOpacity>\n"
+        "</qgis>\n"
+    )
+
+
+def _style_sld(name: str) -> str:
+    """The same style as an OGC SLD 1.1 document (for clients that read SLD)."""
+    rgb = style_colour(name)
+    fill = "#{:02x}{:02x}{:02x}".format(*rgb)
+    line = "#{:02x}{:02x}{:02x}".format(*_outline_colour(rgb))
+    opacity = f"{FILL_ALPHA / 255:.2f}"
+    stroke_px = f"{OUTLINE_WIDTH_MM * 96 / 25.4:.0f}"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" xmlns:se="http://www.opengis.net/se"'
+        ' xmlns:ogc="http://www.opengis.net/ogc" version="1.1.0">\n'
+        " <NamedLayer>\n"
+        f"  <se:Name>{_xml_text(name)}</se:Name>\n"
+        "  <UserStyle>\n"
+        f"   <se:Name>{_xml_text(name)}</se:Name>\n"
+        "   <se:FeatureTypeStyle>\n"
+        "    <se:Rule>\n"
+        "     <se:Name>Single symbol</se:Name>\n"
+        "     <se:PolygonSymbolizer>\n"
+        "      <se:Fill>\n"
+        f'       <se:SvgParameter name="fill">{fill}</se:SvgParameter>\n'
+        f'       <se:SvgParameter name="fill-opacity">{opacity}</se:SvgParameter>\n'
+        "      </se:Fill>\n"
+        "      <se:Stroke>\n"
+        f'       <se:SvgParameter name="stroke">{line}</se:SvgParameter>\n'
+        f'       <se:SvgParameter name="stroke-width">{stroke_px}</se:SvgParameter>\n'
+        '       <se:SvgParameter name="stroke-linejoin">bevel</se:SvgParameter>\n'
+        "      </se:Stroke>\n"
+        "     </se:PolygonSymbolizer>\n"
+        "    </se:Rule>\n"
+        "   </se:FeatureTypeStyle>\n"
+        "  </UserStyle>\n"
+        " </NamedLayer>\n"
+        "</StyledLayerDescriptor>\n"
+    )
+
+
+# ------------------------------------------------------------------------------ SQL
+
+# The table exactly as QGIS 3.22 creates it through GDAL (QgsOgrProviderMetadata::saveStyle).
+LAYER_STYLES_DDL = (
+    'CREATE TABLE IF NOT EXISTS "layer_styles" ( "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
+    '"f_table_catalog" TEXT(256), "f_table_schema" TEXT(256), "f_table_name" TEXT(256), '
+    '"f_geometry_column" TEXT(256), "styleName" TEXT(30), "styleQML" TEXT, "styleSLD" TEXT, '
+    '"useAsDefault" BOOLEAN, "description" TEXT, "owner" TEXT(30), "ui" TEXT(30), '
+    "\"update_time\" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+)
+GPKG_METADATA_DDL = (
+    "CREATE TABLE IF NOT EXISTS gpkg_metadata (id INTEGER CONSTRAINT m_pk PRIMARY KEY ASC NOT NULL, "
+    "md_scope TEXT NOT NULL DEFAULT 'dataset', md_standard_uri TEXT NOT NULL, "
+    "mime_type TEXT NOT NULL DEFAULT 'text/xml', metadata TEXT NOT NULL DEFAULT '')"
+)
+GPKG_METADATA_REFERENCE_DDL = (
+    "CREATE TABLE IF NOT EXISTS gpkg_metadata_reference (reference_scope TEXT NOT NULL, "
+    "table_name TEXT, column_name TEXT, row_id_value INTEGER, "
+    "timestamp DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), "
+    "md_file_id INTEGER NOT NULL, md_parent_id INTEGER, "
+    "CONSTRAINT crmr_mfi_fk FOREIGN KEY (md_file_id) REFERENCES gpkg_metadata(id), "
+    "CONSTRAINT crmr_mpi_fk FOREIGN KEY (md_parent_id) REFERENCES gpkg_metadata(id))"
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _table_exists(con: sqlite3.Connection, name: str) -> bool:
+    row = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def _ensure_metadata_tables(con: sqlite3.Connection) -> None:
+    con.execute(GPKG_METADATA_DDL)
+    con.execute(GPKG_METADATA_REFERENCE_DDL)
+    for table in ("gpkg_metadata", "gpkg_metadata_reference"):
+        con.execute(
+            "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+            "SELECT ?, NULL, 'gpkg_metadata', ?, 'read-write' WHERE NOT EXISTS "
+            "(SELECT 1 FROM gpkg_extensions WHERE table_name = ? AND extension_name = 'gpkg_metadata')",
+            (table, METADATA_EXTENSION, table),
+        )
+
+
+def _add_metadata(con: sqlite3.Connection, table: str, uri: str, mime: str, text: str) -> None:
+    cur = con.execute(
+        "INSERT INTO gpkg_metadata (md_scope, md_standard_uri, mime_type, metadata) VALUES ('dataset', ?, ?, ?)",
+        (uri, mime, text),
+    )
+    con.execute(
+        "INSERT INTO gpkg_metadata_reference (reference_scope, table_name, column_name, row_id_value, "
+        "timestamp, md_file_id, md_parent_id) VALUES ('table', ?, NULL, NULL, ?, ?, NULL)",
+        (table, _now(), cur.lastrowid),
+    )
+
+
+def _ensure_layer_styles(con: sqlite3.Connection) -> None:
+    if _table_exists(con, "layer_styles"):
+        return
+    con.execute(LAYER_STYLES_DDL)
+    con.execute(
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, srs_id) "
+        "VALUES ('layer_styles', 'attributes', 'layer_styles', '', ?, 0)",
+        (_now(),),
+    )
+    if _table_exists(con, "gpkg_ogr_contents"):  # GDAL's feature-count cache
+        con.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES ('layer_styles', 0)")
+        con.execute(
+            'CREATE TRIGGER "trigger_insert_feature_count_layer_styles" AFTER INSERT ON "layer_styles" '
+            "BEGIN UPDATE gpkg_ogr_contents SET feature_count = feature_count + 1 "
+            "WHERE lower(table_name) = lower('layer_styles'); END"
+        )
+        con.execute(
+            'CREATE TRIGGER "trigger_delete_feature_count_layer_styles" AFTER DELETE ON "layer_styles" '
+            "BEGIN UPDATE gpkg_ogr_contents SET feature_count = feature_count - 1 "
+            "WHERE lower(table_name) = lower('layer_styles'); END"
+        )
+
+
+def _add_style(con: sqlite3.Connection, layer: LayerData) -> None:
+    con.execute(
+        "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
+        "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, update_time) "
+        "VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL, ?)",
+        (
+            layer.name, GEOMETRY_COLUMN, layer.name[:30], _style_qml(layer.name), _style_sld(layer.name),
+            f"geoseg default style for: {layer.description}", _now(),
+        ),
+    )
+
+
+def _finish_with_sqlite(path: Path, layers: Sequence[LayerData], records: dict[str, str]) -> None:
+    """Descriptions, metadata rows and styles, in one transaction with bound parameters only."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("BEGIN")
+        _ensure_metadata_tables(con)
+        _ensure_layer_styles(con)
+        for layer in layers:
+            con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?",
+                        (layer.description, layer.name))
+            _add_metadata(con, layer.name, PROVENANCE_URI, "application/json", records[layer.name])
+            _add_metadata(con, layer.name, QGIS_METADATA_URI, "text/xml", _qgis_metadata_xml(layer))
+            _add_style(con, layer)
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
+# ------------------------------------------------------------------------------ write
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.gpkg")
+
+
+def _remove_temp(tmp: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{tmp}{suffix}").unlink()
+
+
+def _write_layer(tmp: Path, layer: LayerData, frame: gpd.GeoDataFrame, record: str, create: bool) -> None:
+    pyogrio.write_dataframe(
+        frame,
+        tmp,
+        layer=layer.name,
+        driver="GPKG",
+        geometry_type="MultiPolygon",
+        promote_to_multi=True,
+        append=not create,
+        dataset_options={"VERSION": GPKG_VERSION} if create else None,
+        layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": GEOMETRY_COLUMN, "FID": FID_COLUMN},
+        layer_metadata={LAYER_METADATA_KEY: record},
+    )
+
+
+def _existing_layers(path: Path) -> list[str]:
+    try:
+        return [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+    except Exception as exc:  # noqa: BLE001 - any GDAL failure means we cannot append
+        raise InputError(f"{path}: cannot read the existing GeoPackage to append to it ({exc})") from exc
+
+
+def _verify(tmp: Path, layers: Sequence[LayerData], frames: dict[str, gpd.GeoDataFrame]) -> None:
+    """Read back what was written before it replaces anything."""
+    for layer in layers:
+        info = pyogrio.read_info(tmp, layer=layer.name)
+        if info["features"] != len(frames[layer.name]) or info["geometry_type"] != "MultiPolygon":
+            raise GeosegError(f"{tmp}: layer {layer.name!r} did not read back as written")
+
+
+def write_geopackage(
+    path: str | Path, layers: Sequence[LayerData], *, overwrite: bool = False, append: bool = False
+) -> None:
+    """Write `layers` to a GeoPackage atomically.
+
+    overwrite: replace the whole file. append: add the layers to an existing file (a layer name
+    that already exists there is an InputError). Neither: the file must not exist.
+    """
+    path = Path(path)
+    check_output_path(path, overwrite=overwrite, append=append)
+    _check_layers(layers)
+    appending = append and path.exists()
+    if appending:
+        existing = {name.lower(): name for name in _existing_layers(path)}
+        for layer in layers:
+            if layer.name.lower() in existing:
+                raise InputError(
+                    f"{path}: layer {existing[layer.name.lower()]!r} already exists; "
+                    "pass --layer NAME to add it under another name or --overwrite to replace the file"
+                )
+    frames = {layer.name: _prepare_frame(layer) for layer in layers}
+    records = {layer.name: provenance_json(layer.provenance) for layer in layers}
+
+    tmp = _temp_path(path)
+    try:
+        if appending:
+            shutil.copyfile(path, tmp)
+        for i, layer in enumerate(layers):
+            _write_layer(tmp, layer, frames[layer.name], records[layer.name], create=not appending and i == 0)
+        _finish_with_sqlite(tmp, layers, records)
+        _verify(tmp, layers, frames)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_temp(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------- read
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def read_provenance(path: str | Path, layer: str) -> dict[str, Any]:
+    """The run record stored for `layer` (newest if the layer was written more than once)."""
+    path = Path(path)
+    if not _is_geopackage(path):
+        raise InputError(f"{path} is not a GeoPackage")
+    con = _connect_readonly(path)
+    try:
+        row = con.execute(
+            "SELECT m.metadata FROM gpkg_metadata m JOIN gpkg_metadata_reference r ON r.md_file_id = m.id "
+            "WHERE m.md_standard_uri = ? AND r.reference_scope = 'table' AND r.table_name = ? "
+            "ORDER BY m.id DESC LIMIT 1",
+            (PROVENANCE_URI, layer),
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{path}: no geoseg provenance for layer {layer!r} ({exc})") from exc
+    finally:
+        con.close()
+    if row is None:
+        raise InputError(f"{path}: no geoseg provenance for layer {layer!r}; was it written by geoseg?")
+    return json.loads(row[0])
+
+
+def read_description(path: str | Path, layer: str) -> str | None:
+    """gpkg_contents.description of a layer (the query for layers geoseg wrote)."""
+    con = _connect_readonly(Path(path))
+    try:
+        row = con.execute("SELECT description FROM gpkg_contents WHERE table_name = ?", (layer,)).fetchone()
+    finally:
+        con.close()
+    return None if row is None else row[0]
+
+
+__all__ = [
+    "FIELD_TYPES", "GEOMETRY_COLUMN", "LAYER_METADATA_KEY", "LayerData", "PROVENANCE_URI",
+    "check_output_path", "layer_name_for", "provenance_json", "read_description", "read_provenance",
+    "style_colour", "unique_layer_names", "write_geopackage",
+]
