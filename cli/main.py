@@ -44,8 +44,12 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(verbose=verbose, quiet=quiet)
-    level = logging.WARNING + 10 * (quiet - verbose)
-    logging.basicConfig(stream=sys.stderr, level=max(logging.DEBUG, level), format="geoseg: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # stderr only: stdout is for machine-readable output
+    handler.setFormatter(logging.Formatter("geoseg: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("geoseg")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)))
 
 
 cli.add_command(segment_command, "segment")

@@ -137,10 +137,10 @@ def segment(
     queries = validate_queries(queries)
     output = Path(output)
     check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(queries))
-    opened = [raster.open_scene(p, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords) for p in scenes]
+    for path in scenes:  # every input is validated before the (possibly large) model loads
+        raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
     model = segmenter or load_segmenter(opts.model, device=opts.device, allow_pickle=opts.allow_pickle)
-    for scene in opened:
-        scene.model_bands = model.info.bands
+    opened = [open_scene(p, model, opts) for p in scenes]
     run_id = provenance.new_run_id()
     summary = RunSummary("segment", str(output), run_id, model.info.name)
     channels = [Channel(i) for i in range(len(queries))]
@@ -184,12 +184,10 @@ def change(
     queries = validate_queries(queries)
     output = Path(output)
     check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
-    scene = raster.open_pair(
-        before, after, bands=opts.bands, nodata=opts.nodata,
-        align_to=opts.align_to, resampling=opts.resampling,
-    )
+    raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata,
+                     align_to=opts.align_to, resampling=opts.resampling)  # validate before loading
     model = segmenter or load_segmenter(opts.model or "compact-change", device=opts.device, allow_pickle=opts.allow_pickle)
-    scene.model_bands = model.info.bands
+    scene = open_pair(before, after, model, opts)
     log.info("pair overlap: %.1f%% of the reference grid", 100 * scene.overlap_fraction)
     run_id = provenance.new_run_id()
     summary = RunSummary("change", str(output), run_id, model.info.name, overlap_fraction=scene.overlap_fraction)
@@ -264,12 +262,8 @@ def dry_run(
 ) -> dict:
     """The tile plan and a memory estimate, without running the model."""
     opts = options or RunOptions()
-    if pair:
-        opened = [raster.open_pair(scenes[0], scenes[1], bands=opts.bands, nodata=opts.nodata,
-                                   align_to=opts.align_to, resampling=opts.resampling)]
-    else:
-        opened = [raster.open_scene(p, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords) for p in scenes]
     model = segmenter or load_segmenter(opts.model or ("compact-change" if pair else None), device=opts.device)
+    opened = [open_pair(scenes[0], scenes[1], model, opts)] if pair else [open_scene(p, model, opts) for p in scenes]
     out = []
     for scene in opened:
         plan = plan_for(scene, model, opts)
@@ -292,6 +286,16 @@ def dry_run(
 
 
 # ---------------------------------------------------------------- steps
+
+
+def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
+    return raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
+                             model_bands=model.info.bands)
+
+
+def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
+    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
+                            align_to=opts.align_to, resampling=opts.resampling)
 
 
 def validate_queries(queries: Iterable[str]) -> list[str]:

@@ -96,7 +96,7 @@ class RasterInput:
             if isinstance(ds, WarpedVRT) and self.nodata is None:
                 valid = ds.read(ds.count, window=window) > 0  # the alpha band added by the warp
             else:
-                valid = ds.read_masks(list(self.bands), window=window).min(axis=0) > 0
+                valid = _any_band_valid(ds.read_masks(list(self.bands), window=window))
         except RasterioError as e:
             raise GeosegError(
                 f"{self.path}: reading window {window} failed ({e}); the file may be truncated or "
@@ -122,7 +122,9 @@ class RasterInput:
             if isinstance(ds, WarpedVRT) and self.nodata is None:
                 valid = ds.read(ds.count, window=window, out_shape=(out_h, out_w), resampling=Resampling.nearest) > 0
             else:
-                valid = ds.read_masks(list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w)).min(axis=0) > 0
+                valid = _any_band_valid(
+                    ds.read_masks(list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w))
+                )
         except RasterioError as e:
             raise InputError(
                 f"{self.path}: the file cannot be read ({e}); it may be truncated or corrupt: "
@@ -132,6 +134,12 @@ class RasterInput:
             valid &= ~np.all(data == self.nodata, axis=0)
         valid &= np.all(np.isfinite(data), axis=0)
         return data, valid
+
+
+def _any_band_valid(masks: np.ndarray) -> np.ndarray:
+    """A pixel is nodata only where every band says so (GDAL nodata masks are per band; a 0 in
+    one band of a valid pixel is data). Alpha bands and internal masks are shared by all bands."""
+    return masks.max(axis=0) > 0
 
 
 @dataclass
@@ -167,8 +175,12 @@ def open_input(
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
     pixel_coords: bool = False,
+    default_bands: int = 3,
 ) -> RasterInput:
-    """Validate a raster file and describe it; every failure is one line naming the file."""
+    """Validate a raster file and describe it; every failure is one line naming the file.
+
+    Without `bands`, the first `default_bands` bands are read (the model's band count).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; check the path")
@@ -183,7 +195,7 @@ def open_input(
             f"{path}: not a readable raster ({_first_line(e)}); give a GeoTIFF or another GDAL raster"
         ) from None
     count, width, height, transform, crs, file_nodata, dtypes = profile
-    selected = _select_bands(path, count, bands)
+    selected = _select_bands(path, count, bands, default_bands)
     if any(np.dtype(dtypes[b - 1]).kind == "c" for b in selected):
         raise InputError(f"{path}: complex-valued bands are not imagery; select other bands with -b")
     georef_missing = crs is None or transform == Affine.identity()
@@ -220,9 +232,9 @@ def _probe_first_block(src, path: Path) -> None:
         ) from None
 
 
-def _select_bands(path: Path, count: int, bands: Sequence[int] | None) -> list[int]:
+def _select_bands(path: Path, count: int, bands: Sequence[int] | None, default: int) -> list[int]:
     if not bands:
-        return list(range(1, min(count, 3) + 1))
+        return list(range(1, min(count, default) + 1))
     bad = [b for b in bands if b < 1 or b > count]
     if bad:
         raise InputError(f"{path}: has {count} band(s); -b {','.join(map(str, bad))} does not exist")
@@ -242,7 +254,7 @@ def open_scene(
     pixel_coords: bool = False,
 ) -> Scene:
     """Open one scene and compute its normalisation statistics."""
-    source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords)
+    source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands)
     grid = source.native
     stats = compute_stats([source], grid)
     return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands)
@@ -259,8 +271,8 @@ def open_pair(
     resampling: str = "bilinear",
 ) -> Scene:
     """Open a bi-temporal pair and warp the other date onto the reference date's grid."""
-    first = open_input(before, bands=bands, nodata=nodata)
-    second = open_input(after, bands=bands, nodata=nodata)
+    first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands)
+    second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands)
     n_first = _count(first.path)
     n_second = _count(second.path)
     if not bands and n_first != n_second:

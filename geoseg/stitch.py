@@ -170,6 +170,7 @@ def write_cog(src_path: Path, dst_path: Path, *, as_mask_threshold: float | None
                         mask[~valid] = 255
                         block = mask
                     dst.write(block, 1, window=window)
+                dst.update_tags(**src.tags())  # query, model, run id: `geoseg vectorize` reads them
                 if as_mask_threshold is None:
                     dst.scales, dst.offsets = (1.0 / PROB_SCALE,), (0.0,)
             rasterio.shutil.copy(tmp, dst_path, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")

@@ -46,6 +46,7 @@ def write_truth_scene(
     with rasterio.open(
         path, "w", driver="GTiff", width=width, height=height, count=4, dtype=dtype,
         crs=crs, transform=transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
+        photometric="minisblack",  # band 4 is data, not an alpha mask
     ) as dst:
         dst.write(data)
     return truth.astype(bool)

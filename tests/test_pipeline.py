@@ -21,6 +21,10 @@ def opts(**kw):
     return pipeline.RunOptions(progress=False, **kw)
 
 
+def feature_layers(path):
+    return [name for name, geom in pyogrio.list_layers(path) if geom is not None]
+
+
 def iou(a, b):
     return a.intersection(b).area / a.union(b).area
 
@@ -44,10 +48,10 @@ def truth_polygons_utm():
 def test_georeferencing_utm_to_the_pixel(tmp_path):
     polys = truth_polygons_utm()
     scene = tmp_path / "utm.tif"
-    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    write_truth_scene(scene, polys, width=640, height=900, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
     out = tmp_path / "out.gpkg"
     summary = pipeline.segment([scene], ["buildings"], out, opts(tile_size=256, overlap=32), segmenter=BandOracle())
-    got = gpd.read_file(out)
+    got = gpd.read_file(out, layer=0)
     assert got.crs.to_epsg() == 32633 and summary.layers[0].features == len(got) == 4
     assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
 
@@ -62,7 +66,7 @@ def test_georeferencing_epsg4326_and_geodesic_area(tmp_path):
     write_truth_scene(scene, polys, width=300, height=300, transform=t, crs="EPSG:4326")
     out = tmp_path / "out.gpkg"
     pipeline.segment([scene], ["fields"], out, opts(tile_size=128, overlap=32), segmenter=BandOracle())
-    got = gpd.read_file(out)
+    got = gpd.read_file(out, layer=0)
     assert got.crs.to_epsg() == 4326
     assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
     # areas in m2 on the ellipsoid: the 60 x 60 px square is ~3600 m2
@@ -74,14 +78,14 @@ def test_change_pair_on_different_grids(tmp_path):
     t_before = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
     t_after = Affine(0.4, 0, 499999.9, 0, -0.4, 5000120.1)
     old = truth_polygons_utm()[:2]
-    new = rotated_house(500250, 5000030, 35, 20, 10)
+    new = rotated_house(500250, 5000030, 60, 40, 10)
     before, after = tmp_path / "before.tif", tmp_path / "after.tif"
-    write_truth_scene(before, old, width=640, height=480, transform=t_before)
-    write_truth_scene(after, [*old, new], width=800, height=600, transform=t_after, seed=1)
+    write_truth_scene(before, old, width=640, height=900, transform=t_before)
+    write_truth_scene(after, [*old, new], width=800, height=1125, transform=t_after, seed=1)
     out = tmp_path / "change.gpkg"
     summary = pipeline.change(before, after, ["new buildings"], out, opts(tile_size=256, overlap=32),
                               segmenter=BandOracle())
-    got = gpd.read_file(out)
+    got = gpd.read_file(out, layer=0)
     assert set(got["change_type"]) == {"appeared"} and summary.overlap_fraction > 0.99
     assert iou(unary_union(got.geometry), new) >= 0.98
     assert set(got["before"]) == {str(before)} and set(got["after"]) == {str(after)}
@@ -97,8 +101,8 @@ def test_single_date_model_change_both_directions(tmp_path):
     t = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
     a, b = truth_polygons_utm()[:2]
     before, after = tmp_path / "b.tif", tmp_path / "a.tif"
-    write_truth_scene(before, [a], width=640, height=480, transform=t)
-    write_truth_scene(after, [b], width=640, height=480, transform=t, seed=2)
+    write_truth_scene(before, [a], width=640, height=900, transform=t)
+    write_truth_scene(after, [b], width=640, height=900, transform=t, seed=2)
 
     class SingleDate(BandOracle):
         def predict(self, images, queries, *, before=None):
@@ -107,7 +111,7 @@ def test_single_date_model_change_both_directions(tmp_path):
 
     out = tmp_path / "c.gpkg"
     pipeline.change(before, after, ["changed buildings"], out, opts(tile_size=256), segmenter=SingleDate())
-    got = gpd.read_file(out)
+    got = gpd.read_file(out, layer=0)
     appeared = unary_union(got[got.change_type == "appeared"].geometry)
     disappeared = unary_union(got[got.change_type == "disappeared"].geometry)
     assert iou(appeared, b) > 0.95 and iou(disappeared, a) > 0.95
@@ -115,19 +119,19 @@ def test_single_date_model_change_both_directions(tmp_path):
 
 def test_multi_query_encodes_each_tile_once(tmp_path):
     scene = tmp_path / "s.tif"
-    write_truth_scene(scene, truth_polygons_utm(), width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    write_truth_scene(scene, truth_polygons_utm(), width=640, height=900, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
     model = BandOracle()
     out = tmp_path / "m.gpkg"
     summary = pipeline.segment([scene], ["buildings", "roads", "lakes"], out, opts(tile_size=256, overlap=32, batch_size=64), segmenter=model)
     assert model.calls == 1  # 6 tiles, 3 queries, one call
-    assert pyogrio.list_layers(out)[:, 0].tolist() == ["buildings", "roads", "lakes"]
+    assert feature_layers(out) == ["buildings", "roads", "lakes"]
     assert [layer.features for layer in summary.layers] == [4, 4, 4]
 
 
 def test_probability_and_mask_cogs_and_revectorize(tmp_path):
     scene = tmp_path / "s.tif"
     polys = truth_polygons_utm()
-    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    write_truth_scene(scene, polys, width=640, height=900, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
     probs, mask, out = tmp_path / "p.tif", tmp_path / "m.tif", tmp_path / "o.gpkg"
     pipeline.segment([scene], ["buildings"], out, opts(tile_size=256, probabilities=probs, mask_out=mask), segmenter=BandOracle())
     with rasterio.open(probs) as p, rasterio.open(mask) as m:
@@ -137,7 +141,7 @@ def test_probability_and_mask_cogs_and_revectorize(tmp_path):
         assert set(np.unique(m.read(1))) <= {0, 1}
     again = tmp_path / "again.gpkg"
     summary = pipeline.vectorize_raster(probs, again, opts(threshold=0.6))
-    got = gpd.read_file(again)
+    got = gpd.read_file(again, layer=0)
     assert summary.layers[0].features == 4 and set(got["query"]) == {"buildings"}
     assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
 
@@ -145,12 +149,12 @@ def test_probability_and_mask_cogs_and_revectorize(tmp_path):
 def test_nodata_tiles_skipped_and_no_polygons_there(tmp_path):
     scene = tmp_path / "nd.tif"
     polys = truth_polygons_utm()
-    write_truth_scene(scene, polys, width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120),
-                      nodata=0, nodata_cols=300)
+    write_truth_scene(scene, polys, width=640, height=900, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120),
+                      nodata=0, nodata_cols=300)  # 640 x 900 px, 128 px tiles: 5 x 8
     out = tmp_path / "o.gpkg"
     summary = pipeline.segment([scene], ["x"], out, opts(tile_size=128, overlap=0), segmenter=BandOracle())
-    assert summary.tiles_skipped_nodata == 4 * 2  # the first two tile columns of four rows
-    got = gpd.read_file(out)
+    assert summary.tiles == 5 * 8 and summary.tiles_skipped_nodata == 2 * 8  # first two tile columns
+    got = gpd.read_file(out, layer=0)
     assert got.total_bounds[0] >= 500000 + 300 * 0.5 - 1e-6
 
 
@@ -192,20 +196,20 @@ def test_found_nothing_is_an_empty_layer(tmp_path):
     write_truth_scene(scene, [], width=320, height=240, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
     out = tmp_path / "e.gpkg"
     summary = pipeline.segment([scene], ["unicorns"], out, opts(tile_size=256), segmenter=BandOracle())
-    assert summary.status == "empty" and len(gpd.read_file(out)) == 0
+    assert summary.status == "empty" and len(gpd.read_file(out, layer=0)) == 0
     assert json.loads(json.dumps(summary.to_dict()))["status"] == "empty"
 
 
 def test_several_scenes_in_different_crs_into_one_layer(tmp_path):
     polys = truth_polygons_utm()
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
-    write_truth_scene(a, polys[:2], width=640, height=480, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    write_truth_scene(a, polys[:2], width=640, height=900, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
     dy, dx = 1 / 111320, 1 / (111320 * np.cos(np.radians(45)))
     geo = [box(15.0 + 40 * dx, 45.0 - 120 * dy, 15.0 + 100 * dx, 45.0 - 60 * dy)]
     write_truth_scene(b, geo, width=200, height=200, transform=Affine(dx, 0, 15.0, 0, -dy, 45.0), crs="EPSG:4326")
     out = tmp_path / "two.gpkg"
     pipeline.segment([a, b], ["things"], out, opts(tile_size=256), segmenter=BandOracle())
-    got = gpd.read_file(out)
+    got = gpd.read_file(out, layer=0)
     assert got.crs.to_epsg() == 32633 and sorted(set(got["source"])) == sorted([str(a), str(b)])
     from_b = got[got.source == str(b)].to_crs(4326)
     assert iou(unary_union(from_b.geometry), geo[0]) > 0.97
