@@ -60,6 +60,7 @@ def test_peak_rss_flat_when_scene_grows_4x(tmp_path):
     peak_small, base_small = peak_growth(tmp_path, 2048)
     peak_big, base_big = peak_growth(tmp_path, 4096)
     # whole-process peak (imports, model, GDAL cache included) within 1.3x ...
+    print(f"peak RSS {peak_small >> 20} MB -> {peak_big >> 20} MB; run growth {(peak_small - base_small) >> 20} MB -> {(peak_big - base_big) >> 20} MB")
     assert peak_big <= 1.3 * peak_small, (peak_small, peak_big)
     # ... and what the run itself adds over the warmed-up process grows far less than the area (4x)
     grow_small, grow_big = peak_small - base_small, peak_big - base_big
