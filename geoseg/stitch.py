@@ -13,6 +13,8 @@ float32 on disk, more precision than any threshold needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +70,26 @@ def _crop_1d(n: int, overlap: int, at_start_edge: bool, at_end_edge: bool) -> np
     return weights
 
 
+@dataclass
+class BlenderState:
+    """A RollingBlender between two rows of tiles: the rows above `y0` are on disk, `acc`/`wsum`
+    hold the partial sums of the rows from `y0` down (Q x n x width, n x width)."""
+
+    y0: int
+    acc: np.ndarray
+    wsum: np.ndarray
+
+
 class RollingBlender:
     """Weighted accumulation of tile probabilities for Q outputs, flushed row band by row band."""
 
-    def __init__(self, grid: Grid, paths: list[Path], tile_size: int, overlap: int, mode: str = "cosine"):
+    def __init__(
+        self, grid: Grid, paths: list[Path], tile_size: int, overlap: int, mode: str = "cosine", *,
+        state: BlenderState | None = None,
+        on_rows_flushed: Callable[[RollingBlender, Tile], None] | None = None,
+    ):
+        """`state` continues an interrupted run on the rasters it left at `paths` (see `snapshot`);
+        `on_rows_flushed(blender, tile)` is called whenever rows were written before adding `tile`."""
         if mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}")
         self.grid, self.overlap, self.mode = grid, overlap, mode
@@ -79,11 +97,19 @@ class RollingBlender:
         self.acc = np.zeros((len(paths), self.rows, grid.width), np.float32)
         self.wsum = np.zeros((self.rows, grid.width), np.float32)
         self.y0 = 0  # scene row of the buffer's first row
-        self.outputs = [_open_probability_raster(p, grid) for p in paths]
+        self.paths = [Path(p) for p in paths]
+        self.on_rows_flushed = on_rows_flushed
+        if state is None:
+            self.outputs = [_open_probability_raster(p, grid) for p in self.paths]
+        else:
+            self._restore(state)
 
-    def add(self, tile: Tile, probabilities: np.ndarray | None, valid: np.ndarray) -> None:
+    def add(self, tile: Tile, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
         """Add a tile (Q x h x w, or None for a skipped all-nodata tile) to the accumulators."""
+        flushed = tile.y > self.y0
         self.advance_to(tile.y)
+        if flushed and self.on_rows_flushed is not None:
+            self.on_rows_flushed(self, tile)
         if probabilities is None:
             return
         weight = blend_window(tile, self.overlap, self.mode) * valid
@@ -103,6 +129,26 @@ class RollingBlender:
         self.wsum[:-done] = self.wsum[done:].copy()
         self.wsum[-done:] = 0
         self.y0 += done
+
+    def snapshot(self) -> BlenderState:
+        """Make every written row durable on disk and copy the rows still accumulating."""
+        for dst in self.outputs:
+            dst.close()  # GDAL writes its cached blocks; reopened for update below
+        self.outputs = [rasterio.open(p, "r+") for p in self.paths]
+        live = np.flatnonzero(self.wsum.any(axis=1))
+        n = int(live[-1]) + 1 if live.size else 0
+        return BlenderState(self.y0, self.acc[:, :n].copy(), self.wsum[:n].copy())
+
+    def _restore(self, state: BlenderState) -> None:
+        missing = [p for p in self.paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: the probability raster to resume is gone")
+        n = state.wsum.shape[0]
+        if state.acc.shape != (len(self.paths), n, self.grid.width) or n > self.rows:
+            raise ValueError("the saved blender state does not fit this scene and tile plan")
+        self.y0 = state.y0
+        self.acc[:, :n], self.wsum[:n] = state.acc, state.wsum
+        self.outputs = [rasterio.open(p, "r+") for p in self.paths]
 
     def close(self) -> None:
         """Flush what remains and close the rasters."""
