@@ -18,9 +18,10 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import geopandas as gpd
 import numpy as np
@@ -120,6 +121,48 @@ class Channel:
     change_type: str | None = None  # appeared | disappeared (change mode only)
 
 
+class TileJournal(Protocol):
+    """Per-scene resume hooks: the pipeline reports what became durable, the journal gives back
+    what an interrupted run left (geoseg.resume implements it; a plain run has none)."""
+
+    def finished(self) -> bool: ...  # the scene's probability rasters are complete
+    def blender_state(self) -> stitch.BlenderState | None: ...
+    def replay(self, blender: stitch.RollingBlender, plan: tiling.TilePlan) -> int: ...  # -> first tile to read
+    def batch_predicted(self, batch: Sequence[tiling.TileData], probabilities: np.ndarray) -> None: ...
+    def rows_flushed(self, blender: stitch.RollingBlender, next_tile: tiling.Tile) -> None: ...
+    def scene_finished(self) -> None: ...
+
+
+class Checkpoints(Protocol):
+    """A resumable run: a persistent work directory and a journal per scene."""
+
+    workdir: Path
+
+    def journal(self, scene_index: int) -> TileJournal: ...
+
+
+class NullJournal:
+    """No resume: nothing recorded, nothing to replay."""
+
+    def finished(self) -> bool:
+        return False
+
+    def blender_state(self) -> None:
+        return None
+
+    def replay(self, blender: stitch.RollingBlender, plan: tiling.TilePlan) -> int:
+        return 0
+
+    def batch_predicted(self, batch, probabilities) -> None:
+        pass
+
+    def rows_flushed(self, blender, next_tile) -> None:
+        pass
+
+    def scene_finished(self) -> None:
+        pass
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -130,8 +173,11 @@ def segment(
     options: RunOptions | None = None,
     *,
     segmenter: Segmenter | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> RunSummary:
-    """Segment one or more scenes for one or more queries into one GeoPackage (a layer per query)."""
+    """Segment one or more scenes for one or more queries into one GeoPackage (a layer per query).
+
+    With `checkpoints` (geoseg.batch), work files persist and an interrupted run can continue."""
     opts = options or RunOptions()
     started = time.perf_counter()
     queries = validate_queries(queries)
@@ -146,10 +192,11 @@ def segment(
     channels = [Channel(i) for i in range(len(queries))]
     per_query: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
     plans = [plan_for(scene, model, opts) for scene in opened]
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-") as tmp:
+    with work_directory(output, checkpoints) as tmp:
         for n, scene in enumerate(opened):
             prob_paths = [Path(tmp) / f"scene{n}_q{c.query_index}.tif" for c in channels]
-            infer_scene(scene, model, queries, channels, plans[n], prob_paths, opts, summary)
+            journal = checkpoints.journal(n) if checkpoints else None
+            infer_scene(scene, model, queries, channels, plans[n], prob_paths, opts, summary, journal)
             for c, path in zip(channels, prob_paths, strict=True):
                 gdf = vectorize.vectorize_probabilities(path, opts.vectorize_options(), progress=False)
                 per_query[c.query_index].append(
@@ -177,6 +224,7 @@ def change(
     options: RunOptions | None = None,
     *,
     segmenter: Segmenter | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> RunSummary:
     """Find the queried change between two dates; `change_type` says appeared or disappeared."""
     opts = options or RunOptions()
@@ -196,10 +244,11 @@ def change(
         for qi, q in enumerate(queries)
         for kind in (("appeared", "disappeared") if change_direction(q) == "both" else (change_direction(q),))
     ]
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-") as tmp:
+    with work_directory(output, checkpoints) as tmp:
         prob_paths = [Path(tmp) / f"q{c.query_index}_{c.change_type}.tif" for c in channels]
         plan = plan_for(scene, model, opts)
-        infer_scene(scene, model, queries, channels, plan, prob_paths, opts, summary)
+        journal = checkpoints.journal(0) if checkpoints else None
+        infer_scene(scene, model, queries, channels, plan, prob_paths, opts, summary, journal)
         before_path, after_path = (str(p) for p in scene.paths)
         layers = []
         for qi, query in enumerate(queries):
@@ -366,29 +415,12 @@ def infer_scene(
     prob_paths: Sequence[Path],
     opts: RunOptions,
     summary: RunSummary,
+    journal: TileJournal | None = None,
 ) -> None:
     """Run the model over every tile and blend the results into one probability raster per channel."""
-    batch_size = batch_size_for(model, opts)
-    blender = stitch.RollingBlender(scene.grid, list(prob_paths), plan.tile_size, plan.overlap, opts.blend)
-    with ExitStack() as stack:
-        stack.callback(blender.close)
-        bar = stack.enter_context(
-            tqdm(total=len(plan.tiles), unit="tile", disable=not opts.progress, desc=scene.paths[-1].name, leave=False)
-        )
-        batch: list[tiling.TileData] = []
-        for data in tiling.read_tiles(scene, plan, workers=opts.workers):
-            if data.empty:
-                summary.tiles_skipped_nodata += 1
-                _flush_batch(batch, model, queries, channels, plan, blender, opts)
-                batch = []
-                blender.add(data.tile, None, data.valid)
-            else:
-                batch.append(data)
-                if len(batch) == batch_size:
-                    _flush_batch(batch, model, queries, channels, plan, blender, opts)
-                    batch = []
-            bar.update(1)
-        _flush_batch(batch, model, queries, channels, plan, blender, opts)
+    journal = journal or NullJournal()
+    if not journal.finished():
+        blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal)
     summary.tiles += len(plan.tiles)
     for path, c in zip(prob_paths, channels, strict=True):
         with rasterio.open(path, "r+") as dst:
@@ -397,13 +429,41 @@ def infer_scene(
                 geoseg_model_version=model.info.version, geoseg_run_id=summary.run_id,
                 geoseg_change_type=c.change_type or "",
             )
+    journal.scene_finished()
 
 
-def _flush_batch(batch, model, queries, channels, plan, blender, opts) -> None:
+def blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal: TileJournal) -> None:
+    """Predict tiles in batches and blend them, continuing after the tiles the journal replays."""
+    batch_size = batch_size_for(model, opts)
+    blender = stitch.RollingBlender(scene.grid, list(prob_paths), plan.tile_size, plan.overlap, opts.blend,
+                                    state=journal.blender_state(), on_rows_flushed=journal.rows_flushed)
+    with ExitStack() as stack:
+        stack.callback(blender.close)
+        start = journal.replay(blender, plan)
+        bar = stack.enter_context(tqdm(total=len(plan.tiles), initial=start, unit="tile", disable=not opts.progress,
+                                       desc=scene.paths[-1].name, leave=False))
+        batch: list[tiling.TileData] = []
+        for data in tiling.read_tiles(scene, replace(plan, tiles=plan.tiles[start:]), workers=opts.workers):
+            if data.empty:
+                summary.tiles_skipped_nodata += 1
+                _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+                batch = []
+                blender.add(data.tile, None, data.valid)
+            else:
+                batch.append(data)
+                if len(batch) == batch_size:
+                    _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+                    batch = []
+            bar.update(1)
+        _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+
+
+def _flush_batch(batch, model, queries, channels, plan, blender, opts, journal: TileJournal) -> None:
     """Predict a batch of tiles and hand each tile's channel probabilities to the blender."""
     if not batch:
         return
     probs = predict_channels(model, batch, queries, channels, plan.tile_size, opts.dilate_px)
+    journal.batch_predicted(batch, probs)  # recorded before blending: a checkpoint never runs ahead of it
     for data, p in zip(batch, probs, strict=True):
         h, w = data.tile.height, data.tile.width
         blender.add(data.tile, p[:, :h, :w], data.valid)
@@ -449,6 +509,14 @@ def dilate(prob: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return prob
     return F.max_pool2d(prob[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+
+
+def work_directory(output: Path, checkpoints: Checkpoints | None) -> AbstractContextManager[str]:
+    """A temporary directory beside the output, or the persistent one of a resumable run."""
+    if checkpoints is None:
+        return tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-")
+    checkpoints.workdir.mkdir(parents=True, exist_ok=True)
+    return nullcontext(str(checkpoints.workdir))
 
 
 def with_fields(gdf: gpd.GeoDataFrame, *, query: str, model: Segmenter, run_id: str, source: str) -> gpd.GeoDataFrame:
