@@ -12,9 +12,9 @@ import numpy as np
 import pyogrio
 import pytest
 from affine import Affine
-from conftest import smooth_field, write_rgb
 from test_segearth import TINY_CONFIG, TINY_DIMS, random_state, write_checkpoint
 
+from conftest import smooth_field, write_rgb
 from geoseg import pipeline
 
 

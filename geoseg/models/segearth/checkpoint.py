@@ -107,7 +107,8 @@ def load_weights(
     expected = module.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     unexpected, misshapen = [], []
-    load_device = "cpu" if device.type == "mps" else str(device)
+    # safetensors wants an explicit CUDA index; MPS tensors are moved after reading on the CPU.
+    load_device = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
     for raw_key, tensor in iter_tensors(files, pickled, load_device):
         if any(p.match(raw_key) for p in IGNORED_KEYS):
             continue
