@@ -43,3 +43,16 @@ class ConvOracle:
         blurred = F.avg_pool2d(grey, k, stride=1, padding=self.radius, count_include_pad=True)
         prob = torch.sigmoid(25 * (blurred - 0.45))[:, 0]
         return Prediction(prob[:, None].expand(-1, len(queries), -1, -1).contiguous())
+
+
+class DarkOracle:
+    """Probability 1 where the first band is dark (water in SWIR/NIR composites), else 0."""
+
+    def __init__(self, tile_size: int = 256, overlap: int = 32, level: float = 0.15):
+        self.info = ModelInfo("dark-oracle", "test", tile_size, overlap, bands=3)
+        self.device = torch.device("cpu")
+        self.level = level
+
+    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+        prob = (images[:, 0] < self.level).float()
+        return Prediction(prob[:, None].expand(-1, len(queries), -1, -1).contiguous())

@@ -7,6 +7,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import rasterio.features
 from affine import Affine
 from shapely.geometry import Polygon, box
 from shapely.ops import unary_union
@@ -213,3 +214,42 @@ def test_several_scenes_in_different_crs_into_one_layer(tmp_path):
     assert got.crs.to_epsg() == 32633 and sorted(set(got["source"])) == sorted([str(a), str(b)])
     from_b = got[got.source == str(b)].to_crs(4326)
     assert iou(unary_union(from_b.geometry), geo[0]) > 0.97
+
+
+# ------------------------------------------------------------------ real files (../shared/data)
+
+
+def test_landsat_epsg4326_areas_in_square_metres(shared_data, tmp_path):
+    from pyproj import Geod
+
+    from doubles import DarkOracle
+
+    scene = shared_data / "georef-landsat-pucallpa" / "2020.tif"
+    out = tmp_path / "water.gpkg"
+    pipeline.segment([scene], ["river"], out, opts(min_area_px=20), segmenter=DarkOracle())
+    got = gpd.read_file(out, layer=0)
+    assert got.crs.to_epsg() == 4326 and len(got) > 0
+    geod = Geod(ellps="WGS84")
+    for geom, area in zip(got.geometry[:5], got["area_m2"][:5], strict=True):
+        expected = abs(geod.geometry_area_perimeter(geom)[0])
+        assert area == pytest.approx(expected, rel=1e-6)
+    # ~0.000808 deg pixels at 8.3 S are ~90 m: each pixel is roughly 8000 m2, never 6.5e-7 "deg2"
+    per_pixel = got["area_m2"] / got["pixel_count"]
+    assert per_pixel.between(7000, 9000).all()
+
+
+def test_rgb_byte_nodata_never_becomes_polygons(shared_data, tmp_path):
+    from shapely.geometry import shape
+
+    from doubles import DarkOracle
+
+    scene = shared_data / "georef-rasterio" / "RGB.byte.tif"
+    out = tmp_path / "dark.gpkg"
+    summary = pipeline.segment([scene], ["dark things"], out, opts(tile_size=128, overlap=16), segmenter=DarkOracle(128, 16, 0.5))
+    assert summary.tiles_skipped_nodata > 0
+    got = gpd.read_file(out, layer=0)
+    with rasterio.open(scene) as src:
+        valid = src.dataset_mask() > 0
+        footprint = unary_union([shape(g) for g, v in rasterio.features.shapes(valid.astype("uint8"), transform=src.transform) if v == 1])
+    # the dark nodata collar (value 0) is not data: no polygon reaches outside the valid footprint
+    assert unary_union(got.geometry).difference(footprint.buffer(1e-6)).area == pytest.approx(0, abs=1.0)
