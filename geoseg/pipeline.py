@@ -491,6 +491,14 @@ def predict_channels(
         # A change-native model reads the direction from the query itself.
         p = model.predict(after, queries, before=before).probabilities.float()
         return torch.stack([p[:, c.query_index] for c in channels], dim=1).cpu().numpy()
+    if hasattr(model, "predict_change"):
+        # The model combines the dates itself (e.g. with a feature-change test against
+        # misregistration and lighting); one call per direction present in the channels.
+        by_direction = {
+            kind: model.predict_change(after, before, queries, direction=kind).probabilities.float()
+            for kind in {c.change_type for c in channels}
+        }
+        return torch.stack([by_direction[c.change_type][:, c.query_index] for c in channels], dim=1).cpu().numpy()
     # A single-date model: segment both dates (each image encoded once for all queries), then
     # appeared = after AND NOT dilate(before), disappeared = before AND NOT dilate(after).
     p_before = model.predict(before, queries).probabilities.float()
