@@ -6,11 +6,11 @@ import logging
 import sys
 
 import click
-from geoseg_cli.info import models_command
-from geoseg_cli.run import change_command, segment_command, vectorize_command
 
 import geoseg
 from geoseg.errors import GeosegError
+from geoseg_cli.info import models_command
+from geoseg_cli.run import change_command, segment_command, vectorize_command
 
 
 class GeosegGroup(click.Group):

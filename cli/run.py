@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import click
-from geoseg_cli.options import model_opts, parse_min_area, raster_opts, vector_opts, write_opts
 
 from geoseg import pipeline
 from geoseg.errors import EmptyResultError
+from geoseg_cli.options import model_opts, parse_min_area, raster_opts, vector_opts, write_opts
 
 
 def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:

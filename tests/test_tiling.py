@@ -13,7 +13,7 @@ def test_plan_covers_scene_with_full_size_tiles(height, width):
     cover = np.zeros((height, width), int)
     for t in plan.tiles:
         assert t.height == min(256, height) and t.width == min(256, width)  # never shrunk or skipped
-        assert 0 <= t.y and t.y + t.height <= height and 0 <= t.x and t.x + t.width <= width
+        assert t.y >= 0 and t.y + t.height <= height and t.x >= 0 and t.x + t.width <= width
         cover[t.y : t.y + t.height, t.x : t.x + t.width] += 1
     assert cover.min() >= 1
     # row-major order: the blender relies on it
