@@ -236,7 +236,9 @@ def change(
                      align_to=opts.align_to, resampling=opts.resampling)  # validate before loading
     model = segmenter or load_segmenter(opts.model or "compact-change", device=opts.device, allow_pickle=opts.allow_pickle)
     scene = open_pair(before, after, model, opts)
-    log.info("pair overlap: %.1f%% of the reference grid", 100 * scene.overlap_fraction)
+    # A partial overlap is worth a warning: change outside it cannot be seen.
+    log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
+            "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
     run_id = provenance.new_run_id()
     summary = RunSummary("change", str(output), run_id, model.info.name, overlap_fraction=scene.overlap_fraction)
     channels = [
