@@ -157,15 +157,59 @@ def _read_block(
 # Geometry in pixel space
 
 
-def _canonical(parts: list[shapely.Geometry]) -> shapely.Geometry:
-    """One component's geometry in a form that does not depend on how it was cut into blocks.
+def _clean_polygon(poly: shapely.Polygon) -> shapely.Polygon:
+    """Remove the vertices in the middle of straight runs (all edges are axis-aligned here)."""
+    rings = np.array([poly.exterior, *poly.interiors], dtype=object)
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    last = np.r_[ring[1:] != ring[:-1], True]  # the closing repeat of each ring
+    pts, ring = coords[~last], ring[~last]
+    first = np.r_[True, ring[1:] != ring[:-1]]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(pts)] - 1
+    owner = np.cumsum(first) - 1  # ring number of every vertex, 0-based
+    idx = np.arange(len(pts))
+    prev = np.where(first, ends[owner], idx - 1)
+    nxt = np.where(np.r_[first[1:], True], starts[owner], idx + 1)
+    x, y = pts[:, 0], pts[:, 1]
+    straight = ((x[prev] == x) & (x == x[nxt])) | ((y[prev] == y) & (y == y[nxt]))
+    keep = ~straight
+    cleaned = shapely.linearrings(pts[keep], indices=ring[keep])
+    return shapely.polygons(cleaned[0], holes=cleaned[1:] if len(cleaned) > 1 else None)
 
-    Union dissolves the seams; normalising first puts every ring's start on a corner, so the
-    zero-tolerance Douglas-Peucker pass removes exactly the collinear vertices the seams left.
+
+def _merge_parts(polys: list[shapely.Polygon], connectivity: int) -> list[shapely.Polygon]:
+    """Dissolve the pieces of one component (cut by block seams) into its polygon(s).
+
+    With 4-connectivity every hole of a piece lies inside the piece's own block, so no other
+    piece can touch it: only the shells need the (costly) overlay union, and the holes are put
+    back afterwards. With 8-connectivity a piece may sit inside another's hole (touching it at a
+    corner), so the full polygons are unioned.
     """
-    geom = shapely.union_all(parts) if len(parts) > 1 else parts[0]
-    geom = shapely.normalize(geom)
-    geom = shapely.simplify(geom, 0.0, preserve_topology=False)
+    if len(polys) == 1:
+        return polys
+    if connectivity == 8:
+        return list(shapely.get_parts(shapely.union_all(polys)))
+    shells = shapely.polygons(shapely.get_exterior_ring(np.array(polys, dtype=object)))
+    merged = shapely.union_all(shells)
+    if merged.geom_type != "Polygon":  # cannot happen for a 4-connected group; keep it correct anyway
+        return list(shapely.get_parts(shapely.union_all(polys)))
+    holes = [*merged.interiors, *(ring for p in polys for ring in p.interiors)]
+    return [shapely.Polygon(merged.exterior, holes)]
+
+
+def _canonical(parts: list[shapely.Polygon], connectivity: int) -> shapely.Geometry:
+    """One component's geometry in a form that does not depend on how it was cut into blocks:
+    seams dissolved, collinear vertices removed (all edges are axis-aligned in pixel space),
+    rings normalised (start point, orientation, hole order).
+
+    GDAL's polygoniser puts vertices only where the boundary turns, so a component that came
+    out of one block in one piece is already free of collinear vertices; only merged pieces
+    need cleaning (test_blockwise_equals_whole_raster guards this).
+    """
+    if len(parts) == 1:
+        return shapely.normalize(parts[0])
+    polys = [_clean_polygon(p) for p in _merge_parts(parts, connectivity)]
+    geom = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
     return shapely.normalize(geom)
 
 
@@ -271,12 +315,29 @@ def _seam_pairs(
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
-def _block_polygons(labels: np.ndarray, col0: int, row0: int) -> dict[int, list[shapely.Geometry]]:
-    """Polygons of every label in a block, in pixel coordinates of the whole raster."""
-    out: dict[int, list[shapely.Geometry]] = {}
+def _block_polygons(labels: np.ndarray, col0: int, row0: int) -> dict[int, list[shapely.Polygon]]:
+    """Polygons of every label in a block, in pixel coordinates of the whole raster.
+
+    Built in one vectorised call: per-polygon construction dominates for noisy masks.
+    """
+    coords: list[tuple[float, float]] = []
+    ring_of_point: list[int] = []
+    polygon_of_ring: list[int] = []
+    values: list[int] = []
     transform = Affine.translation(col0, row0)
     for geojson, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-        out.setdefault(int(value), []).append(shapely.geometry.shape(geojson))
+        for ring in geojson["coordinates"]:
+            ring_of_point.extend([len(polygon_of_ring)] * len(ring))
+            polygon_of_ring.append(len(values))
+            coords.extend(ring)
+        values.append(int(value))
+    out: dict[int, list[shapely.Polygon]] = {}
+    if not values:
+        return out
+    rings = shapely.linearrings(np.asarray(coords, dtype=np.float64), indices=np.asarray(ring_of_point))
+    polygons = shapely.polygons(rings, indices=np.asarray(polygon_of_ring))
+    for value, polygon in zip(values, polygons, strict=True):
+        out.setdefault(value, []).append(polygon)
     return out
 
 
@@ -337,7 +398,7 @@ def _components(
                     uf.add(gid)
                     pending[gid] = _Part(geoms, int(counts[label]), float(sums[label]), bi, bool(on_bottom[label]))
                 else:
-                    yield _Component(_canonical(geoms), int(counts[label]), float(sums[label]))
+                    yield _Component(_canonical(geoms, options.connectivity), int(counts[label]), float(sums[label]))
             del polygons
 
             if edges["top"] is not None:
@@ -351,11 +412,13 @@ def _components(
             if edges["right"] is not None:
                 prev_right = gid_of[edges["right"]]
         prev_bottom = cur_bottom
-        yield from _flush_complete(pending, uf, bi)
+        yield from _flush_complete(pending, uf, bi, options.connectivity)
     bar.close()
 
 
-def _flush_complete(pending: dict[int, _Part], uf: _UnionFind, block_row: int) -> Iterator[_Component]:
+def _flush_complete(
+    pending: dict[int, _Part], uf: _UnionFind, block_row: int, connectivity: int
+) -> Iterator[_Component]:
     """Emit pending groups that the next block row cannot extend; keep the others."""
     groups: dict[int, list[int]] = {}
     for gid in pending:
@@ -366,7 +429,7 @@ def _flush_complete(pending: dict[int, _Part], uf: _UnionFind, block_row: int) -
         parts = [pending[g] for g in members]
         geoms = [geom for part in parts for geom in part.geoms]
         yield _Component(
-            _canonical(geoms),
+            _canonical(geoms, connectivity),
             sum(p.pixel_count for p in parts),
             math.fsum(p.value_sum for p in parts),
         )
