@@ -22,6 +22,10 @@ from geoseg.models.base import Prediction  # noqa: E402
 
 
 class SeparableConvOracle(ConvOracle):
+    def __init__(self, tile_size: int = 128, overlap: int = 32, radius: int = ConvOracle.radius):
+        super().__init__(tile_size, overlap)
+        self.radius = radius  # receptive field 2 * radius + 1 pixels
+
     def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
         grey = images.mean(dim=1, keepdim=True)
         k, r = 2 * self.radius + 1, self.radius
