@@ -169,7 +169,11 @@ class Occupancy:
             return geom
         # only the part of each (possibly long) road or river near `geom` matters
         x0, y0, x1, y1 = geom.bounds
-        pieces = shapely.clip_by_rect(np.asarray(cands, dtype=object), x0 - margin - 1, y0 - margin - 1, x1 + margin + 1, y1 + margin + 1)
+        rect = (x0 - margin - 1, y0 - margin - 1, x1 + margin + 1, y1 + margin + 1)
+        try:
+            pieces = shapely.clip_by_rect(np.asarray(cands, dtype=object), *rect)
+        except shapely.errors.GEOSException:  # GEOS' fast clip can trip on degenerate rings
+            pieces = shapely.intersection(np.asarray(cands, dtype=object), shapely.box(*rect))
         blocker = shapely.union_all(pieces)
         if margin:
             blocker = blocker.buffer(margin, quad_segs=2)

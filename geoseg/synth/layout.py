@@ -94,6 +94,18 @@ class _Builder:
         self.instances: list[Instance] = []
         self.road_lines: list[tuple[LineString, float, str]] = []  # centreline, width px, kind
 
+    @classmethod
+    def resume(cls, rng: np.random.Generator, layout: Layout) -> _Builder:
+        """A builder holding copies of an existing layout's instances (to change it)."""
+        b = cls(rng, layout.height, layout.width, layout.gsd)
+        b.town = layout.town
+        b.grid_angle = 0.0
+        for inst in layout.instances:
+            b.add(Instance(inst.cls, inst.subclass, inst.geometry, dict(inst.attrs), dict(inst.paint), inst.id))
+            if inst.cls == "road" and "line" in inst.paint:
+                b.road_lines.append((inst.paint["line"], inst.paint["width_px"], inst.attrs["kind"]))
+        return b
+
     def m(self, metres: float) -> float:
         return metres / self.gsd
 
@@ -168,7 +180,8 @@ class _Builder:
         if poly.is_empty or poly.area < self.m(width_m) ** 2:
             return
         attrs = {"paved": paved, "surface": "asphalt" if paved else "dirt", "kind": kind, "width_m": round(width_m, 1)}
-        self.add(Instance("road", "paved" if paved else "dirt", poly, attrs, {"tone": self.u(0, 1)}))
+        paint = {"tone": self.u(0, 1), "line": line, "width_px": self.m(width_m)}
+        self.add(Instance("road", "paved" if paved else "dirt", poly, attrs, paint))
         self.road_lines.append((line, self.m(width_m), kind))
 
     def place_roads(self) -> None:
@@ -238,7 +251,7 @@ class _Builder:
         return {"cx": cx, "cy": cy, "angle": angle, "outline": outline, "parts": parts, "attrs": attrs,
                 "shade": self.u(-1, 1)}
 
-    def commit_buildings(self, cands: list[dict], clearance_m: float = 1.5) -> list[Instance]:
+    def commit_buildings(self, cands: list[dict], clearance_m: float = 1.5, limit: int | None = None) -> list[Instance]:
         """Place the candidates that touch nothing already there (first come, first served)."""
         if not cands:
             return []
@@ -257,6 +270,8 @@ class _Builder:
         free = self.occ.free(probes)
         ok = (np.bincount(owner, weights=~free, minlength=n) == 0) & shapely.intersects(outlines, self.domain)
         accepted = first_come(outlines, probes, owner, ok)
+        if limit is not None:
+            accepted[np.flatnonzero(accepted)[limit:]] = False
         part_xy = place_many(box_corners(boxes, 0.0).reshape(-1, 2), *(np.repeat(v[owner], 4) for v in (cx, cy, ang)))
         part_xy = part_xy.reshape(-1, 4, 2)
         placed = []
@@ -401,7 +416,7 @@ class _Builder:
         for part in parts_of(geom):
             if part.area < self.m(8) ** 2:
                 continue
-            attrs = {"crown_radius_m": round(crown_m, 1), "height_m": round(crown_m * self.u(2.5, 4), 1)}
+            attrs = {"crown_radius_m": round(crown_m, 1), "height_m": round(self.u(8, 16), 1)}
             self.add(Instance("tree", "woodland", part, attrs, {"crown_px": self.m(crown_m), "tone": self.u(-1, 1)}))
 
     # ---- fields and bare ground -----------------------------------------------------------------

@@ -325,7 +325,7 @@ def shadow_shapes(layout: Layout, date: DateParams) -> list:
             rings.append(np.vstack([c, c + v]))
         elif inst.cls == "tree":
             v = per_m * inst.attrs["height_m"]
-            shapes += [shapely.affinity.translate(inst.geometry, *(v * f)) for f in (0.35, 0.7, 1.0)]
+            shapes += [shapely.affinity.translate(inst.geometry, *(v * f)) for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
     if rings:
         counts = [len(r) for r in rings]
         pts = shapely.multipoints(np.vstack(rings), indices=np.repeat(np.arange(len(rings)), counts))
