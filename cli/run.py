@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg import pipeline
+from geoseg import pipeline, preview
 from geoseg.errors import EmptyResultError
 from geoseg_cli.options import model_opts, parse_min_area, raster_opts, vector_opts, write_opts
 
@@ -34,6 +34,19 @@ def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> 
         raise EmptyResultError(f"{summary.output}: found nothing (empty layers written)")
 
 
+preview_opt = click.option(
+    "--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a quick-look PNG of the scene(s) with the polygons drawn.",
+)
+
+
+def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary, opts, titles=None) -> None:
+    """The quick-look PNG, drawn from the GeoPackage the run just wrote."""
+    if png is not None:
+        preview.preview_geopackage(rasters, summary.output, png, layers=[layer.name for layer in summary.layers],
+                                   titles=titles, bands=opts.bands)
+
+
 @click.command(no_args_is_help=True)
 @click.argument("args", nargs=-1, required=True, metavar="SCENE... QUERY")
 @click.option("--query", "extra_queries", multiple=True,
@@ -44,8 +57,9 @@ def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> 
 @vector_opts
 @model_opts
 @write_opts
+@preview_opt
 @click.pass_context
-def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, output, **kw):
+def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Segment SCENE(s) for QUERY and write polygons to a GeoPackage.
 
     Several scenes go into one layer (field `source`); several --query give a layer each, with
@@ -62,7 +76,9 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
     if dry_run:
         click.echo(json.dumps(pipeline.dry_run(scenes, opts), indent=None if as_json else 2))
         return
+    preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.segment(scenes, queries, output, opts)
+    write_preview(preview_png, scenes, summary, opts)
     report(summary, as_json, fail_on_empty)
 
 
@@ -80,8 +96,9 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
 @vector_opts
 @model_opts
 @write_opts
+@preview_opt
 @click.pass_context
-def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, **kw):
+def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
 
     The direction comes from the words of the query: "new", "built", "appeared"... -> appeared;
@@ -94,7 +111,9 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
     if dry_run:
         click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True), indent=None if as_json else 2))
         return
+    preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.change(before, after, list(query), output, opts)
+    write_preview(preview_png, [before, after], summary, opts, [f"before: {before.name}", f"after: {after.name}"])
     report(summary, as_json, fail_on_empty)
 
 
@@ -104,13 +123,16 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
 @click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing.")
 @vector_opts
 @write_opts
+@preview_opt
 @click.pass_context
-def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output, **kw):
+def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output, preview_png, **kw):
     """Re-vectorise a probability raster (from --probabilities) without running a model.
 
     \b
       geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
     """
     opts = build_options(ctx, kw)
+    preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.vectorize_raster(probabilities, output, opts, query=query)
+    write_preview(preview_png, [probabilities], summary, opts)
     report(summary, as_json, fail_on_empty)
