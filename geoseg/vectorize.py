@@ -571,8 +571,12 @@ def vectorize_probabilities(
     if not comps:
         return _empty_frame(crs)
 
-    geoms = _simplify(np.array([c.geom for c in comps], dtype=object), options.simplify)
-    kept = [(g, c) for g, c in zip((_polygonal(g) for g in geoms), comps, strict=True) if g is not None]
+    geoms = np.array([c.geom for c in comps], dtype=object)
+    if options.simplify > 0:
+        # Polygonised and dissolved geometries are valid by construction (and validating a
+        # polygon with thousands of holes costs seconds); simplified ones are checked.
+        geoms = np.array([_polygonal(g) for g in _simplify(geoms, options.simplify)], dtype=object)
+    kept = [(g, c) for g, c in zip(geoms, comps, strict=True) if g is not None]
     if not kept:
         return _empty_frame(crs)
     world = shapely.normalize(_to_world(np.array([g for g, _ in kept], dtype=object), transform))
