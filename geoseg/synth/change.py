@@ -108,9 +108,16 @@ def _new_roads(b: _Builder) -> list[Instance]:
     blockers = [i.geometry for i in b.instances if i.cls in ("building", "water")]
     blocker_tree = shapely.STRtree(blockers) if blockers else None
     for _ in range(int(b.rng.integers(1, 3))):
-        for _attempt in range(12):
+        for _attempt in range(20):
             line = _branch_line(b)
             width_m = b.u(4, 7)
+            if blocker_tree is not None:  # stop the road short of the first building or bank in its way
+                hit = blocker_tree.query(line, predicate="dwithin", distance=b.m(width_m / 2 + 2.0))
+                if len(hit):
+                    keep_out = shapely.union_all([blockers[i] for i in hit]).buffer(b.m(width_m / 2 + 2.0), quad_segs=2)
+                    line = _first_piece(line, keep_out)
+            if line is None or line.length < b.m(40):
+                continue
             poly = line.buffer(b.m(width_m) / 2, cap_style="flat", quad_segs=3)
             if blocker_tree is not None and len(blocker_tree.query(poly.buffer(b.m(1.5)), predicate="intersects")):
                 continue
@@ -130,6 +137,18 @@ def _new_roads(b: _Builder) -> list[Instance]:
             out.append(Instance("road", inst.subclass, poly, {**attrs, "change": "new_roads"}))
             break
     return out
+
+
+def _first_piece(line: LineString, keep_out: shapely.Geometry) -> LineString | None:
+    """The part of `line` from its start up to where it first enters `keep_out`."""
+    start = shapely.Point(line.coords[0])
+    if keep_out.contains(start):
+        return None
+    rest = line.difference(keep_out)
+    for piece in getattr(rest, "geoms", [rest]):
+        if piece.geom_type == "LineString" and not piece.is_empty and piece.distance(start) < 1e-6:
+            return piece
+    return None
 
 
 def _branch_line(b: _Builder) -> LineString:

@@ -85,7 +85,7 @@ class SceneArrays:
     layout: Layout
     nodata: int | None = None
     footprint: Polygon | None = None  # valid area in pixel space (None: the whole image)
-    reflectance: np.ndarray | None = field(default=None, repr=False)  # H x W x 4 float32 before quantising
+    reflectance: np.ndarray | None = field(default=None, repr=False)  # H x W x bands float32, before quantising
 
     @property
     def height(self) -> int:
@@ -162,19 +162,19 @@ _AMP_MID = np.array([0.07, 0.03, 0.04, 0.03, 0.10, 0.05, 0.10], dtype=np.float32
 _AMP_PX = np.array([0.05, 0.03, 0.03, 0.01, 0.10, 0.04, 0.06], dtype=np.float32)
 
 
-def paint(layout: Layout, labels: np.ndarray, date: DateParams, rng: np.random.Generator) -> np.ndarray:
-    """The scene's colours (H x W x 4 float32, display units) from the instance-id map."""
+def paint(layout: Layout, labels: np.ndarray, date: DateParams, rng: np.random.Generator, bands: int = 4) -> np.ndarray:
+    """The scene's colours (H x W x bands float32, display units) from the instance-id map."""
     h, w = labels.shape
     veg = palette.vegetation(date.season)
     n = len(layout.instances) + 1
     code = np.zeros(n, dtype=np.uint8)
-    colour = np.zeros((n, 4), dtype=np.float32)
+    colour = np.zeros((n, bands), dtype=np.float32)
     for inst in layout.instances:
         code[inst.id] = CLASS_CODE[inst.cls]
-        colour[inst.id] = _instance_colour(inst, veg)
+        colour[inst.id] = _instance_colour(inst, veg)[:bands]
     cls = code[labels]
     img = colour[labels]
-    flat_cls, flat_img, flat_lbl = cls.ravel(), img.reshape(-1, 4), labels.ravel()
+    flat_cls, flat_img, flat_lbl = cls.ravel(), img.reshape(-1, bands), labels.ravel()
     m = 1.0 / layout.gsd  # pixels per metre
 
     n_lo = value_noise(rng, h, w, 30 * m)
@@ -183,7 +183,7 @@ def paint(layout: Layout, labels: np.ndarray, date: DateParams, rng: np.random.G
 
     bg = np.flatnonzero(flat_cls == 0)
     mix_t = np.clip(0.5 + 0.4 * n_lo.ravel()[bg], 0, 1)[:, None]
-    ga, gb = (np.asarray(c, dtype=np.float32) for c in veg["grass"])
+    ga, gb = (_c(c, bands) for c in veg["grass"])
     flat_img[bg] = ga * (1 - mix_t) + gb * mix_t
 
     _paint_fields(layout, flat_img, flat_lbl, flat_cls, w, m)
@@ -258,8 +258,9 @@ def _paint_roofs(layout: Layout, flat_img, flat_lbl, flat_cls, cls, w: int, date
     h = flat_lbl.size // w
     n_dmg = value_noise(rng, h, w, max(1.6 * m, 1.2)).ravel()[idx] + 0.35 * rng.standard_normal(idx.size, dtype=np.float32)
     speck = rng.standard_normal(idx.size, dtype=np.float32)
-    rubble = np.asarray(palette.RUBBLE, np.float32) * (1 + 0.22 * speck)[:, None]
-    hole = np.asarray(palette.HOLE, np.float32)
+    nb = flat_img.shape[1]
+    rubble = _c(palette.RUBBLE, nb) * (1 + 0.22 * speck)[:, None]
+    hole = _c(palette.HOLE, nb)
     thr = special.ndtri(1 - np.clip(frac[lbl], 1e-3, 0.999)).astype(np.float32)
     broken = (st == 1) & (n_dmg > thr)
     sel = np.flatnonzero(broken)
@@ -308,7 +309,7 @@ def _paint_water(flat_img, cls, m: float) -> None:
     inner = ndimage.uniform_filter(water.astype(np.float32), size=size)
     idx = np.flatnonzero(water.ravel())
     t = np.clip((1 - inner.ravel()[idx]) * 1.6, 0, 1)[:, None] * 0.6  # shallow, lighter near shores
-    flat_img[idx] = flat_img[idx] * (1 - t) + np.asarray(palette.WATER_SHALLOW, np.float32) * t
+    flat_img[idx] = flat_img[idx] * (1 - t) + _c(palette.WATER_SHALLOW, flat_img.shape[1]) * t
 
 
 def shadow_shapes(layout: Layout, date: DateParams) -> list:
@@ -341,22 +342,27 @@ def _apply_shadows(layout: Layout, img: np.ndarray, cls: np.ndarray, labels: np.
     shadow = scanline.rasterize(shapes, 1, h, w, dtype="uint8").astype(bool)
     casters = (cls == CLASS_CODE["tree"]) | (cls == CLASS_CODE["building"])
     shadow &= ~casters
-    img[shadow] *= np.asarray(palette.SHADOW, np.float32)
+    img[shadow] *= _c(palette.SHADOW, img.shape[2])
 
 
 def _apply_atmosphere_and_sensor(img: np.ndarray, date: DateParams, rng: np.random.Generator) -> None:
-    h, w, _ = img.shape
+    h, w, nb = img.shape
     gx, gy = date.gradient
-    light = date.exposure * (1 + gx * (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
-                             + gy * (np.arange(h, dtype=np.float32) / h - 0.5)[:, None])
-    img *= light[..., None]
-    img *= 1 - date.haze
-    img += date.haze * np.asarray(palette.HAZE, np.float32)
-    if date.blur > 0:
-        for b in range(img.shape[2]):
-            img[..., b] = ndimage.gaussian_filter(img[..., b], date.blur, truncate=3.0)
-    img += date.noise * rng.standard_normal(img.shape, dtype=np.float32)
+    light = (date.exposure * (1 - date.haze)) * (1 + gx * (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
+                                                 + gy * (np.arange(h, dtype=np.float32) / h - 0.5)[:, None])
+    haze = date.haze * _c(palette.HAZE, nb)
+    for b in range(nb):  # band by band: light, haze, optics blur, sensor noise
+        band = img[..., b] * light + haze[b]
+        if date.blur > 0:
+            band = ndimage.gaussian_filter(band, date.blur, truncate=3.0)
+        band += date.noise * rng.standard_normal((h, w), dtype=np.float32)
+        img[..., b] = band
     np.clip(img, 0.0, 1.0, out=img)
+
+
+def _c(values, bands: int) -> np.ndarray:
+    """A palette colour as float32, cut to the number of bands painted."""
+    return np.asarray(values, dtype=np.float32)[:bands]
 
 
 # ---- the scene ----------------------------------------------------------------------------------
@@ -406,7 +412,7 @@ def compose(seed: int, layout: Layout, date: DateParams, paint_rng: np.random.Ge
     """Rasterise, paint and quantise a layout; clip the truth to the footprint."""
     h, w = layout.height, layout.width
     labels = rasterize_labels(layout.instances, h, w)
-    img = paint(layout, labels, date, paint_rng)
+    img = paint(layout, labels, date, paint_rng, bands)
     if footprint is not None:
         valid = scanline.rasterize([footprint], 1, h, w, dtype="uint8").astype(bool)
         instances = clip_instances(layout.instances, footprint)
