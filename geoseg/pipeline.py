@@ -575,14 +575,19 @@ def commit_outputs(
     output: Path, layers: list[gpkg.LayerData], opts: RunOptions, prob_paths: list[Path], summary: RunSummary
 ) -> None:
     """Write the optional COGs beside their targets, then the GeoPackage atomically, then rename."""
+    # Two queries can slug to the same layer name ("Roads", "roads!"): suffix _2, _3 ...
+    names = gpkg.unique_layer_names(layer.name for layer in layers)
+    layers = [replace(layer, name=n, provenance={**layer.provenance, "layer": n}) for layer, n in zip(layers, names, strict=True)]
     staged: list[tuple[Path, Path]] = []
     try:
-        for target, threshold in ((opts.probabilities, None), (opts.mask_out, opts.threshold)):
+        for target, write in (
+            (opts.probabilities, stitch.write_cog),
+            (opts.mask_out, lambda src, dst: vectorize.write_mask(src, dst, threshold=opts.threshold)),
+        ):
             if target is not None:
-                target = Path(target)
-                part = target.with_name(f".{target.name}.geoseg-part")
-                staged.append((part, target))
-                stitch.write_cog(prob_paths[0], part, as_mask_threshold=threshold)
+                part = Path(target).with_name(f".{Path(target).name}.geoseg-part")
+                staged.append((part, Path(target)))
+                write(prob_paths[0], part)
         gpkg.write_geopackage(output, layers, overwrite=opts.overwrite, append=opts.append)
         for part, target in staged:
             os.replace(part, target)

@@ -191,34 +191,7 @@ def _open_probability_raster(path: Path, grid: Grid):
     return dst
 
 
-def write_cog(src_path: Path, dst_path: Path, *, as_mask_threshold: float | None = None) -> None:
-    """Copy a probability raster to a Cloud-Optimised GeoTIFF, or threshold it into a 0/1 mask."""
-    with rasterio.open(src_path) as src:
-        profile = dict(
-            driver="COG", width=src.width, height=src.height, count=1, dtype="uint8",
-            crs=src.crs, transform=src.transform, compress="DEFLATE", BIGTIFF="IF_SAFER",
-        )
-        if as_mask_threshold is None:
-            profile["nodata"] = PROB_NODATA
-        else:
-            profile["nodata"] = 255
-        # COG needs the whole raster at creation, so build through a tiled temporary GTiff.
-        tmp = dst_path.with_name(f"{dst_path.name}.part.tif")
-        try:
-            with rasterio.open(
-                tmp, "w", **{**profile, "driver": "GTiff", "tiled": True, "blockxsize": 512, "blockysize": 512}
-            ) as dst:
-                for _, window in src.block_windows(1):
-                    block = src.read(1, window=window)
-                    if as_mask_threshold is not None:
-                        valid = block != PROB_NODATA
-                        mask = (block >= np.ceil(as_mask_threshold * PROB_SCALE - 1e-6)).astype(np.uint8)
-                        mask[~valid] = 255
-                        block = mask
-                    dst.write(block, 1, window=window)
-                dst.update_tags(**src.tags())  # query, model, run id: `geoseg vectorize` reads them
-                if as_mask_threshold is None:
-                    dst.scales, dst.offsets = (1.0 / PROB_SCALE,), (0.0,)
-            rasterio.shutil.copy(tmp, dst_path, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")
-        finally:
-            tmp.unlink(missing_ok=True)
+def write_cog(src_path: Path, dst_path: Path) -> None:
+    """Copy a probability raster to a Cloud-Optimised GeoTIFF (GDAL streams it block by block;
+    tags, scale/offset and nodata travel with it, so `geoseg vectorize` can read it back)."""
+    rasterio.shutil.copy(src_path, dst_path, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")

@@ -129,6 +129,14 @@ def test_multi_query_encodes_each_tile_once(tmp_path):
     assert [layer.features for layer in summary.layers] == [4, 4, 4]
 
 
+def test_queries_with_the_same_slug_get_distinct_layers(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, truth_polygons_utm(), width=320, height=240, transform=Affine(0.5, 0, 500000, 0, -0.5, 5000120))
+    out = tmp_path / "m.gpkg"
+    summary = pipeline.segment([scene], ["Roads", "roads!"], out, opts(tile_size=256), segmenter=BandOracle())
+    assert feature_layers(out) == ["roads", "roads_2"] == [layer.name for layer in summary.layers]
+
+
 def test_probability_and_mask_cogs_and_revectorize(tmp_path):
     scene = tmp_path / "s.tif"
     polys = truth_polygons_utm()
