@@ -63,6 +63,8 @@ def test_same_seed_same_scene_and_other_seed_differs():
     assert all(np.array_equal(a.masks[k], b.masks[k]) for k in CLASS_NAMES)
     assert [i.geometry.wkb for i in a.instances] == [i.geometry.wkb for i in b.instances]
     assert not np.array_equal(a.image, c.image)
+    rgb = render_scene(5, 128, 160, 0.5, bands=3)
+    assert np.array_equal(rgb.image, a.image[..., :3])  # the NIR band is an extra, RGB is unchanged
 
 
 @pytest.mark.parametrize("seed,gsd", [(11, 0.5), (3, 0.3), (21, 1.0), (8, 2.0)])
@@ -194,6 +196,15 @@ def test_uint16_four_bands_with_nodata_border(tmp_path):
 @pytest.fixture(scope="module")
 def pair():
     return render_pair(4, 256, 256, 0.5, change_kinds=CHANGE_KINDS)
+
+
+@pytest.mark.parametrize("seed,h,w,gsd", [(827466, 177, 66, 1.0), (216223, 245, 187, 0.3)])
+def test_overlapping_change_kinds_keep_exact_masks(seed, h, w, gsd):
+    # these seeds put a new road across a demolition site: both kinds claim those pixels
+    p = render_pair(seed, h, w, gsd, change_kinds=CHANGE_KINDS)
+    for kind, (cls, sign) in CHANGE_CLASS.items():
+        before, after = p.before.masks[cls], p.after.masks[cls]
+        assert np.array_equal(p.change[kind], (after & ~before) if sign > 0 else (before & ~after)), kind
 
 
 def test_pair_change_masks_are_after_minus_before(pair):

@@ -16,10 +16,10 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString
 
-from . import palette
+from . import palette, scanline
 from .geometry import clean, parts_of, safe_difference
 from .layout import Instance, Layout, _Builder, damage, finalise, generate_layout
-from .render import DateParams, SceneArrays, compose, ids_mask, rasterize_labels, stream
+from .render import DateParams, SceneArrays, compose, stream
 from .vocab import CHANGE_KINDS, DEFAULT_CHANGE_KINDS, UnknownPhraseError, resolve
 
 # change kind -> (class mask, sign): +1 appears in the after image, -1 disappears from it
@@ -241,10 +241,14 @@ def _finalise_changes(changes: list[Instance], layout: Layout) -> list[Instance]
 
 
 def change_masks(instances: list[Instance], height: int, width: int, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    labels = rasterize_labels(instances, height, width)
-    if valid is not None:
-        labels = np.where(valid, labels, 0)
-    return {kind: ids_mask(labels, [i.id for i in instances if i.attrs["change"] == kind]) for kind in CHANGE_KINDS}
+    """One mask per change kind. Kinds may overlap (a new road across a demolition site), so each
+    kind is rasterised on its own."""
+    out = {}
+    for kind in CHANGE_KINDS:
+        geoms = [i.geometry for i in instances if i.attrs["change"] == kind]
+        mask = scanline.rasterize(geoms, 1, height, width, dtype="uint8").astype(bool)
+        out[kind] = mask & valid if valid is not None else mask
+    return out
 
 
 def render_pair(seed: int, height: int, width: int, gsd: float = 0.5, *,
