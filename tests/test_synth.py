@@ -190,7 +190,9 @@ def test_uint16_four_bands_with_nodata_border(tmp_path):
         assert not (scene.truth_mask(name) & ~valid).any()
         truth = scene.truth_polygons(name)
         if len(truth):
-            assert not (burn(truth.geometry, valid.shape, transform) & ~valid).any()
+            burned = burn(truth.geometry, valid.shape, transform)
+            assert not (burned & ~valid).any()
+            assert iou(burned, scene.truth_mask(name)) >= 0.99, name
 
 
 @pytest.fixture(scope="module")

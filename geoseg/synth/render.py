@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+import shapely.ops
 from scipy import ndimage, special
 from shapely.geometry import Polygon, box
 
@@ -190,6 +191,7 @@ def paint(layout: Layout, labels: np.ndarray, date: DateParams, rng: np.random.G
     _paint_roofs(layout, flat_img, flat_lbl, flat_cls, cls, w, date, rng, m)
     _paint_trees(layout, flat_img, flat_lbl, flat_cls, w, date, rng, m)
     _paint_water(flat_img, cls, m)
+    _paint_markings(layout, img, cls, m)
 
     tex = 1 + _AMP_MID[cls] * n_mid + _AMP_PX[cls] * n_px
     tex += (cls == 6) * 0.06 * n_lo  # bare ground: patchy
@@ -310,6 +312,33 @@ def _paint_water(flat_img, cls, m: float) -> None:
     idx = np.flatnonzero(water.ravel())
     t = np.clip((1 - inner.ravel()[idx]) * 1.6, 0, 1)[:, None] * 0.6  # shallow, lighter near shores
     flat_img[idx] = flat_img[idx] * (1 - t) + _c(palette.WATER_SHALLOW, flat_img.shape[1]) * t
+
+
+def _paint_markings(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float) -> None:
+    """White lane markings on paved main roads: a dashed centre line and solid edge lines.
+
+    Only where they are at least a third of a pixel wide (gsd <= 0.45 m); they stay inside the
+    road, so the truth does not change.
+    """
+    if m < 1 / 0.45:
+        return
+    width = max(0.15 * m, 0.34)
+    shapes = []
+    for inst in layout.by_class("road"):
+        line = inst.paint.get("line")
+        if line is None or inst.attrs["kind"] != "main" or not inst.attrs["paved"]:
+            continue
+        dash, period = 3 * m, 9 * m
+        starts = np.arange(0.0, line.length - dash, period)
+        shapes += [shapely.ops.substring(line, a, a + dash) for a in starts]
+        half = inst.paint["width_px"] / 2 - 0.4 * m
+        shapes += [line.offset_curve(side * half) for side in (-1, 1)]
+    if not shapes:
+        return
+    marks = scanline.rasterize(shapely.buffer(np.asarray(shapes, dtype=object), width / 2, cap_style="flat"), 1,
+                               *cls.shape, dtype="uint8").astype(bool)
+    marks &= cls == CLASS_CODE["road"]
+    img[marks] = img[marks] * 0.25 + _c((0.85, 0.85, 0.82, 0.6), img.shape[2]) * 0.75
 
 
 def shadow_shapes(layout: Layout, date: DateParams) -> list:
