@@ -1,0 +1,160 @@
+"""Measured runs, one per process (the driver scripts start them through common.measure).
+
+    python benchmarks/workers.py geoseg --scene S --out O.gpkg [--model NAME|DIR] [--query Q]
+    python benchmarks/workers.py naive  --scene S --out O.tif
+
+Each prints one JSON line with its own timings:
+
+- geoseg: `pipeline.segment` on a loaded model, with every predict() call timed, and the
+  vectorising and GeoPackage writing steps timed by wrapping them; without --model the oracle
+  (benchmarks/oracle.py) runs with the default model's plan (256 px tiles, 64 px overlap, batch 4).
+- naive: the full-canvas pattern of geoai's `predict_geotiff` (facts, not code, carried over):
+  windowed reads, float64 `output_sum` and `weight_sum` canvases over the whole scene, one
+  division at the end, one float32 GeoTIFF written; same oracle, tiles and batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TILE, OVERLAP, BATCH = 256, 64, 4
+
+
+class TimedModel:
+    """Wraps a segmenter and adds up the wall time spent inside predict()."""
+
+    def __init__(self, model) -> None:
+        self.model, self.info, self.device = model, model.info, model.device
+        self.seconds, self.calls, self.tiles = 0.0, 0, 0
+
+    def predict(self, images, queries, *, before=None):
+        start = time.perf_counter()
+        out = self.model.predict(images, queries, before=before)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.tiles += int(images.shape[0])
+        return out
+
+
+def timed(module, name: str, totals: dict) -> None:
+    """Replace module.name with a wrapper that adds its wall time to totals[name]."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+    setattr(module, name, wrapper)
+
+
+def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batch: int | None) -> dict:
+    import torch
+
+    from geoseg import gpkg, pipeline, vectorize
+
+    start = time.perf_counter()
+    if model_name is None:
+        from oracle import SeparableConvOracle
+
+        model = SeparableConvOracle(tile_size=TILE, overlap=OVERLAP)
+        batch = batch or BATCH
+    else:
+        from geoseg.models.registry import load_segmenter
+
+        model = load_segmenter(model_name, device="cpu")
+    load_s = time.perf_counter() - start
+    timer = TimedModel(model)
+    totals: dict[str, float] = {}
+    timed(vectorize, "vectorize_probabilities", totals)
+    timed(gpkg, "write_geopackage", totals)
+    opts = pipeline.RunOptions(progress=False, overwrite=True, batch_size=batch)
+    start = time.perf_counter()
+    summary = pipeline.segment([scene], [query], out, opts, segmenter=timer)
+    wall = time.perf_counter() - start
+    vec, write = totals.get("vectorize_probabilities", 0.0), totals.get("write_geopackage", 0.0)
+    return {
+        "run_s": round(wall, 3), "model_s": round(timer.seconds, 3), "vectorize_s": round(vec, 3),
+        "gpkg_write_s": round(write, 3), "infer_s": round(wall - vec - write, 3),
+        "overhead_fraction": round(1 - timer.seconds / wall, 4), "tiles": timer.tiles,
+        "features": sum(layer.features for layer in summary.layers), "load_s": round(load_s, 3),
+        "model": model.info.name, "tile_size": model.info.tile_size, "overlap": model.info.overlap,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def naive_worker(scene: str, out: str) -> dict:
+    import numpy as np
+    import rasterio
+    import torch
+    from oracle import SeparableConvOracle
+    from rasterio.windows import Window
+
+    model = SeparableConvOracle(tile_size=TILE, overlap=OVERLAP)
+    stride = TILE - OVERLAP
+    weight = hann_window(TILE, OVERLAP)
+    model_s = 0.0
+    start = time.perf_counter()
+    with rasterio.open(scene) as src:
+        height, width, profile = src.height, src.width, src.profile.copy()
+        total = np.zeros((1, height, width), np.float64)
+        weights = np.zeros((1, height, width), np.float64)
+        origins = []
+        for row in range(0, height, stride):
+            for col in range(0, width, stride):
+                y1, x1 = min(row + TILE, height), min(col + TILE, width)
+                origins.append((max(0, y1 - TILE), max(0, x1 - TILE)))
+        origins = list(dict.fromkeys(origins))
+        for b in range(0, len(origins), BATCH):
+            batch = origins[b : b + BATCH]
+            arrays = [src.read(window=Window(x, y, TILE, TILE)).astype(np.float32) / 255.0 for y, x in batch]
+            t0 = time.perf_counter()
+            probs = model.predict(torch.from_numpy(np.stack(arrays)), ["q"]).probabilities.numpy()
+            model_s += time.perf_counter() - t0
+            for (y, x), p in zip(batch, probs, strict=True):
+                total[:, y : y + TILE, x : x + TILE] += p * weight
+                weights[:, y : y + TILE, x : x + TILE] += weight
+    result = np.where(weights > 0, total / (weights + 1e-8), -9999.0).astype(np.float32)
+    profile.update(count=1, dtype="float32", nodata=-9999.0, compress="lzw")
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(result)
+    wall = time.perf_counter() - start
+    return {"run_s": round(wall, 3), "model_s": round(model_s, 3), "infer_s": round(wall, 3),
+            "tiles": len(origins), "overhead_fraction": round(1 - model_s / wall, 4)}
+
+
+def hann_window(tile: int, overlap: int):
+    """Raised-cosine taper across the overlap on every side (the naive path tapers scene edges too)."""
+    import numpy as np
+
+    edge = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float64)
+    ramp = 0.5 * (1 - np.cos(np.pi * np.minimum(edge + 1, overlap) / overlap))
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=["geoseg", "naive"])
+    ap.add_argument("--scene", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", help="registry name or directory (geoseg only; default: the oracle)")
+    ap.add_argument("--query", default="buildings")
+    ap.add_argument("--batch-size", type=int)
+    args = ap.parse_args()
+    if args.kind == "geoseg":
+        result = geoseg_worker(args.scene, args.out, args.model, args.query, args.batch_size)
+    else:
+        result = naive_worker(args.scene, args.out)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
