@@ -69,7 +69,20 @@ def truth_frame(instances: list[Instance], transform: Affine, crs: CRS) -> gpd.G
     rows = [{"id": i.id, "class": i.cls, "subclass": i.subclass, **i.attrs} for i in instances]
     geoms = to_map([i.geometry for i in instances], transform) if instances else []
     df = pd.DataFrame(rows, columns=None if rows else ["id", "class", "subclass"])
-    return gpd.GeoDataFrame(df, geometry=list(geoms), crs=crs)
+    return tidy(gpd.GeoDataFrame(df, geometry=list(geoms), crs=crs))
+
+
+def tidy(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Drop attribute columns that are empty here; true/false columns become bool (nullable when
+    some rows lack them), so GeoPackage stores them as booleans."""
+    frame = frame.dropna(axis=1, how="all").copy()
+    for col in frame.columns:
+        if col == "geometry" or frame[col].dtype != object:
+            continue
+        values = frame[col].dropna()
+        if len(values) and all(isinstance(v, bool | np.bool_) for v in values):
+            frame[col] = frame[col].astype(bool if len(values) == len(frame) else "boolean")
+    return frame
 
 
 def class_layers(frame: gpd.GeoDataFrame, instances: list[Instance]) -> dict[str, gpd.GeoDataFrame]:
@@ -80,7 +93,7 @@ def class_layers(frame: gpd.GeoDataFrame, instances: list[Instance]) -> dict[str
         ids = {i.id for i in instances if matches(i.cls, i.subclass, i.attrs, concept)}
         sub = frame[frame["id"].isin(ids)] if len(frame) else frame
         if len(sub):
-            out[name] = sub.dropna(axis=1, how="all")
+            out[name] = tidy(sub)
     return out
 
 
@@ -91,10 +104,6 @@ def write_gpkg(path: Path, layers: dict[str, gpd.GeoDataFrame]) -> Path:
     if path.exists():
         path.unlink()
     for name, frame in layers.items():
-        frame = frame.copy()
-        for col in frame.columns:  # bools with gaps would become floats; store them as 0/1
-            if col != "geometry" and frame[col].dtype == object:
-                frame[col] = frame[col].map(lambda v: int(v) if isinstance(v, bool) else v)
         frame.to_file(path, layer=name, driver="GPKG", engine="pyogrio")
     return path
 
@@ -144,7 +153,7 @@ class SynthScene:
     def truth_polygons(self, phrase: str) -> gpd.GeoDataFrame:
         """Truth polygons (scene CRS) of a phrase; an empty frame when the target is absent."""
         ids = [i.id for i in self.arrays.select(phrase)]
-        return self.truth[self.truth["id"].isin(ids)].reset_index(drop=True)
+        return tidy(self.truth[self.truth["id"].isin(ids)].reset_index(drop=True))
 
     def truth_mask(self, phrase: str) -> np.ndarray:
         """Truth mask of a phrase on the image grid (H x W bool)."""
@@ -198,9 +207,9 @@ class SynthPair:
         """Change polygons of a change phrase, or after-date polygons of a scene phrase."""
         concept = resolve(phrase)
         if concept.kind == "change":
-            return self.change_truth[self.change_truth["change"] == concept.change].reset_index(drop=True)
+            return tidy(self.change_truth[self.change_truth["change"] == concept.change].reset_index(drop=True))
         ids = [i.id for i in self.arrays.after.select(phrase)]
-        return self.after_truth[self.after_truth["id"].isin(ids)].reset_index(drop=True)
+        return tidy(self.after_truth[self.after_truth["id"].isin(ids)].reset_index(drop=True))
 
     def truth_mask(self, phrase: str) -> np.ndarray:
         return self.arrays.mask(phrase)
@@ -211,7 +220,7 @@ class SynthPair:
         for kind in CHANGE_KINDS:
             sub = self.change_truth[self.change_truth["change"] == kind] if len(self.change_truth) else self.change_truth
             if len(sub):
-                layers[kind] = sub.dropna(axis=1, how="all")
+                layers[kind] = tidy(sub)
         for when, frame, scene in (("before", self.before_truth, self.arrays.before), ("after", self.after_truth, self.arrays.after)):
             for name, layer in class_layers(frame, scene.instances).items():
                 layers[f"{when}_{name}"] = layer
