@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,6 +68,19 @@ def test_same_seed_same_scene_and_other_seed_differs():
     assert not np.array_equal(a.image, c.image)
     rgb = render_scene(5, 128, 160, 0.5, bands=3)
     assert np.array_equal(rgb.image, a.image[..., :3])  # the NIR band is an extra, RGB is unchanged
+
+
+def test_output_does_not_depend_on_the_interpreter_hash_seed():
+    code = ("import hashlib, sys; from geoseg.synth import render_scene, render_pair; "
+            "s = render_scene(7, 96, 96, 1.0, bands=4); p = render_pair(7, 96, 96, 1.0); "
+            "h = hashlib.sha256(s.image.tobytes() + s.labels.tobytes() + p.after.image.tobytes()); "
+            "h.update(b''.join(m.tobytes() for m in p.change.values())); print(h.hexdigest())")
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
 
 
 @pytest.mark.parametrize("seed,gsd", [(11, 0.5), (3, 0.3), (21, 1.0), (8, 2.0)])

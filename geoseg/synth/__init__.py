@@ -34,6 +34,7 @@ from .vocab import (
     CHANGE_PHRASES,
     CLASS_NAMES,
     DEFAULT_CHANGE_KINDS,
+    EXPRESSIONS,
     PHRASE_INDEX,
     PHRASES,
     SYNONYM_SETS,
@@ -47,7 +48,7 @@ from .vocab import (
 )
 
 __all__ = [
-    "ATTRIBUTE_SETS", "CHANGE_CLASS", "CHANGE_KINDS", "CHANGE_PHRASES", "CLASS_NAMES", "DEFAULT_CHANGE_KINDS",
+    "ATTRIBUTE_SETS", "CHANGE_CLASS", "CHANGE_KINDS", "CHANGE_PHRASES", "CLASS_NAMES", "DEFAULT_CHANGE_KINDS", "EXPRESSIONS",
     "INSTANCE_CLASSES", "PHRASES", "PHRASE_INDEX", "RELATIONS", "SEASONS", "SYNONYMS", "SYNONYM_SETS", "VOCABULARY",
     "Concept", "DateParams", "Expression", "Instance", "Layout", "PairArrays", "Phrase", "SceneArrays", "SynthPair",
     "SynthScene", "UnknownPhraseError", "apply_changes", "export_dataset", "expressions_for", "generate_layout",

@@ -43,6 +43,22 @@ class PairArrays:
     change_instances: list[Instance]  # pixel-space polygons; attrs["change"] names the kind
 
     @property
+    def before_image(self) -> np.ndarray:
+        return self.before.image
+
+    @property
+    def after_image(self) -> np.ndarray:
+        return self.after.image
+
+    @property
+    def masks_before(self) -> dict[str, np.ndarray]:
+        return self.before.masks
+
+    @property
+    def masks_after(self) -> dict[str, np.ndarray]:
+        return self.after.masks
+
+    @property
     def appeared(self) -> np.ndarray:
         """Pixels where something of a target class appeared (union of the + kinds)."""
         return np.logical_or.reduce([self.change[k] for k, (_, sign) in CHANGE_CLASS.items() if sign > 0])

@@ -212,6 +212,9 @@ ATTRIBUTE_SETS: dict[str, tuple[str, ...]] = {}
 for _c in VOCABULARY.values():
     if _c.attribute:
         ATTRIBUTE_SETS[_c.attribute] = (*ATTRIBUTE_SETS.get(_c.attribute, ()), _c.key)
+EXPRESSIONS: dict[str, tuple[str, ...]] = {}  # concept key -> its wordings
+for _p in PHRASES:
+    EXPRESSIONS[_p.concept] = (*EXPRESSIONS.get(_p.concept, ()), _p.text)
 SYNONYM_SETS: tuple[str, ...] = tuple(f"{t}:{g}" for t, groups in SYNONYMS.items() for g in groups)
 
 
