@@ -30,7 +30,7 @@ class DataConfig:
     seed: int = 0
     tile: int = 128  # training crop size in pixels (multiple of 32)
     scene_size: int = 512  # synthetic scenes are rendered at this size, then cropped
-    gsd: float = 0.5
+    gsds: tuple[float, ...] = (0.3, 0.5, 1.0, 2.0)  # ground sample distances drawn per scene
     pool_scenes: int = 48  # scenes kept in memory; crops and queries are drawn from them
     refresh_every: int = 50  # steps between replacing one pooled scene by a fresh render
     queries_per_image: int = 3

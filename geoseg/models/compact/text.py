@@ -71,7 +71,8 @@ class TextEncoder:
         new = sorted({q for q in queries if q not in self._cache})
         for start in range(0, len(new), 64):
             self._encode_new(new[start : start + 64])
-        width = max(self._cache[q][1] for q in queries)
+        # always pad to max_tokens: fixed shapes let the CPU kernels be reused from call to call
+        width = self.max_tokens
         dim = self._cache[queries[0]][0].shape[1]
         tokens = torch.zeros(len(queries), width, dim)
         mask = torch.zeros(len(queries), width, dtype=torch.bool)

@@ -1,0 +1,135 @@
+"""Evaluate a segmenter on a dataset: a JSONL manifest, or samples made in memory.
+
+Samples that share an image are predicted together, so each image is encoded once for all its
+expressions (as in the pipeline). Images whose sides are not multiples of 32 are zero-padded on
+the bottom/right and the prediction is cropped back. A pixel is predicted positive when its
+probability exceeds `threshold` (0.5 by default, the pipeline's default).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from geoseg.models.base import Segmenter
+from geoseg.train.manifest import ManifestSample, load_image, load_mask, read_manifest
+from geoseg.train.metrics import MetricAccumulator
+
+
+@dataclass
+class EvalSample:
+    image: np.ndarray  # H x W x 3 float32 in [0, 1] (after date for change)
+    expressions: list[str]
+    masks: list[np.ndarray]  # one H x W bool per expression
+    before: np.ndarray | None = None
+    groups: list[tuple[str, ...]] = field(default_factory=list)  # per expression
+
+
+def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    h, w = image.shape[:2]
+    ph, pw = -h % 32, -w % 32
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    if ph or pw:
+        t = torch.nn.functional.pad(t, (0, pw, 0, ph))
+    return t[None].to(device)
+
+
+def predict_sample(segmenter: Segmenter, sample: EvalSample) -> np.ndarray:
+    """Q x H x W probabilities for the sample's expressions."""
+    h, w = sample.image.shape[:2]
+    images = _to_tensor(sample.image, segmenter.device)
+    before = _to_tensor(sample.before, segmenter.device) if sample.before is not None else None
+    probs = segmenter.predict(images, sample.expressions, before=before).probabilities[0]
+    return probs[:, :h, :w].float().cpu().numpy()
+
+
+def evaluate_samples(
+    segmenter: Segmenter,
+    samples: Iterable[EvalSample],
+    *,
+    threshold: float = 0.5,
+    progress: bool = False,
+    total: int | None = None,
+) -> dict[str, dict[str, float]]:
+    acc = MetricAccumulator()
+    for sample in tqdm(samples, total=total, file=sys.stderr, disable=not progress, desc="evaluate"):
+        probs = predict_sample(segmenter, sample)
+        for q, mask in enumerate(sample.masks):
+            groups = sample.groups[q] if sample.groups else ()
+            acc.update(probs[q] > threshold, mask, groups)
+    return acc.compute()
+
+
+def manifest_samples(path: str | Path) -> Iterator[EvalSample]:
+    """Samples of a manifest, grouped by image (or before/after pair) so each is encoded once."""
+    records = list(read_manifest(path))
+
+    def key(s: ManifestSample) -> tuple:
+        return (str(s.image), str(s.before), str(s.after))
+
+    records.sort(key=key)
+    for _, group in groupby(records, key=key):
+        group = list(group)
+        first = group[0]
+        image = load_image(first.after if first.is_change else first.image)
+        before = load_image(first.before) if first.is_change else None
+        yield EvalSample(
+            image=image,
+            before=before,
+            expressions=[s.expression for s in group],
+            masks=[load_mask(s.mask) for s in group],
+            groups=[s.tags + _split_tags(s.expression) for s in group],
+        )
+
+
+def _split_tags(expression: str) -> tuple[str, ...]:
+    """"split:train" / "split:synonym" / ... for wordings of the synthetic vocabulary."""
+    from geoseg.synth.vocab import PHRASE_INDEX, normalise
+    from geoseg.train.queries import split_of
+
+    phrase = PHRASE_INDEX.get(normalise(expression))
+    return (f"split:{split_of(phrase)}",) if phrase else ()
+
+
+def count_images(path: str | Path) -> int:
+    return len({(str(s.image), str(s.before), str(s.after)) for s in read_manifest(path)})
+
+
+def evaluate_manifest(
+    segmenter: Segmenter, path: str | Path, *, threshold: float = 0.5, progress: bool = False
+) -> dict:
+    """Metrics of `segmenter` on a JSONL manifest, with the model and dataset named."""
+    metrics = evaluate_samples(
+        segmenter, manifest_samples(path), threshold=threshold, progress=progress, total=count_images(path)
+    )
+    return {
+        "model": segmenter.info.name,
+        "model_version": segmenter.info.version,
+        "weights_sha256": segmenter.info.weights_sha256,
+        "dataset": str(path),
+        "threshold": threshold,
+        "metrics": metrics,
+    }
+
+
+REPORT_KEYS = ("count", "gIoU", "cIoU", "mIoU", "oIoU", "Pr@0.5", "Pr@0.7", "Pr@0.9", "fp_area")
+
+
+def format_report(result: dict) -> str:
+    """A plain table of `evaluate_manifest`'s result for people."""
+    lines = [
+        f"model {result['model']} {result['model_version']} (sha256 {str(result['weights_sha256'])[:12]}), "
+        f"dataset {result['dataset']}, threshold {result['threshold']}",
+        f"{'group':28s}" + "".join(f"{k:>9s}" for k in REPORT_KEYS),
+    ]
+    for group, m in result["metrics"].items():
+        cells = [f"{m[k]:9d}" if k == "count" else (f"{m[k]:9.4f}" if k in m else f"{'-':>9s}") for k in REPORT_KEYS]
+        lines.append(f"{group:28s}" + "".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""Which queries the training data asks, and which are held out for evaluation.
+
+The wordings and what they mean come from geoseg.synth.vocab (concepts = instance filters or
+change kinds; phrases = wordings with their synonym group and attribute set). This module only
+decides the splits and draws (phrase, mask) pairs for a crop:
+
+- held-out synonyms: every phrase whose noun belongs to HELDOUT_SYNONYMS ("houses", "homes",
+  "streets"), and every other phrase that uses one of their words ("damaged houses");
+- held-out attributes: every phrase of an attribute set in HELDOUT_ATTRIBUTES (white roofs);
+- held-out change wordings: HELDOUT_CHANGE_PHRASES.
+None of these is ever shown in training; evaluation reports them as separate groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.synth import vocab
+
+HELDOUT_SYNONYMS = ("building:houses", "road:streets")
+HELDOUT_ATTRIBUTES = ("white_roof",)
+HELDOUT_CHANGE_PHRASES = ("added buildings", "missing buildings", "new tracks", "inundated fields")
+TRAIN_CHANGE_KINDS = vocab.DEFAULT_CHANGE_KINDS
+
+InstanceTable = list[tuple[int, str, str, dict]]  # (id, class, subclass, attributes)
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    concept: str
+    split: str  # "train", "synonym", "attribute" (held out)
+
+
+def _heldout_words() -> frozenset[str]:
+    """Every word of the held-out synonym groups: training never shows them in any phrase."""
+    words = set()
+    for key in HELDOUT_SYNONYMS:
+        target, group = key.split(":")
+        for wording in vocab.SYNONYMS[target][group]:
+            words.update(wording.split())
+    return frozenset(words)
+
+
+HELDOUT_WORDS = _heldout_words()
+
+
+def split_of(phrase: vocab.Phrase) -> str:
+    uses_heldout_word = bool(HELDOUT_WORDS & set(phrase.text.replace("-", " ").split()))
+    if phrase.kind == "change":
+        heldout = phrase.text in HELDOUT_CHANGE_PHRASES or uses_heldout_word
+        return "change_heldout" if heldout else "change"
+    if phrase.attribute in HELDOUT_ATTRIBUTES:
+        return "attribute"
+    if phrase.synonym in HELDOUT_SYNONYMS or uses_heldout_word:
+        return "synonym"
+    return "train"
+
+
+def queries_by_split() -> dict[str, list[Query]]:
+    """{"train", "synonym", "attribute", "change", "change_heldout"} -> queries."""
+    out: dict[str, list[Query]] = {}
+    for p in vocab.PHRASES:
+        if p.kind == "change" and vocab.VOCABULARY[p.concept].change not in TRAIN_CHANGE_KINDS:
+            continue
+        split = split_of(p)
+        out.setdefault(split, []).append(Query(p.text, p.concept, split))
+    return out
+
+
+def by_concept(queries: list[Query]) -> dict[str, list[Query]]:
+    out: dict[str, list[Query]] = {}
+    for q in queries:
+        out.setdefault(q.concept, []).append(q)
+    return out
+
+
+def concept_mask(concept_key: str, instance_ids: np.ndarray, table: InstanceTable) -> np.ndarray:
+    """Truth mask of a (non-change) concept: pixels of every instance it selects."""
+    concept = vocab.VOCABULARY[concept_key]
+    ids = [i for i, cls, sub, attrs in table if vocab.matches(cls, sub, attrs, concept)]
+    if not ids:
+        return np.zeros(instance_ids.shape, bool)
+    return np.isin(instance_ids, ids)
+
+
+def choose_queries(
+    rng: np.random.Generator,
+    concepts: dict[str, list[Query]],
+    mask_of: Callable[[str], np.ndarray],
+    n: int,
+    empty_share: float,
+    min_pixels: int = 16,
+) -> list[tuple[Query, np.ndarray]]:
+    """Pick n (query, mask) pairs for one crop, about `empty_share` of them with empty masks.
+
+    A target covering fewer than `min_pixels` pixels is neither asked for nor used as an empty
+    example (a sliver at the crop's edge is ambiguous)."""
+    present, absent = [], []
+    for key in concepts:
+        mask = mask_of(key)
+        area = int(mask.sum())
+        if area >= min_pixels:
+            present.append((key, mask))
+        elif area == 0:
+            absent.append((key, mask))
+    picks = []
+    for _ in range(n):
+        want_empty = rng.random() < empty_share or not present
+        pool = absent if (want_empty and absent) or not present else present
+        if not pool:
+            break
+        key, mask = pool[int(rng.integers(len(pool)))]
+        options = concepts[key]
+        picks.append((options[int(rng.integers(len(options)))], mask))
+    return picks

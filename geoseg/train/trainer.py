@@ -1,0 +1,171 @@
+"""The training loop: build the model for a stage, draw batches, step, checkpoint, resume.
+
+A run directory holds:
+    train_config.json          the config the run was started with
+    log.jsonl                  one line per `log_every` steps (losses, lr, seconds)
+    checkpoints/last/          config.json + model.safetensors + trainer_state.pt (optimizer,
+                               schedule, step) -- `geoseg train` resumes from it when it exists
+    checkpoints/final/         config.json + model.safetensors of the finished run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from geoseg.errors import InputError
+from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
+from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
+from geoseg.models.compact.text import TextEncoder, shared_text_encoder
+from geoseg.train.config import TrainConfig
+from geoseg.train.data import Batch, make_batch_source
+from geoseg.train.losses import change_pretrain_loss, compact_loss
+
+log = logging.getLogger(__name__)
+STATE_NAME = "trainer_state.pt"
+
+
+def build_model(config: TrainConfig) -> CompactModel:
+    """A fresh model for the config's stage, optionally initialised from another checkpoint."""
+    model_type = MODEL_TYPE if config.stage == "segment" else MODEL_TYPE_CHANGE
+    cfg = CompactConfig.from_dict({**config.model, "model_type": model_type})
+    model = CompactModel(cfg)
+    if config.init_from:
+        init_weights(model, Path(config.init_from))
+    return model
+
+
+def init_weights(model: CompactModel, directory: Path) -> None:
+    """Copy every tensor of a checkpoint whose name and shape fit (e.g. single-date -> change)."""
+    from safetensors.torch import load_file
+
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise InputError(f"init_from: {weights} does not exist; point it at a checkpoint directory")
+    source = load_file(str(weights))
+    own = model.state_dict()
+    fitting = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    log.info("initialised %d of %d tensors from %s", len(fitting), len(own), directory)
+
+
+def make_optimizer(model: CompactModel, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".scale") else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        t = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (build beside it, then swap)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / STATE_NAME)
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def resume(model: CompactModel, opt, sched, directory: Path) -> int:
+    """Load model + optimizer + schedule from `directory`; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict]:
+    if config.stage == "change_pretrain":
+        feats = model.encode_images(batch.images, batch.before)
+        loss = change_pretrain_loss(feats.change_logits, batch.change_masks, config.loss)
+        return loss, {"change": float(loss.detach())}
+    feats = model.encode_images(batch.images, batch.before)
+    out = model.decode(feats, text.encode(batch.queries), batch.image_index)
+    return compact_loss(out, batch.masks, config.loss, batch.change_masks)
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the final checkpoint directory."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    run = Path(config.run_dir)
+    last = run / "checkpoints" / "last"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    model = build_model(config).train()
+    text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
+    opt, sched = make_optimizer(model, config)
+    start = resume(model, opt, sched, last) if (last / STATE_NAME).is_file() else 0
+    if start:
+        log.info("resuming %s from step %d", run, start)
+    source = make_batch_source(config, start_step=start)
+    if getattr(source, "vocabulary", None):  # encode every training wording once, up front
+        text.encode(source.vocabulary)
+    started = time.monotonic()
+    bar = tqdm(total=config.steps, initial=start, file=sys.stderr, disable=not progress, desc=config.stage)
+    step = start
+    with open(run / "log.jsonl", "a") as logf:
+        while step < config.steps:
+            batch = source.next_batch()
+            loss, parts = batch_loss(model, text, batch, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            out_of_time = config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min
+            if step % config.log_every == 0:
+                record = {"step": step, "loss": float(loss), **parts, "lr": sched.get_last_lr()[0],
+                          "seconds": round(time.monotonic() - started, 1)}
+                logf.write(json.dumps(record) + "\n")
+                logf.flush()
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}
+                save_checkpoint(model, last, state)
+            if out_of_time:
+                log.warning("time limit of %s min reached at step %d", config.time_limit_min, step)
+                break
+    bar.close()
+    source.close()
+    model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
+    final = save_checkpoint(model.eval(), run / "checkpoints" / "final")
+    if config.export_to:
+        export = Path(config.export_to)
+        export.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", WEIGHTS_NAME):
+            shutil.copy2(final / name, export / name)
+    return final

@@ -1,0 +1,127 @@
+"""Training room: config files, data, a tiny run that learns, checkpoints and resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.errors import InputError
+from geoseg.models.compact import CompactModel, tiny_config
+from geoseg.models.compact.text import shared_text_encoder
+from geoseg.train.config import load_train_config, train_config_from_dict
+from geoseg.train.data import make_batch_source
+from geoseg.train.queries import HELDOUT_WORDS, queries_by_split
+from geoseg.train.trainer import STATE_NAME, batch_loss, build_model, make_optimizer, train
+
+TINY_MODEL = {k: v for k, v in tiny_config().to_dict().items() if k not in ("model_type", "extra")}
+
+
+def _tiny(tmp_path, **over) -> dict:
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "steps": 4,
+        "batch_size": 2,
+        "warmup": 2,
+        "threads": 1,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "model": TINY_MODEL,
+        "data": {"pool_scenes": 2, "scene_size": 96, "tile": 64, "queries_per_image": 2, "gsds": [0.5]},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_yaml_and_toml_configs(tmp_path):
+    (tmp_path / "a.yaml").write_text("steps: 7\ndata:\n  tile: 96\n")
+    (tmp_path / "b.toml").write_text("steps = 9\n[data]\ntile = 64\n")
+    assert load_train_config(tmp_path / "a.yaml").steps == 7
+    b = load_train_config(tmp_path / "b.toml")
+    assert b.steps == 9 and b.data.tile == 64
+    (tmp_path / "c.yaml").write_text("stpes: 7\n")
+    with pytest.raises(InputError, match="stpes"):
+        load_train_config(tmp_path / "c.yaml")
+    with pytest.raises(InputError, match="multiple of 32"):
+        train_config_from_dict({"data": {"tile": 100}})
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        load_train_config(path)
+
+
+def test_heldout_wordings_never_reach_training():
+    splits = queries_by_split()
+    train_texts = {q.text for q in splits["train"]}
+    for split in ("synonym", "attribute"):
+        assert splits[split] and not train_texts & {q.text for q in splits[split]}
+    assert not any(HELDOUT_WORDS & set(t.replace("-", " ").split()) for t in train_texts)
+    assert not any("white" in t for t in train_texts)
+
+
+def test_synthetic_batches_have_empty_and_nonempty_targets(tmp_path):
+    cfg = train_config_from_dict(_tiny(tmp_path, batch_size=8, data={**_tiny(tmp_path)["data"], "queries_per_image": 4}))
+    batch = make_batch_source(cfg).next_batch()
+    assert batch.images.shape == (8, 3, 64, 64)
+    assert float(batch.images.min()) >= 0 and float(batch.images.max()) <= 1
+    areas = batch.masks.flatten(1).sum(1)
+    assert len(batch.queries) == len(areas) == len(batch.image_index)
+    assert (areas == 0).any() and (areas > 0).any()
+
+
+@pytest.fixture
+def one_thread():
+    # on a shared 2-core machine two intra-op threads thrash; one is faster and steadier
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_training_lowers_the_loss(tmp_path, one_thread):
+    """Overfit one fixed batch: the loss must fall well below where it started."""
+    torch.manual_seed(0)
+    cfg = train_config_from_dict(_tiny(tmp_path, lr=3e-3, warmup=1, steps=40, batch_size=4))
+    model = build_model(cfg).train()
+    text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
+    batch = make_batch_source(cfg).next_batch()
+    opt, sched = make_optimizer(model, cfg)
+    losses = []
+    for _ in range(40):
+        loss, _ = batch_loss(model, text, batch, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_train_writes_checkpoints_and_resumes(tmp_path, one_thread):
+    cfg = train_config_from_dict(_tiny(tmp_path, export_to=str(tmp_path / "export")))
+    final = train(cfg, progress=False)
+    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    last = tmp_path / "run" / "checkpoints" / "last"
+    assert torch.load(last / STATE_NAME, weights_only=True)["step"] == 4
+    assert CompactModel.from_pretrained(tmp_path / "export").config.extra["trained_steps"] == 4
+    # a longer run with the same run_dir continues from step 4
+    cfg.steps = 6
+    train(cfg, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_change_stages_build_and_step(tmp_path, one_thread):
+    data = {**_tiny(tmp_path)["data"], "scene_size": 128}
+    pre = train_config_from_dict(_tiny(tmp_path, stage="change_pretrain", steps=2, data=data))
+    pre_final = train(pre, progress=False)
+    fine = train_config_from_dict(
+        _tiny(tmp_path, stage="change", steps=2, data=data, run_dir=str(tmp_path / "fine"), init_from=str(pre_final))
+    )
+    model = build_model(fine)
+    assert model.config.change
+    out = train(fine, progress=False)
+    assert CompactModel.from_pretrained(out).config.model_type == "geoseg_compact_change"
