@@ -192,6 +192,7 @@ def paint(layout: Layout, labels: np.ndarray, date: DateParams, rng: np.random.G
     _paint_trees(layout, flat_img, flat_lbl, flat_cls, w, date, rng, m)
     _paint_water(flat_img, cls, m)
     _paint_markings(layout, img, cls, m)
+    _paint_cars(layout, img, cls, m, np.random.default_rng(rng.integers(2**63)))
 
     tex = 1 + _AMP_MID[cls] * n_mid + _AMP_PX[cls] * n_px
     tex += (cls == 6) * 0.06 * n_lo  # bare ground: patchy
@@ -339,6 +340,43 @@ def _paint_markings(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float) 
                                *cls.shape, dtype="uint8").astype(bool)
     marks &= cls == CLASS_CODE["road"]
     img[marks] = img[marks] * 0.25 + _c((0.85, 0.85, 0.82, 0.6), img.shape[2]) * 0.75
+
+
+CAR_COLOURS = np.array([(0.88, 0.88, 0.87, 0.7), (0.12, 0.12, 0.13, 0.1), (0.55, 0.56, 0.58, 0.45),
+                        (0.62, 0.12, 0.10, 0.4), (0.15, 0.25, 0.50, 0.3), (0.72, 0.72, 0.70, 0.6)], dtype=np.float32)
+
+
+def _paint_cars(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float, rng: np.random.Generator) -> None:
+    """Parked and moving cars on streets and main roads (paint only: a car is part of the road)."""
+    if m < 1.0:  # at coarser than 1 m a car is a pixel or two of noise
+        return
+    rects, colours = [], []
+    for inst in layout.by_class("road"):
+        line = inst.paint.get("line")
+        if line is None or inst.attrs["kind"] == "track":
+            continue
+        n = rng.poisson(line.length / (35 * m))
+        if n == 0:
+            continue
+        t = rng.uniform(0, line.length, size=n)
+        p = shapely.get_coordinates(shapely.line_interpolate_point(line, t))
+        q = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(t + 1, line.length)))
+        ang = np.arctan2(q[:, 1] - p[:, 1], q[:, 0] - p[:, 0])
+        lane = rng.choice([-1.0, 1.0], size=n) * inst.paint["width_px"] * rng.uniform(0.2, 0.32, size=n)
+        cx, cy = p[:, 0] - np.sin(ang) * lane, p[:, 1] + np.cos(ang) * lane
+        length, width = rng.uniform(3.8, 4.9, size=n) * m, rng.uniform(1.7, 1.9, size=n) * m
+        local = np.stack([np.c_[-length, -width], np.c_[length, -width], np.c_[length, width], np.c_[-length, width]], 1) / 2
+        c, s_ = np.cos(ang)[:, None], np.sin(ang)[:, None]
+        xy = np.stack([local[..., 0] * c - local[..., 1] * s_ + cx[:, None], local[..., 0] * s_ + local[..., 1] * c + cy[:, None]], -1)
+        rects.append(shapely.polygons(xy))
+        colours.append(rng.integers(0, len(CAR_COLOURS), size=n))
+    if not rects:
+        return
+    ids = scanline.rasterize(np.concatenate(rects), np.arange(1, sum(len(r) for r in rects) + 1), *cls.shape)
+    ids[cls != CLASS_CODE["road"]] = 0
+    on = ids > 0
+    palette_idx = np.concatenate(colours)[ids[on] - 1]
+    img[on] = CAR_COLOURS[palette_idx, : img.shape[2]]
 
 
 def shadow_shapes(layout: Layout, date: DateParams) -> list:
