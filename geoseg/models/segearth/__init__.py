@@ -1,32 +1,48 @@
 """SegEarth-R1-compatible MLLM segmenter (Swin-B + Phi-1.5 + Mask2Former), loading the published
-checkpoints (`earth-insights/SegEarth-R1-RRSIS-D`, `earth-insights/SegEarth-R1-EarthReason`).
+checkpoints (`earth-insights/SegEarth-R1-RRSIS-D`, `earth-insights/SegEarth-R1-EarthReason`), and the
+variants geoseg trains from them:
+
+    model_type "llava_phi" / "segearth_r1"  -> SegEarthSegmenter   (one [SEG] from the refer span)
+    "segearth_r1_generative"                -> GenerativeSegmenter (SegEarth-R2-style k [SEG] answers)
+    "segearth_r1_bitemporal"                -> BitemporalSegmenter (MTRefSeg-style, change-native)
 
 Entry point: `load_segearth_segmenter(path, device=..., allow_pickle=False)`; the registry dispatches
-config.json `model_type` "llava_phi" / "segearth_r1" here. See docs/models/segearth-r1.md.
+those model types here. See docs/models/segearth-r1.md and docs/models/mllm-training.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from geoseg.errors import ModelLoadError
 from geoseg.models.base import ModelInfo
+from geoseg.models.segearth.bitemporal import MODEL_TYPE as BITEMPORAL_TYPE
+from geoseg.models.segearth.bitemporal import BitemporalSegmenter, SegEarthBitemporal
 from geoseg.models.segearth.checkpoint import load_weights, weight_files, weights_sha256
 from geoseg.models.segearth.config import SegEarthConfig, parse_config
+from geoseg.models.segearth.generate import GenerativeSegmenter, generative_ids
 from geoseg.models.segearth.model import SegEarthR1
 from geoseg.models.segearth.preprocess import PadInfo, preprocess, unpad
-from geoseg.models.segearth.prompt import guess_task, prepare_tokenizer
+from geoseg.models.segearth.prompt import PromptIds, guess_task, prepare_tokenizer
 from geoseg.models.segearth.segmenter import EncodedTiles, SegEarthSegmenter, gate
 
 __all__ = [
+    "BITEMPORAL_TYPE",
+    "GENERATIVE_TYPE",
+    "MODEL_TYPES",
+    "BitemporalSegmenter",
     "EncodedTiles",
+    "GenerativeSegmenter",
+    "LoadedNetwork",
     "PadInfo",
     "SegEarthSegmenter",
     "gate",
+    "load_network",
     "load_segearth_segmenter",
     "preprocess",
     "read_config",
@@ -34,15 +50,26 @@ __all__ = [
 ]
 
 LICENSE = "Apache-2.0"
+GENERATIVE_TYPE = "segearth_r1_generative"
+# model_type -> variant
+MODEL_TYPES = {
+    "llava_phi": "refer",
+    "segearth_r1": "refer",
+    GENERATIVE_TYPE: "generative",
+    BITEMPORAL_TYPE: "bitemporal",
+}
+
+
+def read_raw_config(path: Path) -> dict:
+    config_file = Path(path) / "config.json"
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{config_file} is not readable JSON: {e}") from None
 
 
 def read_config(path: Path) -> SegEarthConfig:
-    config_file = Path(path) / "config.json"
-    try:
-        raw = json.loads(config_file.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{config_file} is not readable JSON: {e}") from None
-    return parse_config(raw, where=str(config_file))
+    return parse_config(read_raw_config(path), where=str(Path(path) / "config.json"))
 
 
 def checkpoint_name(path: Path) -> str:
@@ -74,6 +101,72 @@ def _load_tokenizer(path: Path):
         hf_logging.set_verbosity(verbosity)
 
 
+@dataclass
+class LoadedNetwork:
+    """A network with its tokenizer, as read from a checkpoint directory."""
+
+    net: SegEarthR1
+    tokenizer: object
+    prompt: PromptIds
+    cfg: SegEarthConfig
+    raw_config: dict  # config.json as read (what a saved checkpoint writes back)
+    variant: str  # refer | generative | bitemporal
+    files: list[Path]
+
+
+def variant_of(raw: dict, where: str) -> str:
+    model_type = raw.get("model_type", "llava_phi")
+    if model_type not in MODEL_TYPES:
+        raise ModelLoadError(f"{where}: model_type {model_type!r} is not a SegEarth variant ({', '.join(MODEL_TYPES)})")
+    return MODEL_TYPES[model_type]
+
+
+def build_network(cfg: SegEarthConfig, variant: str) -> SegEarthR1:
+    if variant == "bitemporal":
+        return SegEarthBitemporal(cfg, fusion=cfg.options.fusion)
+    return SegEarthR1(cfg)
+
+
+def load_network(
+    path: str | Path,
+    *,
+    variant: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+    task: str | None = None,
+) -> LoadedNetwork:
+    """Build the network of `variant` (default: the checkpoint's own) and load the checkpoint.
+
+    Loading a checkpoint into another variant (a SegEarth-R1 checkpoint into the bi-temporal
+    network) keeps the fresh initialisation of the tensors that variant adds; every tensor the
+    checkpoint has must still fit."""
+    path = Path(path)
+    device = torch.device(device)
+    raw = read_raw_config(path)
+    cfg = parse_config(raw, where=str(path / "config.json"))
+    own = variant_of(raw, str(path / "config.json"))
+    variant = variant or own
+    options = dataclasses.replace(cfg.options, task=task or cfg.options.task)
+    default_task = "reasoning" if variant == "generative" else guess_task(checkpoint_name(path))
+    cfg = dataclasses.replace(cfg, options=dataclasses.replace(options, task=options.task or default_task))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    files, pickled = weight_files(path, allow_pickle)
+    tokenizer = _load_tokenizer(path)
+    prompt = prepare_tokenizer(tokenizer, cfg.options.task, cfg.vocab_size, str(path))
+    fresh = ("temporal_fusion.", "change_query") if variant == "bitemporal" and own != "bitemporal" else ()
+    if fresh:  # tensors the checkpoint lacks keep a real initialisation
+        net = build_network(cfg, variant)
+        load_weights(net, files, pickled, device, dtype, path, fresh_prefixes=fresh)
+        net.to(device=device, dtype=dtype)
+    else:  # no random init of 1.6 B parameters that are overwritten anyway
+        with torch.device("meta"):
+            net = build_network(cfg, variant)
+        load_weights(net, files, pickled, device, dtype, path)
+    net.reset_runtime_buffers(device)
+    return LoadedNetwork(net, tokenizer, prompt, cfg, raw, variant, files)
+
+
 def load_segearth_segmenter(
     path: str | Path,
     *,
@@ -84,41 +177,31 @@ def load_segearth_segmenter(
     task: str | None = None,
     gate_min_score: float | None = None,
     gate_min_area: int | None = None,
-) -> SegEarthSegmenter:
+    variant: str | None = None,
+):
     """Build the network from `path/config.json`, load its weights and tokenizer.
 
     dtype: parameter dtype (default bfloat16 on CUDA, float32 elsewhere). task: "referring" or
     "reasoning" prompt wording (default: config `geoseg.task`, else guessed from the name).
     gate_*: empty-tile gating thresholds (default: config `geoseg.gate_*`, else GeosegOptions).
+    variant: "generative" runs a SegEarth-R1 checkpoint generatively (default: its model_type's).
     """
     path = Path(path)
     device = torch.device(device)
-    cfg = read_config(path)
+    loaded = load_network(
+        path, variant=variant, device=device, dtype=dtype, allow_pickle=allow_pickle, task=task
+    )
+    net, cfg = loaded.net, loaded.cfg
     overrides = {
         k: v
-        for k, v in {
-            "task": task,
-            "gate_min_score": gate_min_score,
-            "gate_min_area": gate_min_area,
-        }.items()
+        for k, v in {"gate_min_score": gate_min_score, "gate_min_area": gate_min_area}.items()
         if v is not None
     }
-    name = checkpoint_name(path)
     options = dataclasses.replace(cfg.options, **overrides)
-    options = dataclasses.replace(options, task=options.task or guess_task(name))
-    cfg = dataclasses.replace(cfg, options=options)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-
-    files, pickled = weight_files(path, allow_pickle)
-    tokenizer = _load_tokenizer(path)
-    prompt = prepare_tokenizer(tokenizer, options.task, cfg.vocab_size, str(path))
-    with torch.device("meta"):  # no random init of 1.6 B parameters that are overwritten anyway
-        net = SegEarthR1(cfg)
-    load_weights(net, files, pickled, device, dtype, path)
-    net.reset_runtime_buffers(device)
     net.eval().requires_grad_(False)
-
-    sha = weights_sha256(files)
+    dtype = net.model.embed_tokens.weight.dtype
+    name = checkpoint_name(path)
+    sha = weights_sha256(loaded.files)
     info = ModelInfo(
         name=name,
         version=sha[:12],
@@ -127,9 +210,10 @@ def load_segearth_segmenter(
         bands=3,
         weights_sha256=sha,
         license=LICENSE,
-        change_native=False,
+        change_native=loaded.variant == "bitemporal",
         extra={
             "family": "segearth-r1",
+            "variant": loaded.variant,
             "task": options.task,
             "gate_min_score": options.gate_min_score,
             "gate_min_area": options.gate_min_area,
@@ -142,4 +226,13 @@ def load_segearth_segmenter(
             "bytes_per_tile": int(0.75 * 2**30 * (options.image_size / 1024) ** 2),
         },
     )
-    return SegEarthSegmenter(net, tokenizer, prompt, info, device, options, compile=compile)
+    if loaded.variant == "bitemporal":
+        return BitemporalSegmenter(net, loaded.tokenizer, loaded.prompt, info, device, options)
+    if loaded.variant == "generative":
+        ids = generative_ids(
+            loaded.tokenizer, loaded.prompt.seg_id, loaded.prompt.pad_id, options.task, str(path)
+        )
+        return GenerativeSegmenter(
+            net, loaded.tokenizer, loaded.prompt, info, device, options, compile=compile, ids=ids
+        )
+    return SegEarthSegmenter(net, loaded.tokenizer, loaded.prompt, info, device, options, compile=compile)

@@ -99,10 +99,14 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     where: Path,
+    fresh_prefixes: tuple[str, ...] = (),
 ) -> None:
     """Assign every tensor of the checkpoint to `module` (built on the meta device) or raise.
 
     All problems are collected first and reported together: missing, unexpected and misshapen keys.
+    Keys starting with one of `fresh_prefixes` may be missing: they keep the module's own
+    initialisation (e.g. the fusion blocks of a bi-temporal model started from a SegEarth-R1
+    checkpoint; the module must then be built on a real device).
     """
     expected = module.state_dict()
     loaded: dict[str, torch.Tensor] = {}
@@ -121,7 +125,11 @@ def load_weights(
             floating = expected[key].is_floating_point()
             loaded[key] = tensor.to(device=device, dtype=dtype if floating else expected[key].dtype)
     missing = [
-        k for k in expected if k not in loaded and not any(p.match(k) for p in OPTIONAL_KEYS)
+        k
+        for k in expected
+        if k not in loaded
+        and not any(p.match(k) for p in OPTIONAL_KEYS)
+        and not k.startswith(fresh_prefixes or ("\0",))
     ]
     missing = [k for k in missing if k not in {m.split(" ")[0] for m in misshapen}]
     if missing or unexpected or misshapen:
@@ -159,3 +167,38 @@ def weights_sha256(files: list[Path]) -> str:
     if len(digests) == 1:
         return digests[0]
     return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def save_checkpoint(
+    state: dict[str, torch.Tensor],
+    config: dict,
+    tokenizer,
+    directory: Path,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a plain checkpoint directory (config.json + model.safetensors + tokenizer files) that
+    `load_segearth_segmenter` reads; floating tensors are cast to `dtype` when given.
+
+    Written beside the target and renamed into place, so a crash never leaves half a checkpoint."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(str(tmp))
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory

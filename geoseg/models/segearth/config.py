@@ -91,6 +91,8 @@ class GeosegOptions:
         25.0  # AnyChange's 155 deg: keep changes whose features turned more
     )
     overlap: int = 128  # default tile overlap the pipeline should use
+    max_new_tokens: int = 128  # generative checkpoints: longest answer (greedy decoding)
+    fusion: str = "full"  # bi-temporal checkpoints: temporal fusion variant (see bitemporal.py)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class SegEarthConfig:
     @property
     def connector_sizes(self) -> tuple[int, int]:
         """Spatial sizes after the connector's two stride-2 convs (16 and 8 at 1024 input)."""
-        res5 = self.options.image_size // 32
+        res5 = self.options.image_size // (self.swin.patch_size * 8)  # res5 is at stride 32 for patch 4
         return (res5 + 1) // 2, (res5 + 3) // 4
 
     @property
@@ -172,8 +174,9 @@ def parse_config(raw: dict, where: str = "config.json") -> SegEarthConfig:
     options = _sub(GeosegOptions, options_raw, f"{where} geoseg")
     if options.task not in (None, "referring", "reasoning"):
         raise ModelLoadError(f"{where}: geoseg.task must be 'referring' or 'reasoning'")
-    if options.image_size % 128:
-        raise ModelLoadError(f"{where}: geoseg.image_size must be a multiple of 128")
+    step = swin.patch_size * 32  # res5 stride x the connector's two stride-2 convs
+    if options.image_size % step:
+        raise ModelLoadError(f"{where}: geoseg.image_size must be a multiple of {step}")
     mm_in = int(raw.get("mm_input_embeds", swin.channels[-1]))
     if mm_in != swin.channels[-1]:
         raise ModelLoadError(
