@@ -57,9 +57,10 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "segearth-r1",
-        ("llava_phi", "segearth_r1"),
+        ("llava_phi", "segearth_r1", "segearth_r1_generative", "segearth_r1_bitemporal"),
         _load_segearth,
-        "SegEarth-R1-compatible MLLM segmenter (Swin-B + Phi-1.5 + Mask2Former), GPU",
+        "SegEarth-R1-compatible MLLM segmenter (Swin-B + Phi-1.5 + Mask2Former), GPU; "
+        "generative multi-[SEG] and bi-temporal change variants",
         "Apache-2.0",
     ),
 )
