@@ -49,7 +49,7 @@ def burn(geoms, shape, transform=None) -> np.ndarray:
     return rasterio.features.rasterize([(g, 1) for g in geoms], out_shape=shape, fill=0, dtype="uint8", **kwargs).astype(bool)
 
 
-TOWN_SEED = 12  # at 256 x 256, 0.5 m: buildings (some damaged), roads, a river, trees, fields
+TOWN_SEED = 34  # at 256 x 256, 0.5 m: buildings (some damaged), roads, a river, trees, fields
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +216,11 @@ def pair():
     return render_pair(4, 256, 256, 0.5, change_kinds=CHANGE_KINDS)
 
 
-@pytest.mark.parametrize("seed,h,w,gsd", [(827466, 177, 66, 1.0), (216223, 245, 187, 0.3)])
+@pytest.mark.parametrize("seed,h,w,gsd", [(951022, 125, 114, 2.0), (934961, 111, 149, 1.0)])
 def test_overlapping_change_kinds_keep_exact_masks(seed, h, w, gsd):
     # these seeds put a new road across a demolition site: both kinds claim those pixels
     p = render_pair(seed, h, w, gsd, change_kinds=CHANGE_KINDS)
+    assert (p.change["new_roads"] & p.change["demolished_buildings"]).any()
     for kind, (cls, sign) in CHANGE_CLASS.items():
         before, after = p.before.masks[cls], p.after.masks[cls]
         assert np.array_equal(p.change[kind], (after & ~before) if sign > 0 else (before & ~after)), kind

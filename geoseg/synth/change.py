@@ -17,6 +17,7 @@ import shapely
 from shapely.geometry import LineString
 
 from . import palette, scanline
+from .buildings import concat
 from .geometry import clean, parts_of, safe_difference
 from .layout import Instance, Layout, _Builder, damage, finalise, generate_layout
 from .render import DateParams, SceneArrays, compose, stream
@@ -202,13 +203,11 @@ def _cut_open_land(b: _Builder, road: shapely.Geometry) -> None:
 def _new_buildings(b: _Builder, n_before: int) -> list[Instance]:
     """New houses on free land along the roads (the new road first, when there is one)."""
     limit = max(2, round(0.15 * max(n_before, 6)))
-    cands: list[dict] = []
-    for line, width, kind in reversed(b.road_lines):
-        if kind != "track":
-            cands += b._lots_along(line, width, density=0.3)
-    placed = b.commit_buildings(cands, limit=limit)
+    batch = concat([b.lots_along(line, width, density=0.3) for line, width, kind in reversed(b.road_lines) if kind != "track"])
+    placed = b.commit_buildings(batch, limit=limit)
     if len(placed) < limit:  # no room along the roads: scattered new houses on open land
-        extra = [b.building_candidate(b.u(0, b.w), b.u(0, b.h), b.u(0, math.pi), False) for _ in range(80)]
+        n = 80
+        extra = b.building_batch(b.rng.uniform(0, b.w, n), b.rng.uniform(0, b.h, n), b.rng.uniform(0, math.pi, n), np.zeros(n, bool))
         placed += b.commit_buildings(extra, limit=limit - len(placed))
     return [Instance("building", "intact", i.geometry, {**i.attrs, "change": "new_buildings"}) for i in placed]
 

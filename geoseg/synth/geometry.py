@@ -32,17 +32,6 @@ def place(local: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
     return local @ rot + np.array([cx, cy])
 
 
-def l_shape(length: float, depth: float, wing_len: float, wing_depth: float, mirror: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-    """An L-shaped footprint in local coordinates: its outline and its two convex parts."""
-    a2, b2, x0, y1 = length / 2, depth / 2, length / 2 - wing_len, depth / 2 + wing_depth
-    outline = np.array([[-a2, -b2], [a2, -b2], [a2, y1], [x0, y1], [x0, b2], [-a2, b2]])
-    main = np.array([[-a2, -b2], [a2, -b2], [a2, b2], [-a2, b2]])
-    wing = np.array([[x0, b2], [a2, b2], [a2, y1], [x0, y1]])
-    flip = np.array([-1.0, 1.0]) if mirror else np.array([1.0, 1.0])
-    shift = np.array([0.0, wing_depth / 2])  # centre the L's bounding box on the origin
-    return outline * flip - shift, [main * flip - shift, wing * flip - shift]
-
-
 def blob(cx: float, cy: float, radius: float, rng: np.random.Generator, roughness: float = 0.25, n: int = 24) -> Polygon:
     """An irregular round shape: a circle whose radius wobbles smoothly with the angle."""
     t = np.linspace(0, 2 * math.pi, n, endpoint=False)

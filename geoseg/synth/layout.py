@@ -20,27 +20,22 @@ import shapely
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from . import buildings as bld
 from .geometry import (
     UNIT_CIRCLE,
     Occupancy,
     blob,
-    box_corners,
     clean,
     first_come,
-    l_shape,
     line_across,
     meander,
     parts_of,
-    place_many,
     rotated_rect,
     safe_difference,
 )
 
 INSTANCE_CLASSES = ("building", "road", "water", "tree", "field", "bare")
 
-ROOF_COLOURS = ("red", "grey", "dark_grey", "brown", "white", "green", "blue")
-SMALL_ROOF_CUM = np.cumsum((0.42, 0.16, 0.14, 0.12, 0.08, 0.04, 0.04))[:-1]  # probabilities per colour
-LARGE_ROOF_CUM = np.cumsum((0.08, 0.34, 0.14, 0.04, 0.26, 0.06, 0.08))[:-1]
 CROPS = ("wheat", "maize", "meadow", "ploughed", "rapeseed")
 
 # Relations are computed from geometry once per layout and stored as boolean attributes, so a
@@ -227,109 +222,80 @@ class _Builder:
                     self._road(seg, width_m, "street", bool(self.rng.random() < paved_p), bridge=False)
 
     # ---- buildings ------------------------------------------------------------------------------
-    def _building_shape(self, large: bool) -> tuple[np.ndarray, list[np.ndarray], float, float]:
-        """Footprint outline and convex parts in local pixel coordinates, and the extents."""
-        if large:
-            a, b = self.m(self.u(24, 60)), self.m(self.u(16, 34))
-        else:
-            a, b = self.m(self.u(8, 17)), self.m(self.u(7, 12))
-        if not large and self.rng.random() < 0.3:
-            wing_len, wing_depth = a * self.u(0.3, 0.5), b * self.u(0.5, 0.9)
-            outline, parts = l_shape(a, b, wing_len, wing_depth, bool(self.rng.random() < 0.5))
-            return outline, parts, a, b + wing_depth
-        rect = rotated_rect(0, 0, a, b, 0.0)
-        return rect, [rect], a, b
+    def shapes(self, large: np.ndarray) -> bld.Batch:
+        return bld.draw_shapes(self.rng, np.asarray(large, bool), 1.0 / self.gsd)
 
-    def building_candidate(self, cx: float, cy: float, angle: float, large: bool,
-                           shape: tuple[np.ndarray, list[np.ndarray], float, float] | None = None) -> dict:
-        """A footprint with its attributes, not yet placed."""
-        outline, parts, _, _ = shape or self._building_shape(large)
-        roof = ROOF_COLOURS[int(np.searchsorted(LARGE_ROOF_CUM if large else SMALL_ROOF_CUM, self.rng.random(), side="right"))]
-        attrs = {"roof_colour": roof, "roof_type": "flat" if large or self.rng.random() < 0.15 else "gable",
-                 "shape": "L" if len(parts) > 1 else "rectangle",
-                 "height_m": round(self.u(6, 15) if large else self.u(3.5, 9), 1), "damage": "intact", "damaged": False}
-        return {"cx": cx, "cy": cy, "angle": angle, "outline": outline, "parts": parts, "attrs": attrs,
-                "shade": self.u(-1, 1)}
+    def building_batch(self, cx, cy, angle, large) -> bld.Batch:
+        """Candidates at given places, with shapes and attributes drawn here."""
+        return bld.make_batch(self.rng, cx, cy, angle, self.shapes(large))
 
-    def commit_buildings(self, cands: list[dict], clearance_m: float = 1.5, limit: int | None = None) -> list[Instance]:
+    def commit_buildings(self, batch: bld.Batch, clearance_m: float = 1.5, limit: int | None = None) -> list[Instance]:
         """Place the candidates that touch nothing already there (first come, first served)."""
-        if not cands:
+        if not batch or len(batch["cx"]) == 0:
             return []
-        n = len(cands)
-        cx, cy, ang = (np.array([c[k] for c in cands]) for k in ("cx", "cy", "angle"))
-        boxes = np.array([(*p.min(axis=0), *p.max(axis=0)) for c in cands for p in c["parts"]])
-        owner = np.repeat(np.arange(n), [len(c["parts"]) for c in cands])
+        n = len(batch["cx"])
+        local_boxes, owner = bld.boxes(batch)
         pad = max(self.m(clearance_m), 0.75)
-        corners = box_corners(boxes, pad)
-        probe_xy = place_many(corners.reshape(-1, 2), *(np.repeat(v[owner], 4) for v in (cx, cy, ang)))
-        probes = shapely.polygons(probe_xy.reshape(-1, 4, 2))
-        counts = [len(c["outline"]) for c in cands]
-        rep = np.repeat(np.arange(n), counts)
-        outline_xy = place_many(np.concatenate([c["outline"] for c in cands]), cx[rep], cy[rep], ang[rep])
-        outlines = shapely.polygons(shapely.linearrings(outline_xy, indices=rep))
+        probes = shapely.polygons(bld.placed_boxes(batch, local_boxes, owner, pad))
+        outlines = bld.outlines(batch)
         free = self.occ.free(probes)
         ok = (np.bincount(owner, weights=~free, minlength=n) == 0) & shapely.intersects(outlines, self.domain)
         accepted = first_come(outlines, probes, owner, ok)
         if limit is not None:
             accepted[np.flatnonzero(accepted)[limit:]] = False
-        part_xy = place_many(box_corners(boxes, 0.0).reshape(-1, 2), *(np.repeat(v[owner], 4) for v in (cx, cy, ang)))
-        part_xy = part_xy.reshape(-1, 4, 2)
+        parts = bld.placed_boxes(batch, local_boxes, owner, 0.0)
         placed = []
         for k in np.flatnonzero(accepted).tolist():
-            c = cands[k]
-            paint = {"parts": list(part_xy[owner == k]), "angle": c["angle"], "cx": c["cx"], "cy": c["cy"], "shade": c["shade"]}
-            placed.append(self.add(Instance("building", "intact", outlines[k], dict(c["attrs"]), paint)))
+            attrs = {"roof_colour": bld.ROOF_COLOURS[int(batch["roof"][k])],
+                     "roof_type": "flat" if batch["flat"][k] else "gable",
+                     "shape": "L" if batch["lshape"][k] else "rectangle",
+                     "height_m": round(float(batch["height"][k]), 1), "damage": "intact", "damaged": False}
+            paint = {"parts": list(parts[owner == k]), "angle": float(batch["angle"][k]), "cx": float(batch["cx"][k]),
+                     "cy": float(batch["cy"][k]), "shade": float(batch["shade"][k])}
+            placed.append(self.add(Instance("building", "intact", outlines[k], attrs, paint)))
         return placed
 
     def place_buildings(self) -> None:
-        cands: list[dict] = []
-        for line, width, kind in list(self.road_lines):
-            if kind != "track":
-                cands += self._lots_along(line, width)
-        for _ in range(int(self.rng.integers(0, 4))):
-            cands += self._farmstead(*self.rural_point())
-        self.commit_buildings(cands)
+        batches = [self.lots_along(line, width) for line, width, kind in list(self.road_lines) if kind != "track"]
+        batches += [self.farmstead(*self.rural_point()) for _ in range(int(self.rng.integers(0, 4)))]
+        self.commit_buildings(bld.concat(batches))
 
-    def _lots_along(self, line: LineString, width: float, density: float | None = None) -> list[dict]:
+    def lots_along(self, line: LineString, width: float, density: float | None = None) -> bld.Batch:
         """Candidate houses on both sides of a road, facing it."""
         length = line.length
-        shapes, ts = [], []
-        t = self.u(0, self.m(8))
-        while t < length:
-            large = bool(self.rng.random() < 0.08)
-            shape = self._building_shape(large)
-            shapes.append((large, shape))
-            ts.append(min(t + shape[2] / 2, length))
-            t += shape[2] + self.m(self.u(2, 9))
-        if not ts:
-            return []
-        ts_a = np.asarray(ts)
-        p = shapely.get_coordinates(shapely.line_interpolate_point(line, ts_a))
-        p0 = shapely.get_coordinates(shapely.line_interpolate_point(line, np.maximum(ts_a - 1, 0)))
-        p1 = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(ts_a + 1, length)))
+        k = int(length / self.m(10)) + 2  # enough lots for the shortest lot + gap
+        large = self.rng.random(k) < 0.08
+        shapes = self.shapes(large)
+        gap = self.m(2) + self.m(7) * self.rng.random(k)
+        start = self.u(0, self.m(8)) + np.r_[0.0, np.cumsum(shapes["a"] + gap)[:-1]]
+        lots = start < length
+        shapes = bld.select(shapes, lots)
+        if not lots.any():
+            return {}
+        t = np.minimum(start[lots] + shapes["a"] / 2, length)
+        p = shapely.get_coordinates(shapely.line_interpolate_point(line, t))
+        p0 = shapely.get_coordinates(shapely.line_interpolate_point(line, np.maximum(t - 1, 0)))
+        p1 = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(t + 1, length)))
         tangent = np.arctan2(p1[:, 1] - p0[:, 1], p1[:, 0] - p0[:, 0])
-        cands = []
-        for k, (large, shape) in enumerate(shapes):
-            px, py, tg = float(p[k, 0]), float(p[k, 1]), float(tangent[k])
-            for side in (-1.0, 1.0):
-                keep = self.town_density(px, py) if density is None else density
-                if self.rng.random() > keep:
-                    continue
-                setback = self.m(self.u(2, 8)) + width / 2 + shape[3] / 2
-                nx, ny = -math.sin(tg) * side, math.cos(tg) * side
-                jitter = self.u(-0.05, 0.05) if self.rng.random() < 0.9 else self.u(-math.pi, math.pi)
-                cands.append(self.building_candidate(px + nx * setback, py + ny * setback, tg + jitter, large, shape))
-        return cands
-
-    def _farmstead(self, x: float, y: float) -> list[dict]:
-        angle = self.u(0, math.pi)
         out = []
-        for _ in range(int(self.rng.integers(2, 5))):
-            large = bool(self.rng.random() < 0.4)
-            dx, dy = self.m(self.u(-30, 30)), self.m(self.u(-30, 30))
-            turn = self.u(-0.05, 0.05) + (math.pi / 2) * int(self.rng.integers(0, 2))
-            out.append(self.building_candidate(x + dx, y + dy, angle + turn, large))
-        return out
+        for side in (-1.0, 1.0):  # both sides share the lot sizes (a street of similar houses)
+            n = len(t)
+            u = self.rng.random((4, n))
+            keep_p = np.array([self.town_density(x, y) for x, y in p]) if density is None else np.full(n, density)
+            setback = self.m(2) + self.m(6) * u[0] + width / 2 + shapes["depth"] / 2
+            nx, ny = -np.sin(tangent) * side, np.cos(tangent) * side
+            jitter = np.where(u[2] < 0.9, (u[3] - 0.5) * 0.1, (u[3] - 0.5) * 2 * math.pi)
+            batch = bld.make_batch(self.rng, p[:, 0] + nx * setback, p[:, 1] + ny * setback, tangent + jitter, shapes)
+            out.append(bld.select(batch, u[1] <= keep_p))
+        return bld.concat(out)
+
+    def farmstead(self, x: float, y: float) -> bld.Batch:
+        """A few buildings (often large barns) around a yard, at right angles to each other."""
+        n = int(self.rng.integers(2, 5))
+        u = self.rng.random((4, n))
+        angle = self.u(0, math.pi) + (u[2] - 0.5) * 0.1 + (math.pi / 2) * (u[3] < 0.5)
+        return self.building_batch(x + self.m(60) * (u[0] - 0.5), y + self.m(60) * (u[1] - 0.5), angle,
+                                   self.rng.random(n) < 0.4)
 
     def apply_damage(self) -> None:
         cx, cy, r = self.town
