@@ -64,12 +64,14 @@ class ReplicaPool:
         self.actors, self.info, self.replica_batch = actors, info, replica_batch
         self.device = torch.device("cpu")  # tiles stay on the driver's CPU until they travel
         self._busy = [0] * len(actors)
+        self.chunks = [0] * len(actors)  # chunks each replica has predicted (reported by tests/benchmarks)
         self._lock = threading.Lock()
 
     def _acquire(self) -> int:
         with self._lock:
             i = min(range(len(self.actors)), key=lambda k: self._busy[k])
             self._busy[i] += 1
+            self.chunks[i] += 1
             return i
 
     def _release(self, i: int) -> None:
@@ -103,11 +105,11 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, *, workers: int = 2, address: str | None = None, replicas: int | None = None,
-                 load: Callable[..., Segmenter] = load_segmenter, init: dict[str, Any] | None = None):
+                 load: Callable[..., Segmenter] | None = None, init: dict[str, Any] | None = None):
         """Join the cluster at `address` (None: start a local one). `load(spec, device=,
         allow_pickle=)` runs on the workers; geoseg must be installed there too."""
         self.workers = max(1, workers)
-        self._replicas, self._load = replicas, load
+        self._replicas, self._load = replicas, load or load_segmenter
         self._started = False
         if not ray.is_initialized():
             try:

@@ -243,14 +243,14 @@ class _Builder:
         accepted = first_come(outlines, probes, owner, ok)
         if limit is not None:
             accepted[np.flatnonzero(accepted)[limit:]] = False
-        parts = bld.placed_boxes(batch, local_boxes, owner, 0.0)
+        parts = np.split(bld.placed_boxes(batch, local_boxes, owner, 0.0), np.cumsum(np.bincount(owner, minlength=n))[:-1])
         placed = []
         for k in np.flatnonzero(accepted).tolist():
             attrs = {"roof_colour": bld.ROOF_COLOURS[int(batch["roof"][k])],
                      "roof_type": "flat" if batch["flat"][k] else "gable",
                      "shape": "L" if batch["lshape"][k] else "rectangle",
                      "height_m": round(float(batch["height"][k]), 1), "damage": "intact", "damaged": False}
-            paint = {"parts": list(parts[owner == k]), "angle": float(batch["angle"][k]), "cx": float(batch["cx"][k]),
+            paint = {"parts": list(parts[k]), "angle": float(batch["angle"][k]), "cx": float(batch["cx"][k]),
                      "cy": float(batch["cy"][k]), "shade": float(batch["shade"][k])}
             placed.append(self.add(Instance("building", "intact", outlines[k], attrs, paint)))
         return placed

@@ -57,7 +57,35 @@ def init_weights(model: CompactModel, directory: Path) -> None:
     log.info("initialised %d of %d tensors from %s", len(fitting), len(own), directory)
 
 
-def make_optimizer(model: CompactModel, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+class Budget:
+    """How far training has come: by steps, or by wall clock when `time_limit_min` is set.
+
+    The learning-rate schedule follows whichever budget is nearer its end, so a run stopped by
+    its time limit has still annealed its learning rate. Training time is summed over resumes."""
+
+    def __init__(self, config: TrainConfig, elapsed_s: float = 0.0) -> None:
+        self.steps = config.steps
+        self.limit_s = 60 * config.time_limit_min if config.time_limit_min else None
+        self.elapsed_before = elapsed_s
+        self.started = time.monotonic()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def progress(self, step: int) -> float:
+        done = step / max(1, self.steps)
+        if self.limit_s:
+            done = max(done, self.elapsed_s / self.limit_s)
+        return min(1.0, done)
+
+    def out_of_time(self) -> bool:
+        return self.limit_s is not None and self.elapsed_s >= self.limit_s
+
+
+def make_optimizer(
+    model: CompactModel, config: TrainConfig, budget: Budget | None = None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -67,11 +95,13 @@ def make_optimizer(model: CompactModel, config: TrainConfig) -> tuple[torch.opti
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
     )
+    budget = budget or Budget(config)
+    warm = config.warmup / max(1, config.steps)  # warm-up as a share of the budget
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
         if step < config.warmup:
             return (step + 1) / config.warmup
-        t = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+        t = min(1.0, max(0.0, budget.progress(step) - warm) / max(1e-6, 1 - warm))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -93,15 +123,15 @@ def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = N
     return directory
 
 
-def resume(model: CompactModel, opt, sched, directory: Path) -> int:
-    """Load model + optimizer + schedule from `directory`; returns the step to continue from."""
+def resume(model: CompactModel, opt, sched, directory: Path) -> tuple[int, float]:
+    """Load model + optimizer + schedule from `directory`; returns (step, training seconds so far)."""
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
     state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
 def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict]:
@@ -125,14 +155,17 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
 
     model = build_model(config).train()
     text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
-    opt, sched = make_optimizer(model, config)
-    start = resume(model, opt, sched, last) if (last / STATE_NAME).is_file() else 0
+    budget = Budget(config)
+    opt, sched = make_optimizer(model, config, budget)
+    start = 0
+    if (last / STATE_NAME).is_file():
+        start, budget.elapsed_before = resume(model, opt, sched, last)
     if start:
         log.info("resuming %s from step %d", run, start)
     source = make_batch_source(config, start_step=start)
     if getattr(source, "vocabulary", None):  # encode every training wording once, up front
         text.encode(source.vocabulary)
-    started = time.monotonic()
+    budget.started = time.monotonic()
     bar = tqdm(total=config.steps, initial=start, file=sys.stderr, disable=not progress, desc=config.stage)
     step = start
     with open(run / "log.jsonl", "a") as logf:
@@ -147,14 +180,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            out_of_time = config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min
+            out_of_time = budget.out_of_time()
             if step % config.log_every == 0:
                 record = {"step": step, "loss": float(loss), **parts, "lr": sched.get_last_lr()[0],
-                          "seconds": round(time.monotonic() - started, 1)}
+                          "seconds": round(budget.elapsed_s, 1)}
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                         "elapsed_s": budget.elapsed_s}
                 save_checkpoint(model, last, state)
             if out_of_time:
                 log.warning("time limit of %s min reached at step %d", config.time_limit_min, step)
