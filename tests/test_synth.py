@@ -57,6 +57,19 @@ def town():
     return render_scene(TOWN_SEED, 256, 256, 0.5, bands=4)
 
 
+@pytest.mark.parametrize("seed,gsd", [(1, 0.5), (4, 2.0)])
+def test_scanline_rasteriser_matches_gdal(seed, gsd):
+    from geoseg.synth.scanline import rasterize
+
+    scene = render_scene(seed, 150, 201, gsd)
+    geoms = [i.geometry for i in scene.instances]
+    ids = [i.id for i in scene.instances]
+    ours = rasterize(geoms, ids, 150, 201)
+    gdal = rasterio.features.rasterize(list(zip(geoms, ids, strict=True)), out_shape=(150, 201), fill=0, dtype="int32")
+    assert np.array_equal(ours, gdal)
+    assert np.array_equal(ours, scene.labels)
+
+
 def test_same_seed_same_scene_and_other_seed_differs():
     a = render_scene(5, 128, 160, 0.5, bands=4)
     b = render_scene(5, 128, 160, 0.5, bands=4)

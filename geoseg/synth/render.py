@@ -17,6 +17,7 @@ from scipy import ndimage, special
 from shapely.geometry import Polygon, box
 
 from . import palette, scanline
+from .geometry import UNIT_CIRCLE
 from .layout import Instance, Layout, generate_layout
 from .textures import value_noise
 from .vocab import CLASS_NAMES, Concept, UnknownPhraseError, matches, resolve
@@ -380,24 +381,32 @@ def _paint_cars(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float, rng:
 
 
 def shadow_shapes(layout: Layout, date: DateParams) -> list:
-    """Polygons of cast shadows (pixel space) for standing buildings and trees."""
+    """Polygons of cast shadows (pixel space) for standing buildings and trees.
+
+    A convex part (a building block, a crown) swept along the shadow vector is the convex hull of
+    its corners and their shifted copies, computed for all parts at once.
+    """
     per_m = date.shadow_per_metre(layout.gsd)
-    rings, shapes = [], []
+    parts, lifts, crowns, crown_lifts, shapes = [], [], [], [], []
     for inst in layout.instances:
         if inst.cls == "building" and inst.attrs["damage"] != "destroyed":
-            v = per_m * inst.attrs["height_m"]
-            rings += [np.vstack([p, p + v]) for p in inst.paint["parts"]]
+            parts += inst.paint["parts"]
+            lifts += [inst.attrs["height_m"]] * len(inst.paint["parts"])
         elif inst.cls == "tree" and inst.subclass == "single":
-            v = per_m * inst.attrs["height_m"] * 0.8
-            c = np.asarray(inst.geometry.exterior.coords)
-            rings.append(np.vstack([c, c + v]))
+            crowns.append((inst.paint["cx"], inst.paint["cy"], inst.paint["r"]))
+            crown_lifts.append(inst.attrs["height_m"] * 0.8)
         elif inst.cls == "tree":
             v = per_m * inst.attrs["height_m"]
             shapes += [shapely.affinity.translate(inst.geometry, *(v * f)) for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
-    if rings:
-        counts = [len(r) for r in rings]
-        pts = shapely.multipoints(np.vstack(rings), indices=np.repeat(np.arange(len(rings)), counts))
-        shapes += list(shapely.convex_hull(pts))
+    swept = []
+    if parts:
+        swept.append((np.stack(parts), np.asarray(lifts)))
+    if crowns:
+        c = np.asarray(crowns)
+        swept.append((UNIT_CIRCLE[None] * c[:, 2, None, None] + c[:, None, :2], np.asarray(crown_lifts)))
+    for corners, lift in swept:
+        moved = corners + (lift[:, None] * per_m)[:, None, :]
+        shapes += list(shapely.convex_hull(shapely.multipoints(np.concatenate([corners, moved], axis=1))))
     return shapes
 
 

@@ -44,6 +44,10 @@ def spans(geoms: Sequence, height: int, width: int) -> tuple[np.ndarray, np.ndar
     if not keep.any():
         return empty
     x0, y0, x1, y1, owner, r0, n = x0[keep], y0[keep], x1[keep], y1[keep], owner[keep], r0[keep], n[keep]
+    # measure every edge from its upper end, so an edge gives the same crossings either way round
+    flip = y1 < y0
+    x0, x1 = np.where(flip, x1, x0), np.where(flip, x0, x1)
+    y0, y1 = np.where(flip, y1, y0), np.where(flip, y0, y1)
     edge = np.repeat(np.arange(n.size), n)
     row = r0[edge] + (np.arange(edge.size) - np.repeat(np.cumsum(n) - n, n))
     yc = row + 0.5
