@@ -14,8 +14,10 @@ open with geoseg's default style.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 
 from qgis.core import (
@@ -126,6 +128,18 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
         return cmd
 
     @staticmethod
+    def stop(proc) -> None:
+        """Interrupt geoseg as Ctrl-C would: it removes its temporary files and writes nothing."""
+        if os.name == "posix":
+            proc.send_signal(signal.SIGINT)
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    @staticmethod
     def follow_progress(proc, feedback) -> str:
         """Read geoseg's stderr: tqdm percentages drive the bar, other lines are logged."""
         tail, buffer = [], ""
@@ -134,7 +148,7 @@ class GeosegAlgorithm(QgsProcessingAlgorithm):
             if not chunk:
                 break
             if feedback.isCanceled():
-                proc.terminate()  # geoseg cleans up: no partial output is left
+                GeosegAlgorithm.stop(proc)
                 break
             if chunk not in "\r\n":
                 buffer += chunk
