@@ -30,8 +30,9 @@ import common  # noqa: E402
 from workers import BATCH, OVERLAP, TILE  # noqa: E402
 
 WORKERS = Path(__file__).resolve().parent / "workers.py"
-# float64 sum + weight canvases, the quotient and np.where's result, and the float32 output
-NAIVE_BYTES_PER_PIXEL = 8 + 8 + 8 + 8 + 4
+# Alive at once at the end of the naive run: float64 sum and weight canvases, `weights > 0`,
+# `weights + 1e-8`, the quotient, np.where's float64 result (then the float32 copy).
+NAIVE_BYTES_PER_PIXEL = 8 + 8 + 1 + 8 + 8 + 8
 
 
 def run_worker(kind: str, scene: Path, out: Path) -> dict:
