@@ -115,10 +115,16 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class Channel:
-    """One probability raster the inference produces: a query, and in change mode a direction."""
+    """One probability raster the inference produces: a query, and in change mode a direction;
+    for a generative model one per target its answer names (`target` indexes Prediction.targets)."""
 
     query_index: int
     change_type: str | None = None  # appeared | disappeared (change mode only)
+    target: int | None = None  # index of the named target in the query's answer
+    phrase: str | None = None  # that target's phrase -> the polygons' `target` field
+
+    def file_stem(self) -> str:
+        return f"q{self.query_index}" + (f"_t{self.target}" if self.target is not None else "")
 
 
 class TileJournal(Protocol):
@@ -189,19 +195,26 @@ def segment(
     opened = [open_scene(p, model, opts) for p in scenes]
     run_id = provenance.new_run_id()
     summary = RunSummary("segment", str(output), run_id, model.info.name)
-    channels = [Channel(i) for i in range(len(queries))]
     per_query: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
+    answers: list[list[dict]] = [[] for _ in queries]  # generative models: per scene, per query
     plans = [plan_for(scene, model, opts) for scene in opened]
+    first_raster = None
     with work_directory(output, checkpoints) as tmp:
         for n, scene in enumerate(opened):
-            prob_paths = [Path(tmp) / f"scene{n}_q{c.query_index}.tif" for c in channels]
+            scene_model, channels = channels_for(model, scene, queries)
+            prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
+            first_raster = first_raster or prob_paths[0]
             journal = checkpoints.journal(n) if checkpoints else None
-            infer_scene(scene, model, queries, channels, plans[n], prob_paths, opts, summary, journal)
+            infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal)
             for c, path in zip(channels, prob_paths, strict=True):
                 gdf = vectorize.vectorize_probabilities(path, opts.vectorize_options(), progress=False)
                 per_query[c.query_index].append(
-                    with_fields(gdf, query=queries[c.query_index], model=model, run_id=run_id, source=str(scene.paths[0]))
+                    with_fields(gdf, query=queries[c.query_index], model=model, run_id=run_id,
+                                source=str(scene.paths[0]), target=c.phrase)
                 )
+            if hasattr(scene_model, "provenance"):
+                for qi in range(len(queries)):
+                    answers[qi].append(scene_model.provenance(qi))
         layers = []
         for qi, query in enumerate(queries):
             gdf = merge_scenes(per_query[qi], opts.dst_crs)
@@ -210,9 +223,10 @@ def segment(
                 inputs={str(s.paths[0]): input_record(s) for s in opened},
                 model=model.info.to_dict(), parameters=opts.record(),
                 scene={"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in opened]},
+                extra=answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else None),
             )
             layers.append(layer_for(query, gdf, record, opts.layer, None))
-        commit_outputs(output, layers, opts, [Path(tmp) / "scene0_q0.tif"], summary)
+        commit_outputs(output, layers, opts, [first_raster], summary)
     return finish(summary, started, opts)
 
 
@@ -391,6 +405,24 @@ def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: i
             raise InputError(f"{extra}: its directory does not exist; create it first")
 
 
+def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) -> tuple[Segmenter, list[Channel]]:
+    """One channel per query; a generative model first answers each query once for the scene and
+    then gets one channel per target its answer names (geoseg.dialogue). A query whose answer
+    names nothing keeps one (empty) channel, so its layer exists and says "found nothing"."""
+    from geoseg import dialogue
+
+    if dialogue.is_generative(model):
+        model = dialogue.answer_scene(model, scene, queries)
+    answers = getattr(model, "answers", None)
+    if answers is None:
+        return model, [Channel(i) for i in range(len(queries))]
+    channels = []
+    for qi, answer in enumerate(answers):
+        named = [Channel(qi, target=t, phrase=p) for t, p in enumerate(answer.phrases)]
+        channels.extend(named or [Channel(qi)])
+    return model, channels
+
+
 def plan_for(scene: raster.Scene, model: Segmenter, opts: RunOptions) -> tiling.TilePlan:
     tile = opts.tile_size or model.info.tile_size
     overlap = model.info.overlap if opts.overlap is None else opts.overlap
@@ -486,8 +518,19 @@ def predict_channels(
         for i in range(dates)
     ]
     if dates == 1:
-        probs = model.predict(stacked[0], queries).probabilities
-        return probs.float().cpu().numpy()
+        pred = model.predict(stacked[0], queries)
+        if all(c.target is None for c in channels):
+            return pred.probabilities.float().cpu().numpy()
+        # Named targets of a generative answer: each is its own channel.
+        per_tile = [
+            torch.stack([
+                pred.targets[b][c.query_index][c.target].probabilities if c.target is not None
+                else pred.probabilities[b, c.query_index]
+                for c in channels
+            ])
+            for b in range(len(batch))
+        ]
+        return torch.stack(per_tile).float().cpu().numpy()
     before, after = stacked
     if model.info.change_native:
         # A change-native model reads the direction from the query itself.
@@ -529,9 +572,11 @@ def work_directory(output: Path, checkpoints: Checkpoints | None) -> AbstractCon
     return nullcontext(str(checkpoints.workdir))
 
 
-def with_fields(gdf: gpd.GeoDataFrame, *, query: str, model: Segmenter, run_id: str, source: str) -> gpd.GeoDataFrame:
+def with_fields(
+    gdf: gpd.GeoDataFrame, *, query: str, model: Segmenter, run_id: str, source: str, target: str | None = None
+) -> gpd.GeoDataFrame:
     gdf = gdf.copy()
-    gdf["query"], gdf["target"] = query, query
+    gdf["query"], gdf["target"] = query, target or query
     gdf["model"], gdf["model_version"] = model.info.name, model.info.version
     gdf["run_id"], gdf["source"] = run_id, source
     return gdf
