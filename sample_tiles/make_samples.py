@@ -23,7 +23,7 @@ COMMAND = ".venv/bin/python sample_tiles/make_samples.py"
 
 SCENES = [
     # name, seed, size, gsd, options, what it must contain (class -> minimum instance count)
-    ("town_utm_0p5m", 14, 1024, 0.5, {"crs": "EPSG:32633"},
+    ("town_utm_0p5m", 21, 1024, 0.5, {"crs": "EPSG:32633"},
      {"building": 100, "damaged_building": 10, "road": 10, "water": 1, "tree": 20, "field": 5}),
     ("village_4326_1m", 10, 512, 1.0, {"crs": "EPSG:4326", "origin": (15.02, 45.01)},
      {"building": 30, "road": 3, "field": 3}),

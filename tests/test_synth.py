@@ -224,22 +224,37 @@ def test_uint16_four_bands_with_nodata_border(tmp_path):
             assert iou(burned, scene.truth_mask(name)) >= 0.99, name
 
 
+def first_pair_with(needed, h, w, gsd, change_kinds=CHANGE_KINDS):
+    """The first seed whose pair shows every needed change kind (the generator decides, not us)."""
+    for seed in range(40):
+        p = render_pair(seed, h, w, gsd, change_kinds=change_kinds)
+        if all(p.change[k].any() for k in needed):
+            return seed, p
+    raise AssertionError(f"no seed below 40 shows {needed}")
+
+
 @pytest.fixture(scope="module")
-def pair():
-    return render_pair(4, 256, 256, 0.5, change_kinds=CHANGE_KINDS)
+def seeded_pair():
+    return first_pair_with(("new_buildings", "new_roads", "demolished_buildings"), 256, 256, 0.5)
 
 
-@pytest.mark.parametrize("seed,h,w,gsd", [(951022, 125, 114, 2.0), (934961, 111, 149, 1.0)])
+@pytest.fixture(scope="module")
+def pair(seeded_pair):
+    return seeded_pair[1]
+
+
+@pytest.mark.parametrize("seed,h,w,gsd", [(553497, 129, 132, 1.0), (160212, 127, 93, 2.0)])
 def test_overlapping_change_kinds_keep_exact_masks(seed, h, w, gsd):
     # these seeds put a new road across a demolition site: both kinds claim those pixels
     p = render_pair(seed, h, w, gsd, change_kinds=CHANGE_KINDS)
-    assert (p.change["new_roads"] & p.change["demolished_buildings"]).any()
+    assert (p.change["new_roads"] & p.change["demolished_buildings"]).any(), "seed no longer overlaps: pick another"
     for kind, (cls, sign) in CHANGE_CLASS.items():
         before, after = p.before.masks[cls], p.after.masks[cls]
         assert np.array_equal(p.change[kind], (after & ~before) if sign > 0 else (before & ~after)), kind
 
 
-def test_pair_change_masks_are_after_minus_before(pair):
+def test_pair_change_masks_are_after_minus_before(seeded_pair):
+    seed, pair = seeded_pair
     for kind, (cls, sign) in CHANGE_CLASS.items():
         before, after = pair.before.masks[cls], pair.after.masks[cls]
         expected = (after & ~before) if sign > 0 else (before & ~after)
@@ -250,13 +265,12 @@ def test_pair_change_masks_are_after_minus_before(pair):
         assert pair.change[kind].any(), kind
     assert np.array_equal(pair.mask("new buildings"), pair.change["new_buildings"])
     assert pair.before.season != pair.after.season
-    same = render_scene(4, 256, 256, 0.5)
+    same = render_scene(seed, 256, 256, 0.5)
     assert np.array_equal(same.image, pair.before.image)  # the before date is the plain scene
 
 
 def test_pair_only_requested_kinds_change():
-    p = render_pair(4, 192, 192, 0.5, change_kinds=("new_buildings",))
-    assert p.change["new_buildings"].any()
+    _, p = first_pair_with(("new_buildings",), 192, 192, 0.5, change_kinds=("new_buildings",))
     for kind in CHANGE_KINDS:
         if kind != "new_buildings":
             assert not p.change[kind].any()
@@ -267,7 +281,15 @@ def test_pair_only_requested_kinds_change():
 
 @pytest.mark.parametrize("grid", ["offset", "other_crs"])
 def test_pair_on_another_grid_lines_up_when_warped_back(tmp_path, grid):
-    sp = write_pair(tmp_path, 4, 160, 160, 0.5, after_grid=grid, season_after="summer")
+    for seed in range(20):  # the first seed whose (padded) pair has new buildings in view
+        sp = write_pair(tmp_path, seed, 160, 160, 0.5, after_grid=grid, season_after="summer", save_truth=False)
+        if sp.truth_mask("new buildings").any():
+            break
+    if grid == "offset":
+        import pyogrio
+
+        layers = {name for name, _ in pyogrio.list_layers(sp.save_truth(tmp_path / "truth.gpkg"))}
+        assert {"new_buildings", "before_building", "after_building"} <= layers
     with rasterio.open(sp.before_path) as b, rasterio.open(sp.after_path) as a:
         assert b.crs.to_epsg() == 32633
         if grid == "offset":

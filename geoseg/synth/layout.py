@@ -94,6 +94,7 @@ class _Builder:
         """A builder holding copies of an existing layout's instances (to change it)."""
         b = cls(rng, layout.height, layout.width, layout.gsd)
         b.town = layout.town
+        b.fields_from = layout.town[2]
         b.grid_angle = 0.0
         for inst in layout.instances:
             b.add(Instance(inst.cls, inst.subclass, inst.geometry, dict(inst.attrs), dict(inst.paint), inst.id))
@@ -117,11 +118,13 @@ class _Builder:
         r = self.rng.random()
         if r < 0.1:
             self.town = (self.w / 2, self.h / 2, 0.0)
+            self.fields_from = 0.0
             return
         radius_m = self.u(0.3, 0.7) * self.extent_m if r < 0.85 else self.extent_m * self.u(0.9, 1.3)
         radius_m = float(np.clip(radius_m, 50.0, 450.0 if r < 0.85 else 900.0))
         cx, cy = self.u(0.2, 0.8) * self.w, self.u(0.2, 0.8) * self.h
         self.town = (cx, cy, self.m(radius_m))
+        self.fields_from = 1.05 * self.town[2]  # no fields closer to the town centre than this
 
     def town_density(self, x: float, y: float) -> float:
         cx, cy, r = self.town
@@ -200,11 +203,35 @@ class _Builder:
             self._road(line, self.u(3, 4.5), "track", False, bridge=False)
 
     def _town_streets(self) -> None:
+        """Streets of the town: a grid (most towns), radial streets with rings, or none at all
+        (a village strung along its main road)."""
+        pattern = self.rng.random()
+        paved_p = 0.9 if self.rng.random() < 0.75 else 0.35
+        width_m = self.u(5, 7)
+        if pattern < 0.6:
+            self._grid_streets(paved_p, width_m)
+        elif pattern < 0.85:
+            self._radial_streets(paved_p, width_m)
+        else:  # a street village: farmland comes up to the houses along the main road
+            self.fields_from = 0.3 * self.town[2]
+
+    def _radial_streets(self, paved_p: float, width_m: float) -> None:
+        cx, cy, r = self.town
+        for frac in sorted(self.rng.uniform(0.3, 0.9, size=int(self.rng.integers(1, 3)))):
+            t = np.linspace(0, 2 * math.pi, 73)
+            wobble = 1 + 0.06 * np.sin(3 * t + self.u(0, 2 * math.pi))
+            ring = LineString(np.c_[cx + frac * r * wobble * np.cos(t), cy + frac * r * wobble * np.sin(t)])
+            self._road(ring, width_m, "street", bool(self.rng.random() < paved_p), bridge=False)
+        n = int(self.rng.integers(4, 9))
+        for angle in self.grid_angle + np.arange(n) * 2 * math.pi / n + self.rng.uniform(-0.2, 0.2, size=n):
+            start = self.m(self.u(5, 20))
+            pts = [(cx + d * math.cos(angle), cy + d * math.sin(angle)) for d in (start, r * 0.55, r)]
+            self._road(LineString(pts), width_m, "street", bool(self.rng.random() < paved_p), bridge=False)
+
+    def _grid_streets(self, paved_p: float, width_m: float) -> None:
         cx, cy, r = self.town
         disk = Point(cx, cy).buffer(r * self.u(0.85, 1.0), quad_segs=8)
         spacing = self.m(self.u(38, 75))
-        paved_p = 0.9 if self.rng.random() < 0.75 else 0.35
-        width_m = self.u(5, 7)
         for turn in (0.0, math.pi / 2):
             angle = self.grid_angle + turn
             d = np.array([math.cos(angle), math.sin(angle)])
@@ -402,7 +429,7 @@ class _Builder:
                 length = self.m(self.u(60, 200))
                 mid = centre + d * (u_ + length / 2) + n * (v + depth / 2)
                 u_ += length
-                if r > 0 and math.hypot(mid[0] - cx, mid[1] - cy) < r * 1.05:
+                if r > 0 and math.hypot(mid[0] - cx, mid[1] - cy) < self.fields_from:
                     continue
                 if self.rng.random() < 0.15:
                     continue
