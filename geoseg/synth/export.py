@@ -28,7 +28,7 @@ import rasterio
 from .change import PairArrays, render_pair
 from .palette import SEASONS
 from .render import SceneArrays, render_scene
-from .vocab import PHRASES, Phrase, normalise
+from .vocab import DEFAULT_CHANGE_KINDS, PHRASES, Phrase, normalise
 
 DEFAULT_GSDS = (0.3, 0.5, 1.0, 2.0)
 
@@ -123,11 +123,12 @@ def export_dataset(out_dir: Path | str, n: int, seed: int, *, size: int = 256,
                    gsd_choices: Sequence[float] = DEFAULT_GSDS, phrases: Sequence[str | Phrase] | None = None,
                    exclude: Sequence[str | Phrase] = (), change: bool = False, queries_per_image: int = 6,
                    empty_fraction: float = 0.2, image_format: str = "png", bands: int = 3,
-                   seasons: Sequence[str] = SEASONS) -> Path:
+                   seasons: Sequence[str] = SEASONS, change_kinds: Sequence[str] = DEFAULT_CHANGE_KINDS) -> Path:
     """Render n scenes (or pairs with `change=True`) and write images, masks and manifest.jsonl.
 
     Deterministic for (n, seed, options). `phrases` restricts the queries (default: the whole
-    vocabulary of the right kind); `exclude` holds phrases out, e.g. a synonym or attribute set
+    vocabulary of the right kind; change phrases of kinds not in `change_kinds` come out as empty
+    queries); `exclude` holds phrases out, e.g. a synonym or attribute set
     (`[p for p in PHRASES if p.attribute == "red_roof"]`). Returns the manifest path.
     """
     if image_format not in ("png", "tif"):
@@ -146,7 +147,8 @@ def export_dataset(out_dir: Path | str, n: int, seed: int, *, size: int = 256,
             gsd = float(gsd_choices[int(rng.integers(0, len(gsd_choices)))])
             season = seasons[int(rng.integers(0, len(seasons)))]
             if change:
-                pair = render_pair(item_seed, size, size, gsd, bands=bands, season_before=season)
+                pair = render_pair(item_seed, size, size, gsd, bands=bands, season_before=season,
+                                   change_kinds=tuple(change_kinds))
                 images = {"before": pair.before.image, "after": pair.after.image}
                 mask_of, present_of = pair.mask, pair
             else:
