@@ -279,7 +279,7 @@ def render_pair(seed: int, height: int, width: int, gsd: float = 0.5, *,
     date_b = DateParams.draw(stream(seed, "date"), season_before)
     if season_after is None:
         others = [s for s in palette.SEASONS if s != season_before]
-        season_after = others[int(stream(seed, "after_date").integers(0, len(others)))]
+        season_after = others[int(stream(seed, "after_season").integers(0, len(others)))]
     date_a = DateParams.draw(stream(seed, "after_date"), season_after)
     before = compose(seed, before_layout, date_b, stream(seed, "paint"), bands=bands, dtype=dtype, footprint=None)
     after = compose(seed, after_layout, date_a, stream(seed, "after_paint"), bands=bands, dtype=dtype, footprint=None)

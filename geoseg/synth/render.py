@@ -25,7 +25,8 @@ from .vocab import CLASS_NAMES, Concept, UnknownPhraseError, matches, resolve
 CLASS_CODE = {"building": 1, "road": 2, "water": 3, "tree": 4, "field": 5, "bare": 6}
 # seed streams: one independent generator per purpose, so changing one part of the generator does
 # not reshuffle the others (and a pair's "before" equals the single scene of the same seed)
-_STREAMS = {"layout": 1, "date": 2, "paint": 3, "border": 4, "change": 5, "after_date": 6, "after_paint": 7, "grid": 8}
+_STREAMS = {"layout": 1, "date": 2, "paint": 3, "border": 4, "change": 5, "after_date": 6, "after_paint": 7, "grid": 8,
+            "after_season": 9}
 DTYPE_MAX = {"uint8": 255, "uint16": 2047}  # uint16 scenes hold 11-bit values like many sensors
 
 
