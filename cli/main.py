@@ -10,6 +10,7 @@ import click
 import geoseg
 from geoseg.errors import GeosegError
 from geoseg_cli.batch import batch_command
+from geoseg_cli.chat import chat_command
 from geoseg_cli.info import models_command
 from geoseg_cli.run import change_command, segment_command, vectorize_command
 
@@ -58,6 +59,7 @@ cli.add_command(change_command, "change")
 cli.add_command(vectorize_command, "vectorize")
 cli.add_command(models_command, "models")
 cli.add_command(batch_command, "batch")
+cli.add_command(chat_command, "chat")
 try:  # training commands need only the library; registered when present
     from geoseg_cli.train import evaluate_command, train_command
 
