@@ -146,6 +146,10 @@ def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: Tra
 
 def train(config: TrainConfig, *, progress: bool = True) -> Path:
     """Run (or resume) training; returns the final checkpoint directory."""
+    if config.model.get("type", "compact") != "compact":  # e.g. segearth_r1_generative: MLLM loop
+        from geoseg.train.mllm import train_mllm
+
+        return train_mllm(config, progress=progress)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     run = Path(config.run_dir)
