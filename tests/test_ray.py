@@ -1,0 +1,109 @@
+"""The Ray executor on a local 2-CPU cluster: same outputs as the local executor, replicas used,
+failures isolated. Skipped when Ray is not installed (it is the optional extra geoseg[ray])."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"geoseg[ray]\"); Ray executor tests skipped")
+
+from test_batch import SCENE_OPTS, layer_rows, run_cli, smooth_scene, write_jobs  # noqa: E402
+
+from doubles import ConvOracle  # noqa: E402
+from geoseg import batch  # noqa: E402
+from geoseg.executors import ray_executor  # noqa: E402
+from geoseg.executors.local import LocalExecutor  # noqa: E402
+from geoseg.executors.ray_executor import RayExecutor  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+def conv_oracle(spec, **kw):
+    """Module-level, so Ray workers can import it (tests/ is on their PYTHONPATH)."""
+    return ConvOracle(tile_size=128, overlap=32)
+
+
+def broken_model(spec, **kw):
+    class Broken(ConvOracle):
+        def predict(self, images, queries, *, before=None):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    return Broken(tile_size=128, overlap=32)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def scenes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    smooth_scene(tmp_path / "a.tif", 600, 500, seed=1)
+    smooth_scene(tmp_path / "b.tif", 300, 260, seed=7)
+    return tmp_path
+
+
+def jobs():
+    return [
+        batch.Job(1, "j:1", "segment", ["a.tif"], ["roads", "rivers"], "seg.gpkg", dict(SCENE_OPTS)),
+        batch.Job(2, "j:2", "segment", ["b.tif", "a.tif"], ["fields"], "multi.gpkg", dict(SCENE_OPTS)),
+        batch.Job(3, "j:3", "change", ["b.tif", "a.tif"], ["new roads"], "change.gpkg", dict(SCENE_OPTS)),
+        batch.Job(4, "j:4", "segment", ["a.tif"], ["roads"], "one.gpkg", {**SCENE_OPTS, "probabilities": "p.tif"}),
+    ]
+
+
+def run_in(d: Path, executor) -> list[batch.JobResult]:
+    d.mkdir()
+    for name in ("a.tif", "b.tif"):
+        (d / name).symlink_to(d.parent / name)
+    os.chdir(d)
+    try:
+        return list(batch.BatchRunner(executor).run(jobs()))
+    finally:
+        executor.close()
+
+
+def test_ray_outputs_identical_to_local(cluster, scenes):
+    ray_ex = RayExecutor(workers=2, replicas=2, load=conv_oracle)
+    from_ray = run_in(scenes / "ray", ray_ex)
+    from_local = run_in(scenes / "local", LocalExecutor(workers=1, load=conv_oracle))
+    assert [r.status for r in from_ray] == [r.status for r in from_local] == ["ok"] * 4, \
+        [r.error for r in from_ray]
+    for name in ("seg.gpkg", "multi.gpkg", "change.gpkg", "one.gpkg"):
+        assert layer_rows(scenes / "ray" / name) == layer_rows(scenes / "local" / name), name
+    with rasterio.open(scenes / "ray" / "p.tif") as a, rasterio.open(scenes / "local" / "p.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    assert sorted(map(str, (r.features for r in from_ray))) == sorted(map(str, (r.features for r in from_local)))
+    assert all(n > 0 for n in ray_ex.pool().chunks), ray_ex.pool().chunks  # both replicas did work
+
+
+def test_replica_failure_is_a_job_error_and_the_batch_goes_on(cluster, scenes):
+    ex = RayExecutor(workers=1, replicas=1, load=broken_model)
+    try:
+        runner = batch.BatchRunner(ex)
+        got = list(runner.run(jobs()[:2]))
+        assert len(ex.pool().actors) == 1
+    finally:
+        ex.close()
+    assert [r.status for r in got] == ["error", "error"]
+    assert "a model replica failed" in got[0].error and "illegal memory access" in got[0].error
+
+
+def test_cli_executor_ray(cluster, scenes, monkeypatch):
+    monkeypatch.setattr(ray_executor, "load_segmenter", conv_oracle)
+    jobs_file = write_jobs(scenes / "jobs.jsonl", [
+        {"inputs": ["b.tif"], "queries": ["roads"], "output": "b.gpkg", "options": SCENE_OPTS}])
+    r = run_cli("-q", "batch", jobs_file, "--executor", "ray", "--replicas", "2", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    (line,) = [json.loads(x) for x in r.stdout.splitlines()]
+    assert line["status"] == "ok" and line["tiles_predicted"] == 9
+    assert ray.is_initialized()  # the executor left the cluster it did not start running
