@@ -31,8 +31,8 @@ SCENES = [
      {"crs": "EPSG:32633", "dtype": "uint16", "bands": 4, "nodata_border": True, "origin": (455_000.0, 4_983_000.0)},
      {"building": 5, "road": 2, "field": 5, "water": 1}),
 ]
-PAIR = ("pair", 9, 512, 0.5, {"crs": "EPSG:32633", "after_grid": "offset", "origin": (453_000.0, 4_984_000.0)},
-        ("new_buildings", "new_roads"))
+PAIR = ("pair", 20, 512, 0.5, {"crs": "EPSG:32633", "after_grid": "offset", "origin": (453_000.0, 4_984_000.0)},
+        {"new_buildings": 400.0, "new_roads": 1000.0})  # change kind -> minimum area in view, m2
 
 
 def describe_file(path: Path) -> str:
@@ -85,16 +85,18 @@ def main() -> None:
         print(name, got)
     name, seed, size, gsd, opts, needed = PAIR
     pair = write_pair(HERE, seed, size, size, gsd, prefix=f"{name}_", **opts)
-    changes = {k: int((pair.change_truth["change"] == k).sum()) for k in pair.arrays.kinds}
-    missing = [k for k in needed if not changes.get(k)]
+    ct = pair.change_truth
+    changes = {k: int((ct["change"] == k).sum()) for k in pair.arrays.kinds}
+    areas = {k: float(ct.loc[ct["change"] == k, "area_m2"].sum()) for k in pair.arrays.kinds}
+    missing = {k: round(areas.get(k, 0.0)) for k, least in needed.items() if areas.get(k, 0.0) < least}
     if missing:
-        raise SystemExit(f"pair: no {missing} in seed {seed}; pick another seed in {__file__}")
+        raise SystemExit(f"pair: too little {missing} (m2) in seed {seed}; pick another seed in {__file__}")
     lines += [f"## `{name}_before.tif` / `{name}_after.tif`", "",
               f"- before: {describe_file(pair.before_path)} ({pair.arrays.before.season})",
               f"- after: {describe_file(pair.after_path)} ({pair.arrays.after.season}), written on an offset grid "
               "(sub-pixel shift, 0.6 m pixels): align it to the before grid before comparing pixels",
               f"- seed {seed}, gsd {gsd} m, options `{opts}`",
-              "- changes: " + ", ".join(f"{k} {v}" for k, v in changes.items()),
+              "- changes: " + ", ".join(f"{k} {v} ({areas[k]:.0f} m2)" for k, v in changes.items()),
               f"- truth `{name}_truth.gpkg`: one layer per change kind (polygons in the before CRS) and",
               "  `before_<class>` / `after_<class>` layers",
               ""]

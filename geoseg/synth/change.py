@@ -169,17 +169,31 @@ def _first_piece(line: LineString, keep_out: shapely.Geometry) -> LineString | N
 
 
 def _branch_line(b: _Builder) -> LineString:
+    """A new road: an existing street carried on past its end, or a branch off a road where the
+    houses thin out; it starts well inside the image."""
     length = min(b.m(b.u(80, 300)), 0.7 * b.diag)
-    if b.road_lines:
+    inner = shapely.box(0.1 * b.w, 0.1 * b.h, 0.9 * b.w, 0.9 * b.h)
+    streets = [ln for ln, _, kind in b.road_lines if kind == "street"]
+    x = y = angle = None
+    if streets and b.rng.random() < 0.6:  # extension
+        line = streets[int(b.rng.integers(0, len(streets)))]
+        coords = np.asarray(line.coords)
+        end, prev = (coords[-1], coords[-2]) if b.rng.random() < 0.5 else (coords[0], coords[1])
+        if inner.contains(shapely.Point(end)):
+            x, y = float(end[0]), float(end[1])
+            angle = math.atan2(end[1] - prev[1], end[0] - prev[0]) + b.u(-0.3, 0.3)
+    if x is None and b.road_lines:  # branch where the houses thin out
         line, _, _ = b.road_lines[int(b.rng.integers(0, len(b.road_lines)))]
-        t = b.u(0.1, 0.9) * line.length
-        p = line.interpolate(t)
-        q = line.interpolate(min(t + 1, line.length))
-        along = math.atan2(q.y - p.y, q.x - p.x)
-        angle = along + (math.pi / 2) * (1 if b.rng.random() < 0.5 else -1) + b.u(-0.4, 0.4)
+        ts = b.rng.uniform(0.05, 0.95, size=16) * line.length
+        pts = shapely.get_coordinates(shapely.line_interpolate_point(line, ts))
+        ok = [k for k, (px, py) in enumerate(pts) if inner.contains(shapely.Point(px, py)) and b.town_density(px, py) < 0.6]
+        k = ok[0] if ok else 0
+        t = float(ts[k])
+        p, q = line.interpolate(t), line.interpolate(min(t + 1, line.length))
+        angle = math.atan2(q.y - p.y, q.x - p.x) + (math.pi / 2) * (1 if b.rng.random() < 0.5 else -1) + b.u(-0.4, 0.4)
         x, y = p.x, p.y
-    else:
-        x, y, angle = b.u(0, b.w), b.u(0, b.h), b.u(0, 2 * math.pi)
+    if x is None:
+        x, y, angle = b.u(0.2, 0.8) * b.w, b.u(0.2, 0.8) * b.h, b.u(0, 2 * math.pi)
     end = (x + math.cos(angle) * length, y + math.sin(angle) * length)
     return LineString([(x, y), end])
 
