@@ -243,11 +243,24 @@ def pair(seeded_pair):
     return seeded_pair[1]
 
 
-@pytest.mark.parametrize("seed,h,w,gsd", [(553497, 129, 132, 1.0), (160212, 127, 93, 2.0)])
-def test_overlapping_change_kinds_keep_exact_masks(seed, h, w, gsd):
-    # these seeds put a new road across a demolition site: both kinds claim those pixels
-    p = render_pair(seed, h, w, gsd, change_kinds=CHANGE_KINDS)
-    assert (p.change["new_roads"] & p.change["demolished_buildings"]).any(), "seed no longer overlaps: pick another"
+def test_overlapping_change_kinds_each_keep_their_pixels():
+    # a new road across a demolition site: both kinds claim the crossing
+    from shapely.geometry import box
+
+    from geoseg.synth.change import change_masks
+    from geoseg.synth.layout import Instance
+
+    site = Instance("building", "intact", box(10, 10, 30, 30), {"change": "demolished_buildings"}, id=1)
+    road = Instance("road", "paved", box(0, 18, 64, 24), {"change": "new_roads"}, id=2)
+    masks = change_masks([site, road], 64, 64)
+    assert masks["demolished_buildings"].sum() == 400 and masks["new_roads"].sum() == 64 * 6
+    assert (masks["demolished_buildings"] & masks["new_roads"]).sum() == 20 * 6
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_change_masks_are_after_minus_before_for_many_seeds(seed):
+    gsd = (0.3, 0.5, 1.0, 2.0)[seed % 4]
+    p = render_pair(seed, 96, 112, gsd, change_kinds=CHANGE_KINDS)
     for kind, (cls, sign) in CHANGE_CLASS.items():
         before, after = p.before.masks[cls], p.after.masks[cls]
         assert np.array_equal(p.change[kind], (after & ~before) if sign > 0 else (before & ~after)), kind
