@@ -28,8 +28,7 @@ from .layout import Instance
 from .render import DTYPE_MAX, SceneArrays, quantise, render_scene, stream
 from .vocab import CHANGE_KINDS, CLASS_FILTERS, CLASS_NAMES, DEFAULT_CHANGE_KINDS, matches, resolve
 
-DEFAULT_PROJECTED_ORIGIN = (452_000.0, 4_985_000.0)  # UTM 33N: near 14.4 E, 45.0 N
-DEFAULT_GEOGRAPHIC_ORIGIN = (15.0, 45.0)  # lon, lat of the top-left corner
+DEFAULT_GEOGRAPHIC_ORIGIN = (15.0, 45.0)  # lon, lat of the top-left corner (projected CRSs: the same place)
 BAND_NAMES = ("red", "green", "blue", "nir")
 
 
@@ -53,7 +52,10 @@ def scene_grid(crs: str | CRS, gsd: float, height: int, width: int, origin: tupl
     units = (crs.linear_units or "").lower()
     if units not in ("metre", "meter", "m", "metres", "meters"):
         raise ValueError(f"CRS {crs.to_string()} has linear units {crs.linear_units!r}; use a metre-based or geographic CRS")
-    x0, y0 = origin or DEFAULT_PROJECTED_ORIGIN
+    if origin is None:
+        xs, ys = rasterio.warp.transform("EPSG:4326", crs, [DEFAULT_GEOGRAPHIC_ORIGIN[0]], [DEFAULT_GEOGRAPHIC_ORIGIN[1]])
+        origin = (round(xs[0]), round(ys[0]))
+    x0, y0 = origin
     return crs, Affine(gsd, 0.0, x0, 0.0, -gsd, y0)
 
 
