@@ -39,7 +39,7 @@ def describe_file(path: Path) -> str:
     with rasterio.open(path) as src:
         res = f"{src.res[0]:.3g}" if src.crs.is_projected else f"{src.res[0]:.3e} x {src.res[1]:.3e} deg"
         nodata = f", nodata {src.nodata:g}" if src.nodata is not None else ""
-        corner = f"top-left ({src.transform.c:.6g}, {src.transform.f:.8g})"
+        corner = f"top-left ({src.transform.c:.10g}, {src.transform.f:.10g})"
         return (f"{src.width} x {src.height} px, {src.count} band(s) {', '.join(src.descriptions)}, {src.dtypes[0]}, "
                 f"{src.crs.to_string()}, pixel {res}{' m' if src.crs.is_projected else ''}, {corner}{nodata}, "
                 f"{path.stat().st_size / 1e6:.1f} MB")
