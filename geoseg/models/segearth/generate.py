@@ -87,7 +87,7 @@ class GenerativeIds:
     task: str = "reasoning"
 
 
-def generative_ids(tokenizer, seg_id: int, pad_id: int, task: str, where: str) -> GenerativeIds:
+def generative_ids(tokenizer, seg_id: int, pad_id: int, task: str | None, where: str) -> GenerativeIds:
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{where}: the tokenizer has no EOS token; use the checkpoint's tokenizer files")
     before = f"[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\nThis is an image "
@@ -96,7 +96,7 @@ def generative_ids(tokenizer, seg_id: int, pad_id: int, task: str, where: str) -
         seg_id=seg_id,
         eos_id=int(tokenizer.eos_token_id),
         pad_id=pad_id,
-        task=task,
+        task=task or "reasoning",  # SegEarth-R2 trains with the reasoning wording
     )
 
 
