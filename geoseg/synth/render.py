@@ -47,6 +47,8 @@ class DateParams:
     haze: float = 0.02
     noise: float = 0.01  # sensor noise, standard deviation in display units
     blur: float = 0.5  # point spread function, gaussian sigma in pixels
+    tint: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # white balance gain per band
+    cloud_shadow: float = 0.0  # share of the scene under soft cloud shadows (0: clear sky)
 
     @staticmethod
     def draw(rng: np.random.Generator, season: str = "summer") -> DateParams:
@@ -60,6 +62,8 @@ class DateParams:
             haze=float(rng.uniform(0.0, 0.08)),
             noise=float(rng.uniform(0.005, 0.018)),
             blur=float(rng.uniform(0.35, 0.7)),
+            tint=(*(float(v) for v in rng.uniform(0.94, 1.06, size=3)), 1.0),
+            cloud_shadow=float(rng.uniform(0.05, 0.35)) if rng.random() < 0.15 else 0.0,
         )
 
     def sun_vector(self) -> tuple[float, float]:
@@ -427,9 +431,14 @@ def _apply_atmosphere_and_sensor(img: np.ndarray, date: DateParams, rng: np.rand
     gx, gy = date.gradient
     light = (date.exposure * (1 - date.haze)) * (1 + gx * (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
                                                  + gy * (np.arange(h, dtype=np.float32) / h - 0.5)[:, None])
+    if date.cloud_shadow > 0:  # soft-edged shadows of clouds drifting over the scene
+        clouds = value_noise(rng, h, w, max(h, w) / 3)
+        cut = float(special.ndtri(1 - date.cloud_shadow))
+        light = light * (1 - 0.4 * np.clip((clouds - cut) / 0.5, 0, 1))
     haze = date.haze * _c(palette.HAZE, nb)
-    for b in range(nb):  # band by band: light, haze, optics blur, sensor noise
-        band = img[..., b] * light + haze[b]
+    tint = _c(date.tint, nb)
+    for b in range(nb):  # band by band: light, white balance, haze, optics blur, sensor noise
+        band = img[..., b] * (light * tint[b]) + haze[b]
         if date.blur > 0:
             band = ndimage.gaussian_filter(band, date.blur, truncate=3.0)
         band += date.noise * rng.standard_normal((h, w), dtype=np.float32)
