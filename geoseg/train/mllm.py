@@ -298,22 +298,14 @@ def encode_for_training(trainee: Trainee, images: torch.Tensor, before: torch.Te
     """Image side with the backbone under no_grad when it is frozen (it is the costliest part)."""
     net = trainee.net
     x, pad = preprocess(images.to(trainee.device), net.cfg.options.image_size)
-    grad_vision = trainee.settings.train_vision
     if before is not None:
         xb, _ = preprocess(before.to(trainee.device), net.cfg.options.image_size)
-        with torch.set_grad_enabled(grad_vision and torch.is_grad_enabled()):
-            levels = net.model.vision_tower(torch.cat([xb, x], 0))
-        b = x.shape[0]
-        fused = [blk(t[:b], t[b:]) for blk, t in zip(net.temporal_fusion, levels, strict=True)]
-        mask_features, multi_scale = net.pixel_decoder(fused)
-        visual = net.model.mm_projector(levels[-1])
-        feats = ImageFeatures(torch.cat([visual[:b], visual[b:]], 1), fused[-1].flatten(2).transpose(1, 2), mask_features, multi_scale)
-        return feats, pad
-    with torch.set_grad_enabled(grad_vision and torch.is_grad_enabled()):
+        x = torch.cat([xb, x], 0)
+    with torch.set_grad_enabled(trainee.settings.train_vision and torch.is_grad_enabled()):
         levels = net.model.vision_tower(x)
-    mask_features, multi_scale = net.pixel_decoder(levels)
-    feats = ImageFeatures(net.model.mm_projector(levels[-1]), levels[-1].flatten(2).transpose(1, 2), mask_features, multi_scale)
-    return feats, pad
+    if before is not None:
+        return net.features_from_pair_levels(levels), pad
+    return net.features_from_levels(levels), pad
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -338,8 +330,8 @@ def _labels(batch: MultimodalBatch) -> torch.Tensor:
 
 def _seg_attention(trainee: Trainee, batch: MultimodalBatch, sample: torch.Tensor, pos: torch.Tensor, image_slot: int, tokens: int) -> torch.Tensor:
     """K x T: attention of each [SEG] to its image's visual tokens, averaged over layers and heads."""
-    maps = torch.stack(trainee.attention_maps)  # layers x N x heads x L x L
-    rows = maps.float().mean(dim=(0, 2))[sample, pos]  # K x L
+    # each map: N x heads x L x L; keep only the [SEG] rows -> layers x K x heads x L
+    rows = torch.stack([m[sample, :, pos] for m in trainee.attention_maps]).float().mean(dim=(0, 2))
     starts = torch.tensor([batch.image_positions[i][image_slot] for i in sample.tolist()], device=rows.device)
     cols = starts[:, None] + torch.arange(tokens, device=rows.device)[None]
     return rows.gather(1, cols)

@@ -97,8 +97,11 @@ class SegEarthBitemporal(SegEarthR1):
 
     def encode_pair(self, after: torch.Tensor, before: torch.Tensor) -> ImageFeatures:
         """Both dates B x 3 x S x S (preprocessed). visual_tokens: B x 2T x D (before, then after)."""
-        b = after.shape[0]
-        levels = self.model.vision_tower(torch.cat([before, after], 0))
+        return self.features_from_pair_levels(self.model.vision_tower(torch.cat([before, after], 0)))
+
+    def features_from_pair_levels(self, levels: list[torch.Tensor]) -> ImageFeatures:
+        """Fusion, pixel decoder and connectors over the backbone levels of [before; after]."""
+        b = levels[0].shape[0] // 2
         fused = [blk(x[:b], x[b:]) for blk, x in zip(self.temporal_fusion, levels, strict=True)]
         mask_features, multi_scale = self.pixel_decoder(fused)
         visual = self.model.mm_projector(levels[-1])  # each date's own tokens

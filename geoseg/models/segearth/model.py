@@ -101,7 +101,11 @@ class SegEarthR1(nn.Module):
     # --- image side: once per tile ---------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         """images: B x 3 x S x S, already normalised (see preprocess)."""
-        feats = self.model.vision_tower(images)
+        return self.features_from_levels(self.model.vision_tower(images))
+
+    def features_from_levels(self, feats: list[torch.Tensor]) -> ImageFeatures:
+        """Connector + pixel decoder over the backbone's res2..res5 (training runs the frozen
+        backbone without gradients and calls this with its output)."""
         mask_features, multi_scale = self.pixel_decoder(feats)
         return ImageFeatures(
             visual_tokens=self.model.mm_projector(feats[-1]),
