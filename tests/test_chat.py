@@ -103,3 +103,19 @@ def test_chat_refuses_a_model_that_cannot_talk(tmp_path, scene):
     assert result.exit_code == 2
     assert "cannot hold a dialogue" in result.output
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_segment_with_a_generative_model_answers_once_and_names_each_target(tmp_path, scene, scripted):
+    from geoseg import pipeline
+
+    _, prompts = scripted
+    model = write_tiny_checkpoint(tmp_path / "gen")
+    out = tmp_path / "seg.gpkg"
+    opts = pipeline.RunOptions(model=str(model), device="cpu", progress=False, threshold=0.01)
+    summary = pipeline.segment([scene], [TURNS[0]], out, opts)
+    assert summary.tiles == 4 and len(prompts) == 1  # one answer for the scene, not one per tile
+    gdf = pyogrio.read_dataframe(out, layer=summary.layers[0].name)
+    assert set(gdf["target"]) == {"red square", "blue circle"}
+    record = gpkg.read_provenance(out, summary.layers[0].name)
+    assert record["dialogue"]["answer"] == "red square and blue circle."
+    assert record["dialogue"]["turn"] == 1 and record["dialogue"]["history"] == []
