@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from geoseg import pipeline, resume, stitch
+from geoseg import gpkg, pipeline, resume, stitch
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
 
@@ -462,6 +462,7 @@ class BatchRunner:
                     return result
                 if self.force and not opts.append:
                     opts.overwrite = True
+                gpkg.check_output_path(job.output, overwrite=opts.overwrite, append=opts.append)
                 model, opts = self.executor.job_model(spec, opts, self.cancel)
                 checkpoints = sidecar.begin(key, resume=self.resume, spec=_job_spec(job))
                 summary = _run_pipeline(job, opts, model, checkpoints)

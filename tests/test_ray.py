@@ -3,6 +3,8 @@ failures isolated. Skipped when Ray is not installed (it is the optional extra g
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,15 @@ import rasterio
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"geoseg[ray]\"); Ray executor tests skipped")
 
-from test_batch import SCENE_OPTS, layer_rows, run_cli, smooth_scene, write_jobs  # noqa: E402
+from test_batch import (  # noqa: E402
+    CRASHING_RUN,
+    SCENE_OPTS,
+    layer_rows,
+    resume_jobs,
+    run_cli,
+    smooth_scene,
+    write_jobs,
+)
 
 from doubles import ConvOracle  # noqa: E402
 from geoseg import batch  # noqa: E402
@@ -107,3 +117,25 @@ def test_cli_executor_ray(cluster, scenes, monkeypatch):
     (line,) = [json.loads(x) for x in r.stdout.splitlines()]
     assert line["status"] == "ok" and line["tiles_predicted"] == 9
     assert ray.is_initialized()  # the executor left the cluster it did not start running
+
+
+def test_batch_killed_locally_resumes_on_ray(cluster, scenes):
+    write_jobs(scenes / "jobs.jsonl", resume_jobs(scenes)[:2])
+    proc = subprocess.run([sys.executable, "-c", CRASHING_RUN.format(tests=str(TESTS), calls=8 + 3 + 4)],
+                          cwd=scenes, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, proc.stderr
+    ex = RayExecutor(workers=2, replicas=2, load=conv_oracle)
+    try:
+        got = list(batch.BatchRunner(ex, resume=True).run(batch.read_jobs(scenes / "jobs.jsonl")))
+    finally:
+        ex.close()
+    assert [r.status for r in got] == ["skipped", "ok"], [r.error for r in got]
+    assert (got[1].tiles_resumed, got[1].tiles_predicted) == (9 + 16, 14)
+    control = scenes / "control"
+    control.mkdir()
+    for name in ("a.tif", "b.tif"):
+        (control / name).symlink_to(scenes / name)
+    write_jobs(control / "jobs.jsonl", resume_jobs(control)[:2])
+    os.chdir(control)
+    list(batch.BatchRunner(LocalExecutor(load=conv_oracle)).run(batch.read_jobs(control / "jobs.jsonl")))
+    assert layer_rows(scenes / "two.gpkg") == layer_rows(control / "two.gpkg")
