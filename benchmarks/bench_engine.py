@@ -9,8 +9,10 @@ batch 4 -- the default model's plan) over 3-band uint8 scenes of 5k^2, 10k^2 and
 - naive:   geoai's `predict_geotiff` pattern: float64 canvases over the whole scene, divided at
            the end and written as one float32 GeoTIFF (and no vectorising at all).
 
-Each run is its own process (peak RSS from os.wait4; one math thread for both). The geoseg row
-splits its time into model / inference (read + model + blend) / vectorise / GeoPackage write.
+Each run is its own process (peak RSS from os.wait4; one math thread; GDAL_CACHEMAX=64 MB for
+both, and once more for geoseg with GDAL's default block cache of 5% of the RAM, which is what a
+user gets). The geoseg rows split time and peak memory into inference (read + model + blend) /
+vectorise / GeoPackage write (RSS sampled every 20 ms inside the process).
 The naive run is skipped, with the reason, when its canvases would not fit in memory.
 The engine's overhead with the default model is measured by bench_end_to_end.py.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,9 +38,24 @@ WORKERS = Path(__file__).resolve().parent / "workers.py"
 NAIVE_BYTES_PER_PIXEL = 8 + 8 + 1 + 8 + 8 + 8
 
 
-def run_worker(kind: str, scene: Path, out: Path) -> dict:
+ENGINES = {  # name: (worker, GDAL_CACHEMAX or None for GDAL's default of 5% of the RAM)
+    "geoseg": ("geoseg", "64"),
+    "naive": ("naive", "64"),
+    "geoseg (GDAL default cache)": ("geoseg", None),
+}
+
+
+def run_worker(engine: str, scene: Path, out: Path) -> dict:
+    kind, cache = ENGINES[engine]
     cmd = [common.PYTHON, str(WORKERS), kind, "--scene", str(scene), "--out", str(out)]
-    m = common.measure(cmd, env=common.env_single_thread()).check()
+    env = common.env_single_thread()
+    if cache is None:
+        del env["GDAL_CACHEMAX"]
+        if "GDAL_CACHEMAX" in os.environ:
+            raise SystemExit("unset GDAL_CACHEMAX to measure GDAL's default cache")
+    else:
+        env["GDAL_CACHEMAX"] = cache
+    m = common.measure(cmd, env=env).check()
     inner = m.json_tail()
     for path in out.parent.glob(out.name + "*"):
         path.unlink()
@@ -60,7 +78,7 @@ def scaling(sizes: list[int], work: Path, engines: list[str]) -> list[dict]:
                 row["skipped"] = (f"needs ~{side * side * NAIVE_BYTES_PER_PIXEL / 2**30:.1f} GiB "
                                   "(float64 canvases), more than 80% of the available memory")
             else:
-                out = work / (f"engine_{side}.gpkg" if engine == "geoseg" else f"naive_{side}.tif")
+                out = work / (f"naive_{side}.tif" if engine == "naive" else f"engine_{side}.gpkg")
                 row |= run_worker(engine, scene, out)
                 row["mpx_per_s"] = round(side * side / 1e6 / row["wall_s"], 2)
             rows.append(row)
@@ -76,16 +94,21 @@ def scaling(sizes: list[int], work: Path, engines: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="5k,10k,20k", help="square sides, k = 1000 px (default: 5k,10k,20k)")
-    ap.add_argument("--engines", default="geoseg,naive")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
     ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
 
     work = common.workdir(args.workdir)
-    rows = scaling(common.parse_sizes(args.sizes), work, args.engines.split(","))
+    engines = [e.strip() for e in args.engines.split(",")]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        ap.error(f"unknown engine(s): {', '.join(sorted(unknown))}")
+    rows = scaling(common.parse_sizes(args.sizes), work, engines)
     print(common.markdown_table(rows, [
-        "engine", "side", "wall_s", "cpu_s", "peak_rss_mb", "rss_vs_smallest", "tiles", "model_s",
-        "infer_s", "vectorize_s", "gpkg_write_s", "skipped",
+        "engine", "side", "wall_s", "cpu_s", "peak_rss_mb", "rss_vs_smallest", "peak_rss_infer_mb",
+        "peak_rss_vectorize_mb", "peak_rss_write_mb", "tiles", "model_s", "infer_s", "vectorize_s",
+        "gpkg_write_s", "skipped",
     ]))
     if not args.no_save:
         path = common.save_results("engine", common.invocation(), rows,

@@ -78,7 +78,9 @@ def engine_table(result: dict) -> str:
     rows = [dict(r, size=side_label(r["side"])) for r in result["rows"]]
     return table(rows, [
         ("engine", "engine"), ("size", "size"), ("wall_s", "wall s"), ("cpu_s", "CPU s"),
-        ("peak_rss_mb", "peak RSS MB"), ("rss_vs_smallest", "RSS ÷ 5k² RSS"), ("tiles", "tiles"),
+        ("peak_rss_mb", "peak RSS MB"), ("rss_vs_smallest", "RSS ÷ 5k² RSS"),
+        ("peak_rss_infer_mb", "peak MB: tiles→probabilities"), ("peak_rss_vectorize_mb", "peak MB: vectorise"),
+        ("peak_rss_write_mb", "peak MB: write"), ("tiles", "tiles"),
         ("model_s", "model s"), ("infer_s", "tiles→probabilities s"), ("vectorize_s", "vectorise s"),
         ("gpkg_write_s", "GeoPackage s"), ("skipped", "note"),
     ]) + provenance(result)

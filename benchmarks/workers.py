@@ -42,16 +42,57 @@ class TimedModel:
         return out
 
 
-def timed(module, name: str, totals: dict) -> None:
+class PhaseMemory:
+    """Samples this process's RSS every 20 ms and keeps the maximum per phase.
+
+    ru_maxrss gives one peak for the whole process; this says which step reached it. Phases:
+    "infer" (reading, model, blending) until the first vectorise call, then "vectorize" and
+    "write" while those steps run.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.process = psutil.Process()
+        self.phase = "infer"
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.sample()
+
+    def sample(self) -> None:
+        rss = self.process.memory_info().rss
+        if rss > self.peaks.get(self.phase, 0):
+            self.peaks[self.phase] = rss
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {f"peak_rss_{k}_mb": round(v / 2**20, 1) for k, v in self.peaks.items()}
+
+
+def timed(module, name: str, totals: dict, memory: PhaseMemory | None = None, phase: str | None = None) -> None:
     """Replace module.name with a wrapper that adds its wall time to totals[name]."""
     original = getattr(module, name)
 
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
+        if memory is not None:
+            memory.sample()
+            previous, memory.phase = memory.phase, phase
         try:
             return original(*args, **kwargs)
         finally:
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+            if memory is not None:
+                memory.sample()
+                memory.phase = previous
 
     setattr(module, name, wrapper)
 
@@ -74,14 +115,16 @@ def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batc
     load_s = time.perf_counter() - start
     timer = TimedModel(model)
     totals: dict[str, float] = {}
-    timed(vectorize, "vectorize_probabilities", totals)
-    timed(gpkg, "write_geopackage", totals)
+    memory = PhaseMemory()
+    timed(vectorize, "vectorize_probabilities", totals, memory, "vectorize")
+    timed(gpkg, "write_geopackage", totals, memory, "write")
     opts = pipeline.RunOptions(progress=False, overwrite=True, batch_size=batch)
     start = time.perf_counter()
     summary = pipeline.segment([scene], [query], out, opts, segmenter=timer)
     wall = time.perf_counter() - start
+    phases = memory.stop()
     vec, write = totals.get("vectorize_probabilities", 0.0), totals.get("write_geopackage", 0.0)
-    return {
+    return {**phases,
         "run_s": round(wall, 3), "model_s": round(timer.seconds, 3), "vectorize_s": round(vec, 3),
         "gpkg_write_s": round(write, 3), "infer_s": round(wall - vec - write, 3),
         "overhead_fraction": round(1 - timer.seconds / wall, 4), "tiles": timer.tiles,
