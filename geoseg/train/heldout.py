@@ -1,0 +1,59 @@
+"""Write the held-out evaluation sets of the model card (synthetic scenes, seeds unseen in training).
+
+    python -m geoseg.train.heldout data/heldout          # then, e.g.
+    geoseg evaluate compact data/heldout/seen --json
+
+Sets (each a folder with manifest.jsonl, see docs/dataset-format.md):
+    seen        training wordings on new scenes
+    synonym     held-out synonyms ("houses", "homes", "streets", ...) on new scenes
+    attribute   held-out attribute set (white roofs) on new scenes
+    change      change wordings on new before/after pairs
+    change-heldout  held-out change wordings ("added buildings", "inundated fields", ...)
+Scenes are drawn by geoseg.synth.export_dataset from its own seed sequence
+(SeedSequence([seed, i])), unrelated to the training stream (data.seed * 1_000_003 + k).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from geoseg.train.queries import queries_by_split
+
+SETS = {  # name -> (query split, seed, change pairs?)
+    "seen": ("train", 9001, False),
+    "synonym": ("synonym", 9002, False),
+    "attribute": ("attribute", 9003, False),
+    "change": ("change", 9004, True),
+    "change-heldout": ("change_heldout", 9005, True),
+}
+
+
+def export_heldout_sets(out_dir: str | Path, n: int = 40, size: int = 256, queries_per_image: int = 6,
+                        empty_fraction: float = 0.25, names: tuple[str, ...] = tuple(SETS)) -> dict[str, Path]:
+    from geoseg.synth.export import export_dataset
+
+    splits = queries_by_split()
+    out = {}
+    for name in names:
+        split, seed, change = SETS[name]
+        phrases = sorted({q.text for q in splits[split]})
+        out[name] = export_dataset(
+            Path(out_dir) / name, n, seed, size=size, phrases=phrases, change=change,
+            queries_per_image=queries_per_image, empty_fraction=empty_fraction,
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir")
+    parser.add_argument("-n", type=int, default=40, help="scenes (or pairs) per set")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    for name, path in export_heldout_sets(args.out_dir, args.n, args.size).items():
+        print(name, path)
+
+
+if __name__ == "__main__":
+    main()
