@@ -11,7 +11,9 @@ Variants (256 px tiles, through the public `pipeline.segment(..., probabilities=
 no overlap; 64 px overlap with uniform averaging, with centre cropping, with cosine blending;
 128 px overlap with centre cropping and with cosine blending.
 Each for two oracles: a 31 px receptive field (fits inside half the overlap, so a centre crop is
-exact) and a 97 px one (wider than the overlap, as a real network's effective field is).
+exact) and a 97 px one (wider than the overlap, as a real network's effective field is). With
+--model, the same for a real model on a real scene, against that model's untiled output (the
+whole scene as one tile; the model must accept it).
 
     nice -n 19 .venv/bin/python benchmarks/bench_seams.py --side 2048
 """
@@ -41,19 +43,33 @@ VARIANTS = (  # name, overlap, --blend
 )
 
 
-def probabilities(scene: Path, tile: int, overlap: int, blend: str, radius: int, work: Path):
-    """Blended probabilities of the oracle over `scene` (float32 array) and the run's seconds."""
+def oracle_factory(radius: int):
+    """A new oracle for each tiling (the tiling does not change what it computes)."""
+    from oracle import SeparableConvOracle
+
+    return lambda tile, overlap: SeparableConvOracle(tile, overlap, radius)
+
+
+def model_factory(name: str):
+    """The same loaded model for every tiling; the run's options set the tile size and overlap."""
+    from geoseg.models.registry import load_segmenter
+
+    model = load_segmenter(name, device="cpu")
+    return lambda tile, overlap: model
+
+
+def probabilities(scene: Path, tile: int, overlap: int, blend: str, make_model, query: str, work: Path):
+    """Blended probabilities over `scene` (float32 array) and the run's seconds."""
     import numpy as np
     import rasterio
-    from oracle import SeparableConvOracle
 
     from geoseg import pipeline, stitch
 
     out = work / f"p_{tile}_{overlap}_{blend}.tif"
     opts = pipeline.RunOptions(tile_size=tile, overlap=overlap, blend=blend, probabilities=out,
-                               progress=False, overwrite=True, batch_size=4)
+                               progress=False, overwrite=True, batch_size=4 if tile < 1024 else 1)
     start = time.perf_counter()
-    pipeline.segment([scene], ["q"], work / "seams.gpkg", opts, segmenter=SeparableConvOracle(tile, overlap, radius))
+    pipeline.segment([scene], [query], work / "seams.gpkg", opts, segmenter=make_model(tile, overlap))
     seconds = time.perf_counter() - start
     with rasterio.open(out) as src:
         return src.read(1).astype(np.float32) / stitch.PROB_SCALE, seconds
@@ -91,7 +107,10 @@ def components(mask) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", type=int, default=2048, help="scene side in pixels (default 2048)")
+    ap.add_argument("--side", type=int, default=2048, help="oracle scene side in pixels (default 2048)")
+    ap.add_argument("--model", help="also measure this model (registry name or directory) on --model-scene")
+    ap.add_argument("--model-scene", type=Path, default=common.REPO / "sample_tiles" / "town_utm_0p5m.tif")
+    ap.add_argument("--query", default="buildings", help="query for --model (default buildings)")
     ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -101,33 +120,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geoseg-seams-") as tmp:
         work = Path(tmp)
         for radius in RADII:
-            rows += compare_variants(scene, radius, work)
+            rows += compare_variants(scene, oracle_factory(radius), f"oracle, {2 * radius + 1} px field", "q", work)
+        if args.model:
+            rows += compare_variants(args.model_scene, model_factory(args.model),
+                                     f"{args.model} on {args.model_scene.name}", args.query, work)
     print(common.markdown_table(rows, [
-        "receptive_field", "variant", "overlap", "iou_seam", "iou_interior", "max_abs_error_seam",
+        "model", "variant", "overlap", "iou_seam", "iou_interior", "max_abs_error_seam",
         "mean_abs_error_seam", "objects", "objects_untiled", "seconds",
     ]))
     if not args.no_save:
         path = common.save_results("seams", common.invocation(), rows,
-                                   {"side": args.side, "half_band_px": HALF_BAND})
+                                   {"side": args.side, "half_band_px": HALF_BAND, "model": args.model,
+                                    "model_scene": str(args.model_scene) if args.model else None})
         print(f"\nwritten: {path.relative_to(common.REPO)}")
 
 
-def compare_variants(scene: Path, radius: int, work: Path) -> list[dict]:
+def compare_variants(scene: Path, make_model, label, query: str, work: Path) -> list[dict]:
     import numpy as np
 
     from geoseg import raster
 
     side = raster.open_input(scene).native.width
-    reference, ref_s = probabilities(scene, side, 0, "cosine", radius, work)
+    reference, ref_s = probabilities(scene, side, 0, "cosine", make_model, query, work)
     ref_mask = reference >= 0.5
     ref_objects = components(ref_mask)
     rows = []
     for name, overlap, blend in VARIANTS:
-        prob, seconds = probabilities(scene, TILE, overlap, blend, radius, work)
+        prob, seconds = probabilities(scene, TILE, overlap, blend, make_model, query, work)
         mask = prob >= 0.5
         band = seam_band(mask.shape, TILE, overlap)
         rows.append({
-            "receptive_field": 2 * radius + 1, "variant": name, "tile": TILE, "overlap": overlap,
+            "model": label, "variant": name, "tile": TILE, "overlap": overlap,
             "blend": blend,
             "iou_seam": round(iou(mask[band], ref_mask[band]), 4),
             "iou_interior": round(iou(mask[~band], ref_mask[~band]), 4),

@@ -48,9 +48,12 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    head = "| " + " | ".join(title for _, title in columns) + " |"
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    head = "| " + " | ".join(esc(title) for _, title in columns) + " |"
     lines = [head, "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(key)) for key, _ in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(esc(fmt(r.get(key))) for key, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -88,7 +91,7 @@ def engine_table(result: dict) -> str:
 
 def seams_table(result: dict) -> str:
     return table(result["rows"], [
-        ("receptive_field", "receptive field px"), ("variant", "tiling"), ("overlap", "overlap px"),
+        ("model", "model"), ("variant", "tiling"), ("overlap", "overlap px"),
         ("iou_seam", "IoU ±32 px of seams"), ("iou_interior", "IoU interior"),
         ("mean_abs_error_seam", "mean |Δp| at seams"), ("max_abs_error_seam", "max |Δp| at seams"),
         ("objects", "objects"), ("objects_untiled", "objects untiled"),
