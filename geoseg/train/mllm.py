@@ -258,7 +258,11 @@ def prepare(loaded: LoadedNetwork, settings: MLLMSettings, stage: str) -> Traine
     if not settings.train_vision:
         net.model.vision_tower.requires_grad_(False)
     if settings.gradient_checkpointing and stage != "change_pretrain":
-        net.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(net.model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            net.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if settings.loss.attention > 0 and stage != "change_pretrain":
         net.model.set_attn_implementation("eager")  # sdpa does not return attention weights
         for layer in net.model.layers:
