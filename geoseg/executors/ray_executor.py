@@ -147,8 +147,8 @@ class RayExecutor:
         self._started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False, **(init or {}))
+                kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+                ray.init(address=address, **{**kwargs, **(init or {})})
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
             self._started = True
