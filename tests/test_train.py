@@ -125,3 +125,15 @@ def test_change_stages_build_and_step(tmp_path, one_thread):
     assert model.config.change
     out = train(fine, progress=False)
     assert CompactModel.from_pretrained(out).config.model_type == "geoseg_compact_change"
+
+
+def test_manifest_source_batches(tmp_path):
+    from geoseg.synth.export import export_dataset
+
+    manifest = export_dataset(tmp_path / "ds", 2, seed=3, size=64, gsd_choices=(0.5,), queries_per_image=2)
+    cfg = train_config_from_dict(_tiny(tmp_path, batch_size=3, data={"source": str(manifest), "tile": 64}))
+    batch = make_batch_source(cfg).next_batch()
+    assert batch.images.shape == (3, 3, 64, 64) and batch.masks.shape == (3, 64, 64)
+    assert len(batch.queries) == 3 and batch.before is None
+    with pytest.raises(InputError, match="no change"):
+        make_batch_source(train_config_from_dict(_tiny(tmp_path, stage="change", data={"source": str(manifest)})))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geoseg.errors import InputError
 from geoseg.train.config import TrainConfig
-from geoseg.train.manifest import load_image, load_mask, percentile_stretch, read_manifest
+from geoseg.train.manifest import load_image, load_mask, read_manifest
 from geoseg.train.queries import (
-    InstanceTable,
     Query,
     by_concept,
     choose_queries,
@@ -184,7 +184,9 @@ class ChangeSource:
 
 
 class ManifestSource:
-    """Endless batches cut from the samples of a JSONL manifest (images loaded lazily)."""
+    """Endless batches cut from the samples of a JSONL manifest (images loaded lazily).
+
+    For the change stages the query's mask doubles as the class-agnostic change mask."""
 
     def __init__(self, config: TrainConfig, seed: int) -> None:
         self.cfg = config.data
@@ -194,8 +196,6 @@ class ManifestSource:
         self.change = config.stage != "segment"
         self.samples = [s for s in self.samples if s.is_change == self.change]
         if not self.samples:
-            from geoseg.errors import InputError
-
             kind = "change (before/after)" if self.change else "single-date (image)"
             raise InputError(f"{self.cfg.source}: no {kind} samples for stage {config.stage}")
 
@@ -246,13 +246,3 @@ def make_batch_source(config: TrainConfig, start_step: int = 0):
         return SynthSource(config, seed)
     return ChangeSource(config, seed)
 
-
-__all__ = [
-    "Batch",
-    "ChangeSource",
-    "InstanceTable",
-    "ManifestSource",
-    "SynthSource",
-    "make_batch_source",
-    "percentile_stretch",
-]
