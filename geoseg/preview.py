@@ -2,7 +2,7 @@
 
 For people who would rather look than open a GIS. The image is read decimated (the longest side
 of each panel becomes `max_side` pixels, so memory does not follow the scene size), stretched
-per band between its 2nd and 98th percentile like the model input, and every polygon is filled
+between the 2nd and 98th percentile of all its bands together (colours stay balanced), and every polygon is filled
 translucently and outlined in its layer's colour -- the colour of the layer's default QGIS style,
 so the preview and QGIS agree. In change mode polygons are coloured by `change_type` instead
 (appeared green, disappeared red).
@@ -166,9 +166,9 @@ def read_quicklook(src, width: int, height: int, bands: Sequence[int] | None) ->
     values = np.ma.getdata(data).astype(np.float64)
     if np.issubdtype(src.dtypes[0], np.floating):
         valid &= np.isfinite(values).all(axis=0)
-    rgb = np.zeros((len(bands), height, width), np.uint8)
-    for i, band in enumerate(values):
-        rgb[i] = stretch(band, valid)
+    # One stretch for all bands: per-band stretches shift the colour balance (grey roads turn
+    # blue), and the preview should look like the scene.
+    rgb = stretch(values, np.broadcast_to(valid, values.shape))
     if len(bands) == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     elif len(bands) == 2:
