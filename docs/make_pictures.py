@@ -48,6 +48,15 @@ def palette_png(path: Path) -> None:
     small.save(path, optimize=True)
 
 
+def default_change_model() -> str | None:
+    """None (geoseg's default, compact-change) when installed; else the single-date compact model,
+    which geoseg runs on both dates and compares (see docs/concepts.md, change semantics)."""
+    weights = REPO / "geoseg" / "models" / "compact" / "weights"
+    if (weights / "compact-change" / "model.safetensors").exists():
+        return None
+    return "compact"
+
+
 def relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(REPO))
@@ -77,8 +86,9 @@ def main() -> None:
         change = [GEOSEG, "-q", "change", relative(samples / "pair_before.tif"), relative(samples / "pair_after.tif"),
                   "new buildings", "demolished buildings", "-o", Path(tmp) / "pair-change.gpkg", "--json",
                   "--preview", relative(args.out / "change-pair.png"), "--overwrite"]
-        if args.change_model:
-            change += ["--model", args.change_model]
+        change_model = args.change_model or default_change_model()
+        if change_model:
+            change += ["--model", change_model]
         record.append({"picture": "change-pair.png", "command": shlex.join(map(str, change)),
                        "summary": json.loads(run(change))})
 
