@@ -48,6 +48,16 @@ def palette_png(path: Path) -> None:
     small.save(path, optimize=True)
 
 
+def embedded_weights() -> dict[str, str]:
+    """SHA-256 of each installed embedded model, so a picture can be traced to its weights."""
+    import hashlib
+
+    out = {}
+    for weights in sorted((REPO / "geoseg" / "models" / "compact" / "weights").glob("*/model.safetensors")):
+        out[weights.parent.name] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return out
+
+
 def default_change_model() -> str | None:
     """None (geoseg's default, compact-change) when installed; else the single-date compact model,
     which geoseg runs on both dates and compares (see docs/concepts.md, change semantics)."""
@@ -104,7 +114,8 @@ def main() -> None:
                 item["summary"][key] = item["summary"][key].replace(tmp, "$TMP")
     for item in record:
         palette_png(args.out / item["picture"])
-    (args.out / "pictures.json").write_text(json.dumps(record, indent=1) + "\n")
+    payload = {"weights_sha256": embedded_weights(), "pictures": record}
+    (args.out / "pictures.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(f"written: {', '.join(r['picture'] for r in record)} in {relative(args.out)}", file=sys.stderr)
 
 
