@@ -43,7 +43,31 @@ def bound(k: int) -> float:
 # ---------------------------------------------------------------- worker (one process, model loaded once)
 
 
-def worker(scene: str, out_dir: str, model_spec: str, ks: list[int], repeats: int, threads: int) -> dict:
+def chunked_decode(model, pairs: int):
+    """Experiment (--decode-chunk): the compact model's predict with its per-(tile, query) decoder
+    run `pairs` pairs at a time instead of all B x K at once (same features, same text)."""
+    import torch
+
+    from geoseg.models.base import Prediction
+
+    def predict(images, queries, *, before=None):
+        b, q = images.shape[0], len(queries)
+        with torch.inference_mode():
+            feats = model.model.encode_images(images.to(model.device, torch.float32))
+            text = model.text.encode(list(queries)).to(model.device)
+            image_index = torch.arange(b, device=model.device).repeat_interleave(q)
+            text_index = torch.arange(q, device=model.device).repeat(b)
+            parts = []
+            for s in range(0, b * q, pairs):
+                out = model.model.decode(feats, text.index(text_index[s:s + pairs]), image_index[s:s + pairs])
+                parts.append(torch.sigmoid(out.mask_logits) * torch.sigmoid(out.exist_logits)[:, None, None])
+        return Prediction(torch.cat(parts).view(b, q, *images.shape[-2:]).float())
+
+    return predict
+
+
+def worker(scene: str, out_dir: str, model_spec: str, ks: list[int], repeats: int, threads: int,
+           decode_chunk: int = 0) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -54,9 +78,10 @@ def worker(scene: str, out_dir: str, model_spec: str, ks: list[int], repeats: in
     started = time.perf_counter()
     model = load_segmenter(model_spec, device="cpu")
     load_s = time.perf_counter() - started
+    predict = chunked_decode(model, decode_chunk) if decode_chunk else model.predict
 
     def run(k: int, tag: str) -> dict:
-        timed = JobSegmenter(model.info, model.device, model.predict)
+        timed = JobSegmenter(model.info, model.device, predict)
         out = Path(out_dir) / f"k{k}-{tag}.gpkg"
         opts = pipeline.RunOptions(progress=False, overwrite=True)
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -146,12 +171,15 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the worker")
     ap.add_argument("--workdir", help=f"inputs and outputs (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true", help="print only; leave results and docs alone")
-    ap.add_argument("--worker", nargs=6, metavar=("SCENE", "OUT", "MODEL", "KS", "REPEATS", "THREADS"),
+    ap.add_argument("--decode-chunk", type=int, default=0,
+                    help="experiment (compact only): decode this many (tile, query) pairs at a time")
+    ap.add_argument("--worker", nargs=7, metavar=("SCENE", "OUT", "MODEL", "KS", "REPEATS", "THREADS", "CHUNK"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        scene, out, model, ks, repeats, threads = args.worker
-        print(json.dumps(worker(scene, out, model, [int(k) for k in ks.split(",")], int(repeats), int(threads))))
+        scene, out, model, ks, repeats, threads, chunk = args.worker
+        print(json.dumps(worker(scene, out, model, [int(k) for k in ks.split(",")], int(repeats), int(threads),
+                                int(chunk))))
         return 0
 
     ks = [int(k) for k in args.ks.split(",")]
@@ -167,19 +195,24 @@ def main() -> int:
         part.rename(scene)
     out = work / "multiquery-out"
     out.mkdir(exist_ok=True)
-    cmd = [common.PYTHON, __file__, "--worker", str(scene), str(out), args.model, args.ks, str(args.repeats), str(args.threads)]
+    cmd = [common.PYTHON, __file__, "--worker", str(scene), str(out), args.model, args.ks, str(args.repeats),
+           str(args.threads), str(args.decode_chunk)]
     m = common.measure(cmd, env=common.env_single_thread() if args.threads == 1 else None).check()
     got = m.json_tail()
     rows = summarise(got["runs"], ks)
     result = {
         "command": nice_prefix() + common.invocation(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": common.machine(), "side": args.side, "ks": ks, "repeats": args.repeats, "threads": args.threads,
+        "decode_chunk": args.decode_chunk,
         **{k: got[k] for k in ("model", "model_version", "weights_sha256", "tile_size", "load_s")},
         "rows": rows, "runs": got["runs"],
     }
     text = render(result)
     print(text)
-    if not args.no_save:
+    if args.decode_chunk and not args.no_save:
+        common.save_results("multiquery_decode_chunk", result["command"], rows,
+                            {k: v for k, v in result.items() if k not in ("rows", "command")})
+    elif not args.no_save:
         common.save_results("multiquery", result["command"], rows, {k: v for k, v in result.items() if k not in ("rows", "command")})
         update_doc(MARKER, text)
     return 0 if all(r["within_cpu"] for r in rows) else 1
