@@ -34,9 +34,10 @@ from bench_multiquery import nice_prefix, update_doc  # noqa: E402
 
 QUERIES = ["buildings", "roads"]
 MARKER = "ray"
-CONFIGS = {
-    "local-1": {"executor": "local", "workers": 1},
-    "local-2": {"executor": "local", "workers": 2},
+CONFIGS = {  # threads: torch threads of the model (None: all cores)
+    "local-1": {"executor": "local", "workers": 1, "threads": None},
+    "local-2": {"executor": "local", "workers": 2, "threads": None},
+    "local-2-1t": {"executor": "local", "workers": 2, "threads": 1},
     "ray-2": {"executor": "ray", "workers": 2, "replicas": 2},
 }
 
@@ -58,6 +59,23 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def compare(a: Path, b: Path) -> tuple[bool, float]:
+    """Same polygons in every layer (geometry bytes), and the largest score difference."""
+    import geopandas as gpd
+    import pyogrio
+
+    same, worst = True, 0.0
+    for name, geometry_type in pyogrio.list_layers(a):
+        if geometry_type is None:
+            continue
+        x, y = gpd.read_file(a, layer=name), gpd.read_file(b, layer=name)
+        if len(x) != len(y) or any(g.wkb != h.wkb for g, h in zip(x.geometry, y.geometry, strict=True)):
+            same = False
+            continue
+        worst = max(worst, float((x["score"] - y["score"]).abs().max()) if len(x) else 0.0)
+    return same, worst
+
+
 def worker(config: str, scenes: list[str], out_dir: str, model: str) -> dict:
     import torch
 
@@ -65,7 +83,7 @@ def worker(config: str, scenes: list[str], out_dir: str, model: str) -> dict:
 
     spec = CONFIGS[config]
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
+    torch.set_num_threads(spec.get("threads") or cores)
     started = time.perf_counter()
     if spec["executor"] == "ray":
         from geoseg.executors.ray_executor import RayExecutor
@@ -98,24 +116,30 @@ def worker(config: str, scenes: list[str], out_dir: str, model: str) -> dict:
         "tiles_per_s": tiles / seconds, "model_s": round(sum(r.seconds.get("model", 0) for r in results), 2),
         "features": sum(sum(r.features.values()) for r in results), "host_chunks": chunks,
         "digests": {Path(r.output).name: digest(Path(r.output)) for r in results},
+        "outputs": {Path(r.output).name: r.output for r in results},
     }
 
 
 def render(result: dict) -> str:
     rows = result["rows"]
-    base = next(r for r in rows if r["config"] == "local-2")
-    lines = ["| executor | jobs in flight | model replicas | start-up s | batch wall s | tiles | tiles/s "
-             "| × local (2 workers) | outputs identical to local |", "|---|---|---|---|---|---|---|---|---|"]
+    base = next((r for r in rows if r["config"] == "local-2"), rows[0])
+    cores = result["machine"]["cores"]
+    lines = ["| executor | jobs in flight | model replicas × torch threads | start-up s | batch wall s | tiles "
+             "| tiles/s | × local (2 workers) | outputs identical | same polygons, max score difference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        shape = f"{r['replicas']} × {max(1, cores // r['replicas'])}" if r["executor"] == "ray" else f"1 × {r['threads'] or cores}"
         lines.append(
-            f"| {r['executor']} | {r['workers']} | {r.get('replicas', 1)} | {r['startup_s']:.1f} | {r['batch_s']:.1f} "
+            f"| {r['executor']} | {r['workers']} | {shape} | {r['startup_s']:.1f} | {r['batch_s']:.1f} "
             f"| {r['tiles']} | {r['tiles_per_s']:.2f} | {r['tiles_per_s'] / base['tiles_per_s']:.2f} "
-            f"| {'yes' if r['identical'] else '**no**'} |")
+            f"| {'yes' if r['identical'] else 'no'} | {'yes' if r['same_polygons'] else '**no**'}, "
+            f"{r['max_score_diff']:.1e} |")
     m = result["machine"]
     lines += ["", f"{result['scenes']} scenes of {result['side']}² px (geoseg.synth), queries "
               + ", ".join(f"`{q}`" for q in QUERIES) + f", model `{result['model']}`; one job per scene. "
-              "Identical = the same digest over every layer's geometries and attributes (run ids excepted) "
-              "for every output.", "",
+              f"Outputs are compared with those of `{rows[0]['same_as']}` (the local executor with the replicas' "
+              "thread count): *identical* = the same digest over every layer's geometries and attributes (run "
+              "ids excepted); otherwise the polygons and the largest `score` difference are shown.", "",
               f"<sub>`{result['command']}` — {result['when']}, {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, "
               f"load average at start {m['load_average_at_start']} (a shared machine).</sub>"]
     return "\n".join(lines)
@@ -156,9 +180,15 @@ def main() -> int:
         rows.append(row)
         print(f"{config}: start-up {row['startup_s']} s, batch {row['batch_s']} s, {row['tiles_per_s']:.2f} tiles/s",
               flush=True)
-    reference = next((r["digests"] for r in rows if r["config"].startswith("local")), rows[0]["digests"])
+    # the reference computes with the replicas' thread count: torch's CPU kernels may round
+    # differently with another number of threads, whatever the executor
+    reference = next((r for r in rows if r["config"] == "local-2-1t"), rows[0])
     for r in rows:
-        r["identical"] = r["digests"] == reference
+        r["identical"] = r["digests"] == reference["digests"]
+        r["same_as"] = reference["config"]
+        checks = [compare(Path(r["outputs"][name]), Path(path)) for name, path in reference["outputs"].items()]
+        r["same_polygons"] = all(same for same, _ in checks)
+        r["max_score_diff"] = max(diff for _, diff in checks)
     result = {"command": nice_prefix() + common.invocation(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "machine": common.machine(), "scenes": args.scenes, "side": args.side, "model": args.model, "rows": rows}
     text = render(result)
