@@ -449,3 +449,30 @@ def test_local_batch_never_imports_ray(scenes):
             "print(r.run_job(job).status, 'ray' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=scenes, capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["ok", "False"], proc.stderr
+
+
+def test_real_rasters_in_three_crss_one_batch(shared_data, tmp_path, monkeypatch, conv_model):
+    """Real files: Landsat RGB (EPSG:32618) and a Landsat composite (EPSG:4326) into one layer; a
+    NAIP pair whose grids are offset by about a pixel (EPSG:26914) as a change job."""
+    monkeypatch.chdir(tmp_path)
+    rgb = shared_data / "georef-rasterio" / "RGB.byte.tif"
+    pucallpa = shared_data / "georef-landsat-pucallpa" / "2020.tif"
+    naip = sorted((shared_data / "georef-naip-pair").glob("*.tif"))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"inputs": [str(rgb), str(pucallpa)], "queries": ["bright areas"], "output": "two-crs.gpkg",
+         "options": {"tile-size": 128, "overlap": 32}},
+        {"mode": "change", "inputs": [str(p) for p in naip], "queries": ["new bright areas"], "output": "naip.gpkg",
+         "options": {"tile-size": 128, "overlap": 32, "bands": "1,2,3"}},
+    ])
+    r = run_cli("-q", "batch", jobs, "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert {d["status"] for d in lines(r.stdout)} <= {"ok", "empty"}
+    got = gpd.read_file(tmp_path / "two-crs.gpkg", layer="bright_areas")
+    assert got.crs.to_epsg() == 32618 and set(got["source"]) == {str(rgb), str(pucallpa)}
+    for path in (rgb, pucallpa):
+        with rasterio.open(path) as src:
+            left, bottom, right, top = src.bounds
+            own = got[got.source == str(path)].to_crs(src.crs)
+        x0, y0, x1, y1 = own.total_bounds
+        tol = 1e-6 if src.crs.is_geographic else 1e-3
+        assert x0 >= left - tol and x1 <= right + tol and y0 >= bottom - tol and y1 <= top + tol

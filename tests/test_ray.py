@@ -25,6 +25,7 @@ from test_batch import (  # noqa: E402
 
 from doubles import ConvOracle  # noqa: E402
 from geoseg import batch  # noqa: E402
+from geoseg.errors import GeosegError  # noqa: E402
 from geoseg.executors import ray_executor  # noqa: E402
 from geoseg.executors.local import LocalExecutor  # noqa: E402
 from geoseg.executors.ray_executor import RayExecutor  # noqa: E402
@@ -139,3 +140,20 @@ def test_batch_killed_locally_resumes_on_ray(cluster, scenes):
     os.chdir(control)
     list(batch.BatchRunner(LocalExecutor(load=conv_oracle)).run(batch.read_jobs(control / "jobs.jsonl")))
     assert layer_rows(scenes / "two.gpkg") == layer_rows(control / "two.gpkg")
+
+
+@pytest.mark.parametrize("resources,replicas,expect", [
+    ({"CPU": 16, "GPU": 4}, None, (4, {"num_gpus": 1.0, "num_cpus": 1})),  # one host per GPU
+    ({"CPU": 16, "GPU": 4}, 8, (8, {"num_gpus": 0.5, "num_cpus": 1})),
+    ({"CPU": 8}, None, (1, {"num_cpus": 8})),  # no GPU: one host on the node's CPUs
+    ({"CPU": 8}, 2, (2, {"num_cpus": 4})),
+])
+def test_placement_one_host_per_gpu(cluster, monkeypatch, resources, replicas, expect):
+    monkeypatch.setattr(ray_executor.ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(ray_executor.ray, "nodes", lambda: [{"Alive": True, "Resources": resources}])
+    assert RayExecutor(replicas=replicas, load=conv_oracle).placement() == expect
+
+
+def test_more_cpu_replicas_than_cpus_is_refused(cluster):
+    with pytest.raises(GeosegError, match="--replicas 3: the Ray cluster has 2 CPUs"):
+        RayExecutor(replicas=3, load=conv_oracle).placement()
