@@ -362,9 +362,9 @@ class JobResult:
             self.features[layer["query"]] = self.features.get(layer["query"], 0) + layer["features"]
 
     def to_dict(self) -> dict:
-        out = dict(self.__dict__)
-        out["line"] = out.pop("where")
-        return {k: v for k, v in out.items() if v is not None}
+        out = {"job": self.job, "line": self.where}
+        out |= {k: v for k, v in self.__dict__.items() if k not in ("job", "where") and v is not None}
+        return out
 
 
 # ---------------------------------------------------------------- running
@@ -508,7 +508,8 @@ class BatchRunner:
         """The closing line on stderr."""
         total = sum(self.counts.values())
         if total and self.counts["skipped"] == total:
-            return f"nothing to do: all {total} jobs were already done (--force redoes them)"
+            done = "the job was" if total == 1 else f"all {total} jobs were"
+            return f"nothing to do: {done} already done (--force redoes them)"
         parts = [f"{n} {status}" for status, n in sorted(self.counts.items())]
         if self.not_started:
             parts.append(f"{self.not_started} not started")
