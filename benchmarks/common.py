@@ -31,6 +31,7 @@ RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_WORKDIR = Path(os.environ.get("GEOSEG_BENCH_DIR", Path.home() / ".cache" / "geoseg-bench"))
 PYTHON = sys.executable
 WRITE_BLOCK = 1024  # rows/cols generated at a time when writing synthetic rasters
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]  # this module is imported as a driver starts
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -120,7 +121,9 @@ def machine() -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        # 1, 5 and 15 min load averages when the driver started and when the results were saved
+        "load_average_at_start": LOAD_AT_START,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -30,9 +30,10 @@ def load(name: str) -> dict | None:
 
 def provenance(result: dict) -> str:
     m = result["machine"]
-    load_avg = m.get("load_average_at_start")
-    return (f"\n\n<sub>`{result['command']}` — {result['when']}, {m['cpu']}, {m['cores']} cores, "
-            f"{m['memory_gb']} GB, load average at start {load_avg} (a shared machine).</sub>")
+    loads = ", ".join(f"{when} {m[f'load_average_at_{when}']}" for when in ("start", "end")
+                      if f"load_average_at_{when}" in m)
+    return (f"\n\n<sub>`{result['command']}` — finished {result['when']}, {m['cpu']}, {m['cores']} cores, "
+            f"{m['memory_gb']} GB; load average (1/5/15 min) at {loads} (a shared machine).</sub>")
 
 
 def fmt(value, digits: int = 3) -> str:
