@@ -82,14 +82,3 @@ model_opts = _stack(
     click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin checkpoints (loaded with weights_only=True)."),
     click.option("--dry-run", is_flag=True, help="Print the tile plan and a memory estimate; run nothing."),
 )
-
-
-def parse_min_area(value: str) -> tuple[int, float]:
-    """'20' / '20px' -> (20 px, 0 m2); '50m2' -> (0 px, 50 m2)."""
-    text = value.strip().lower().replace(" ", "")
-    try:
-        if text.endswith("m2"):
-            return 0, float(text[:-2])
-        return int(float(text.removesuffix("px"))), 0.0
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give pixels (20, 20px) or square metres (50m2)", param_hint="--min-area") from None

@@ -9,12 +9,12 @@ import click
 
 from geoseg import pipeline, preview
 from geoseg.errors import EmptyResultError
-from geoseg_cli.options import model_opts, parse_min_area, raster_opts, vector_opts, write_opts
+from geoseg_cli.options import model_opts, raster_opts, vector_opts, write_opts
 
 
 def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:
     """Map Click's keyword arguments onto the library's RunOptions."""
-    min_px, min_m2 = parse_min_area(kw.pop("min_area", "0"))
+    min_px, min_m2 = pipeline.parse_min_area(kw.pop("min_area", "0"))
     known = pipeline.RunOptions.__dataclass_fields__
     opts = pipeline.RunOptions(**{k: v for k, v in kw.items() if k in known})
     opts.min_area_px, opts.min_area_m2 = min_px, min_m2

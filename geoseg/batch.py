@@ -270,14 +270,6 @@ def _choice(choices: Iterable[str]):
     return convert
 
 
-def parse_min_area(value: Any) -> tuple[int, float]:
-    """20 / '20px' -> (20 px, 0 m2); '50m2' -> (0 px, 50 m2)."""
-    text = str(value).strip().lower().replace(" ", "")
-    if text.endswith("m2"):
-        return 0, float(text[:-2])
-    return _int(float(text.removesuffix("px"))), 0.0
-
-
 # option name (CLI spelling, dashes as underscores) -> (RunOptions field, converter)
 OPTIONS: dict[str, tuple[str, Any]] = {
     "model": ("model", str), "device": ("device", str), "allow_pickle": ("allow_pickle", _bool),
@@ -289,7 +281,7 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "append": ("append", _bool), "probabilities": ("probabilities", Path), "mask_out": ("mask_out", Path),
     "align_to": ("align_to", _choice(("before", "after"))),
     "resampling": ("resampling", _choice(("nearest", "bilinear", "cubic"))), "dst_crs": ("dst_crs", str),
-    "dilate": ("dilate_px", _int), "min_area": ("min_area", parse_min_area),
+    "dilate": ("dilate_px", _int), "min_area": ("min_area", pipeline.parse_min_area),
 }
 
 
@@ -316,7 +308,7 @@ def apply_option(opts: pipeline.RunOptions, name: str, value: Any, where: str = 
         return
     try:
         converted = convert(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, InputError) as e:
         raise InputError(f"{where}: option {name}={value!r}: {e}") from None
     if target == "min_area":
         opts.min_area_px, opts.min_area_m2 = converted

@@ -377,6 +377,20 @@ def validate_queries(queries: Iterable[str]) -> list[str]:
     return out
 
 
+def parse_min_area(value: object) -> tuple[int, float]:
+    """`--min-area`: 20 / '20px' -> (20 px, 0 m2); '50m2' -> (0 px, 50 m2)."""
+    text = str(value).strip().lower().replace(" ", "")
+    try:
+        if text.endswith("m2"):
+            return 0, float(text[:-2])
+        pixels = float(text.removesuffix("px"))
+        if not pixels.is_integer():
+            raise ValueError
+        return int(pixels), 0.0
+    except ValueError:
+        raise InputError(f"--min-area {value!r}: give whole pixels (20, 20px) or square metres (50m2)") from None
+
+
 def change_direction(query: str) -> str:
     """appeared | disappeared | both, read from the words of a change query."""
     words = query.lower()
