@@ -45,9 +45,10 @@ class TimedModel:
 class PhaseMemory:
     """Samples this process's RSS every 20 ms and keeps the maximum per phase.
 
-    ru_maxrss gives one peak for the whole process; this says which step reached it. Phases:
-    "infer" (reading, model, blending) until the first vectorise call, then "vectorize" and
-    "write" while those steps run.
+    ru_maxrss gives one peak for the whole process; this says which stage reached it. Stages,
+    in order: "infer" (reading, model, blending) until the first vectorise call; "vectorize" from
+    then until the GeoPackage writing starts (polygons, their fields, the layers); "write" from
+    then to the end.
     """
 
     def __init__(self) -> None:
@@ -77,22 +78,20 @@ class PhaseMemory:
         return {f"peak_rss_{k}_mb": round(v / 2**20, 1) for k, v in self.peaks.items()}
 
 
-def timed(module, name: str, totals: dict, memory: PhaseMemory | None = None, phase: str | None = None) -> None:
-    """Replace module.name with a wrapper that adds its wall time to totals[name]."""
+def timed(module, name: str, totals: dict, memory: PhaseMemory | None = None, stage: str | None = None) -> None:
+    """Replace module.name with a wrapper that adds its wall time to totals[name] (and, with
+    `memory`, starts `stage` when it is first called; stages never go back)."""
     original = getattr(module, name)
 
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
-        if memory is not None:
+        if memory is not None and memory.phase != stage:
             memory.sample()
-            previous, memory.phase = memory.phase, phase
+            memory.phase = stage
         try:
             return original(*args, **kwargs)
         finally:
             totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
-            if memory is not None:
-                memory.sample()
-                memory.phase = previous
 
     setattr(module, name, wrapper)
 
