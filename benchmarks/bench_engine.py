@@ -69,12 +69,13 @@ def naive_fits(side: int) -> bool:
     return side * side * NAIVE_BYTES_PER_PIXEL < 0.6 * psutil.virtual_memory().available
 
 
-def scaling(sizes: list[int], work: Path, engines: list[str]) -> list[dict]:
+def scaling(sizes: list[int], work: Path, engines: list[str], content: str) -> list[dict]:
     rows = []
     for side in sizes:
-        scene = common.write_scene(work / f"scene_{side}.tif", side)
+        name = f"scene_{side}.tif" if content == "fields" else f"scene_{content}_{side}.tif"
+        scene = common.write_scene(work / name, side, kind=content)
         for engine in engines:
-            row = {"engine": engine, "side": side, "megapixels": round(side * side / 1e6, 1)}
+            row = {"engine": engine, "content": content, "side": side, "megapixels": round(side * side / 1e6, 1)}
             if engine == "naive" and not naive_fits(side):
                 row["skipped"] = (f"needs ~{side * side * NAIVE_BYTES_PER_PIXEL / 2**30:.1f} GiB "
                                   "(float64 canvases), more than 60% of the available memory")
@@ -96,6 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="5k,10k,20k", help="square sides, k = 1000 px (default: 5k,10k,20k)")
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
+    ap.add_argument("--content", choices=common.SCENE_KINDS, default="fields",
+                    help="fields: one scene-wide labyrinth (default); objects: isolated blobs")
     ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -105,14 +108,15 @@ def main() -> None:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         ap.error(f"unknown engine(s): {', '.join(sorted(unknown))}")
-    rows = scaling(common.parse_sizes(args.sizes), work, engines)
+    rows = scaling(common.parse_sizes(args.sizes), work, engines, args.content)
     print(common.markdown_table(rows, [
-        "engine", "side", "wall_s", "cpu_s", "peak_rss_mb", "rss_vs_smallest", "peak_rss_infer_mb",
+        "engine", "content", "side", "wall_s", "cpu_s", "peak_rss_mb", "rss_vs_smallest", "peak_rss_infer_mb",
         "peak_rss_vectorize_mb", "peak_rss_write_mb", "tiles", "model_s", "infer_s", "vectorize_s",
         "gpkg_write_s", "skipped",
     ]))
     if not args.no_save:
-        path = common.save_results("engine", common.invocation(), rows,
+        name = "engine" if args.content == "fields" else f"engine_{args.content}"
+        path = common.save_results(name, common.invocation(), rows,
                                    {"tile": TILE, "overlap": OVERLAP, "batch": BATCH})
         print(f"\nwritten: {path.relative_to(common.REPO)}")
 

@@ -279,17 +279,29 @@ def write_mask(path: Path, side: int, kind: str, gsd: float = 0.5) -> Path:
     return path
 
 
-def scene_block(y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """3 x h x w uint8 'imagery': a smooth field (blobs the oracle segments) with texture."""
+SCENE_KINDS = ("fields", "objects")
+
+
+def scene_block(y0: int, x0: int, h: int, w: int, kind: str = "fields") -> np.ndarray:
+    """3 x h x w uint8 'imagery' with texture.
+
+    fields:  the smooth field itself; what the oracle finds is a labyrinth that runs across the
+             whole scene (land cover: fields, forest, water), a few huge polygons.
+    objects: dark ground with isolated bright blobs (~8% of the area, ~25 per Mpx, up to ~130 px
+             across): separate objects, as buildings or ponds are.
+    """
     g = smooth_field(y0, x0, h, w, seed=3)
+    if kind == "objects":
+        t = np.clip((g - 0.66) / 0.08, 0, 1)
+        g = t * t * (3 - 2 * t)
     rng = np.random.default_rng([7, y0, x0])
     base = g * 200 + rng.normal(0, 6, (h, w)) + 20
     rgb = np.stack([base, base * 0.9 + 10, base * 0.8 + 20])
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def write_scene(path: Path, side: int, gsd: float = 0.5) -> Path:
-    """A 3-band uint8 RGB scene (tiled 512, DEFLATE) of `side` x `side` pixels."""
+def write_scene(path: Path, side: int, gsd: float = 0.5, kind: str = "fields") -> Path:
+    """A 3-band uint8 RGB scene (tiled 512, DEFLATE) of `side` x `side` pixels (see scene_block)."""
     import rasterio
 
     if path.exists():
@@ -297,7 +309,7 @@ def write_scene(path: Path, side: int, gsd: float = 0.5) -> Path:
     part = path.with_name(path.name + ".part")
     with rasterio.open(part, "w", **_profile(side, 3, gsd, photometric="RGB")) as dst:
         for y, x, h, w in _blocks(side):
-            dst.write(scene_block(y, x, h, w), window=((y, y + h), (x, x + w)))
+            dst.write(scene_block(y, x, h, w, kind), window=((y, y + h), (x, x + w)))
     part.rename(path)
     return path
 
