@@ -113,6 +113,7 @@ def end_to_end_table(result: dict) -> str:
 RENDERERS = {
     "vectorize": vectorize_table,
     "engine": engine_table,
+    "engine_objects": engine_table,
     "seams": seams_table,
     "end_to_end": end_to_end_table,
 }

@@ -29,12 +29,14 @@ import report  # noqa: E402
 FULL = {
     "vectorize": ["bench_vectorize.py", "--sizes", "4k,10k,20k"],
     "engine": ["bench_engine.py", "--sizes", "5k,10k,20k"],
-    "seams": ["bench_seams.py", "--side", "2048"],
-    "end_to_end": ["bench_end_to_end.py"],
+    "engine_objects": ["bench_engine.py", "--sizes", "5k,10k,20k", "--content", "objects", "--engines", "geoseg"],
+    "seams": ["bench_seams.py", "--side", "2048", "--model", "compact"],
+    "end_to_end": ["bench_end_to_end.py", "--repeat", "2"],
 }
 QUICK = {
     "vectorize": ["bench_vectorize.py", "--sizes", "2k"],
     "engine": ["bench_engine.py", "--sizes", "1k,2k"],
+    "engine_objects": ["bench_engine.py", "--sizes", "1k,2k", "--content", "objects", "--engines", "geoseg"],
     "seams": ["bench_seams.py", "--side", "1024"],
     "end_to_end": ["bench_end_to_end.py"],
 }
