@@ -10,8 +10,10 @@ Two runs of `segment` on a sample scene (default: sample_tiles/town_utm_0p5m.tif
          start-up, model loading and all (wall time and peak RSS).
 
 km2/h = MP/s x 3600 x (pixel area in m2); the pixel area comes from the scene's geotransform
-(geographic CRSs: at the scene centre). torch uses its default thread count (all cores) unless
---threads says otherwise. For GPUs see bench_gpu_mllm.py.
+(geographic CRSs: at the scene centre). Scenes: the sample (1 MP) and a larger geoseg.synth town
+at the same GSD. Each with torch on one thread and with torch's default (every core): on a
+loaded machine the default can be far slower (OpenMP threads waiting for each other on busy
+cores), and that is worth knowing. For GPUs see bench_gpu_mllm.py.
 
     nice -n 19 .venv/bin/python benchmarks/bench_end_to_end.py
 """
@@ -72,44 +74,71 @@ def cold_run(scene: Path, model: str, query: str, threads: int | None, out: Path
             "features": sum(layer["features"] for layer in summary.get("layers", [])), "command": m.command}
 
 
+def synth_scene(side: int, work: Path) -> Path:
+    """A geoseg.synth town at 0.5 m (the sample's GSD), `side` px square, cached."""
+    path = work / f"synth_town_{side}.tif"
+    if not path.exists():
+        from geoseg.synth import write_scene
+
+        part = path.with_name(path.name + ".part.tif")
+        write_scene(part, 21, side, side, 0.5, crs="EPSG:32633")
+        part.rename(path)
+    return path
+
+
+def measure_scene(scene: Path, model: str, query: str, threads: int | None, repeat: int, tmp: Path) -> list[dict]:
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        megapixels = src.width * src.height / 1e6
+    area = pixel_area_m2(scene)
+    warm = min((warm_run(scene, model, query, threads, tmp / f"w{i}.gpkg") for i in range(repeat)),
+               key=lambda r: r["run_s"])
+    warm |= {"run": "warm", "seconds": warm["run_s"]}
+    cold = cold_run(scene, model, query, threads, tmp / "cold.gpkg")
+    cold |= {"run": "cold", "seconds": cold["wall_s"]}
+    rows = []
+    for row in (warm, cold):
+        row |= {"scene": scene.name, "threads": threads or "torch default", "megapixels": round(megapixels, 3),
+                "pixel_m": round(math.sqrt(area), 3)}
+        row["mpx_per_s"] = round(megapixels / row["seconds"], 4)
+        row["km2_per_h"] = round(megapixels * area * 3600 / row["seconds"], 2)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", type=Path, default=DEFAULT_SCENE)
+    ap.add_argument("--synth-side", type=int, default=2048,
+                    help="also a geoseg.synth town of this side at 0.5 m (0: none; default 2048)")
     ap.add_argument("--model", default="compact", help="registry name or checkpoint directory (default compact)")
     ap.add_argument("--query", default="buildings")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. every core)")
+    ap.add_argument("--threads", default="1,default",
+                    help="torch thread counts to run, 'default' = torch's own (every core); default: 1,default")
     ap.add_argument("--repeat", type=int, default=1, help="warm runs; the fastest is kept")
+    ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
 
-    import rasterio
-
-    with rasterio.open(args.scene) as src:
-        megapixels = src.width * src.height / 1e6
-    area = pixel_area_m2(args.scene)
+    scenes = [args.scene]
+    if args.synth_side:
+        scenes.append(synth_scene(args.synth_side, common.workdir(args.workdir)))
+    threads = [None if t == "default" else int(t) for t in args.threads.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="geoseg-e2e-") as tmp:
-        warm = min((warm_run(args.scene, args.model, args.query, args.threads, Path(tmp) / f"w{i}.gpkg")
-                    for i in range(args.repeat)), key=lambda r: r["run_s"])
-        warm |= {"run": "warm (model loaded)", "seconds": warm["run_s"]}
-        cold = cold_run(args.scene, args.model, args.query, args.threads, Path(tmp) / "cold.gpkg")
-        cold |= {"run": "cold (`geoseg segment` process)", "seconds": cold["wall_s"]}
-        for row in (warm, cold):
-            row["megapixels"] = round(megapixels, 3)
-            row["mpx_per_s"] = round(megapixels / row["seconds"], 4)
-            row["km2_per_h"] = round(megapixels * 1e6 * area / 1e6 * 3600 / row["seconds"], 2)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
-    print(f"scene {args.scene.name}: {megapixels:.2f} MP, pixel {math.sqrt(area):.3g} m; model {args.model}")
+        for scene in scenes:
+            for n in threads:
+                rows += measure_scene(scene, args.model, args.query, n, args.repeat, Path(tmp))
+    print(f"model {args.model}, query {args.query!r}")
     print(common.markdown_table(rows, [
-        "run", "seconds", "mpx_per_s", "km2_per_h", "peak_rss_mb", "tiles", "model_s", "overhead_fraction",
-        "load_s", "features",
+        "scene", "threads", "run", "seconds", "mpx_per_s", "km2_per_h", "peak_rss_mb", "tiles", "model_s",
+        "overhead_fraction", "load_s", "features",
     ]))
     if not args.no_save:
-        path = common.save_results("end_to_end", common.invocation(), rows, {
-            "scene": str(args.scene), "pixel_area_m2": area, "model": args.model, "query": args.query,
-            "threads": args.threads,
-        })
+        path = common.save_results("end_to_end", common.invocation(), rows,
+                                   {"model": args.model, "query": args.query})
         print(f"\nwritten: {path.relative_to(common.REPO)}")
 
 

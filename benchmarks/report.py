@@ -100,10 +100,9 @@ def seams_table(result: dict) -> str:
 
 
 def end_to_end_table(result: dict) -> str:
-    head = (f"Scene `{Path(result['scene']).name}` ({fmt(result['rows'][0]['megapixels'])} MP, "
-            f"{fmt(result['pixel_area_m2'] ** 0.5)} m pixels), model `{result['model']}`, "
-            f"query \"{result['query']}\".\n\n")
+    head = f"Model `{result['model']}`, query \"{result['query']}\".\n\n"
     return head + table(result["rows"], [
+        ("scene", "scene"), ("megapixels", "MP"), ("pixel_m", "pixel m"), ("threads", "torch threads"),
         ("run", "run"), ("seconds", "s"), ("mpx_per_s", "MP/s"), ("km2_per_h", "km²/h"),
         ("peak_rss_mb", "peak RSS MB"), ("tiles", "tiles"), ("model_s", "in model s"),
         ("overhead_fraction", "engine overhead"), ("load_s", "model load s"), ("features", "polygons"),

@@ -38,7 +38,7 @@ QUICK = {
     "engine": ["bench_engine.py", "--sizes", "1k,2k"],
     "engine_objects": ["bench_engine.py", "--sizes", "1k,2k", "--content", "objects", "--engines", "geoseg"],
     "seams": ["bench_seams.py", "--side", "1024"],
-    "end_to_end": ["bench_end_to_end.py"],
+    "end_to_end": ["bench_end_to_end.py", "--synth-side", "0", "--threads", "1"],
 }
 
 
