@@ -13,7 +13,8 @@ no overlap; 64 px overlap with uniform averaging, with centre cropping, with cos
 Each for two oracles: a 31 px receptive field (fits inside half the overlap, so a centre crop is
 exact) and a 97 px one (wider than the overlap, as a real network's effective field is). With
 --model, the same for a real model on a real scene, against that model's untiled output (the
-whole scene as one tile; the model must accept it).
+whole scene as one tile; the model must accept it) and against the scene's ground truth (--truth),
+separately at the seams and in the interior.
 
     nice -n 19 .venv/bin/python benchmarks/bench_seams.py --side 2048
 """
@@ -111,6 +112,8 @@ def main() -> None:
     ap.add_argument("--model", help="also measure this model (registry name or directory) on --model-scene")
     ap.add_argument("--model-scene", type=Path, default=common.REPO / "sample_tiles" / "town_utm_0p5m.tif")
     ap.add_argument("--query", default="buildings", help="query for --model (default buildings)")
+    ap.add_argument("--truth", default=str(common.REPO / "sample_tiles" / "town_utm_0p5m_truth.gpkg") + ":building",
+                    help="GPKG:LAYER[,LAYER] ground truth of --model-scene for the query (default: the sample's buildings)")
     ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -122,20 +125,44 @@ def main() -> None:
         for radius in RADII:
             rows += compare_variants(scene, oracle_factory(radius), f"oracle, {2 * radius + 1} px field", "q", work)
         if args.model:
+            import torch
+
+            torch.set_num_threads(1)  # a shared machine: one thread is the fast and steady choice
+            truth = truth_mask(args.model_scene, args.truth) if args.truth else None
             rows += compare_variants(args.model_scene, model_factory(args.model),
-                                     f"{args.model} on {args.model_scene.name}", args.query, work)
+                                     f"{args.model} on {args.model_scene.name}", args.query, work, truth)
     print(common.markdown_table(rows, [
         "model", "variant", "overlap", "iou_seam", "iou_interior", "max_abs_error_seam",
-        "mean_abs_error_seam", "objects", "objects_untiled", "seconds",
+        "mean_abs_error_seam", "objects", "objects_untiled", "truth_iou_seam", "truth_iou_interior", "seconds",
     ]))
     if not args.no_save:
         path = common.save_results("seams", common.invocation(), rows,
                                    {"side": args.side, "half_band_px": HALF_BAND, "model": args.model,
-                                    "model_scene": str(args.model_scene) if args.model else None})
+                                    "model_scene": str(args.model_scene) if args.model else None,
+                                    "truth": args.truth if args.model else None})
         print(f"\nwritten: {path.relative_to(common.REPO)}")
 
 
-def compare_variants(scene: Path, make_model, label, query: str, work: Path) -> list[dict]:
+def truth_mask(scene: Path, spec: str):
+    """The ground truth 'GPKG:LAYER[,LAYER...]' rasterised on the scene's grid (bool array)."""
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    from rasterio.features import rasterize
+
+    path, _, layers = spec.rpartition(":")
+    with rasterio.open(scene) as src:
+        shape, transform, crs = (src.height, src.width), src.transform, src.crs
+    geoms = []
+    for layer in layers.split(","):
+        gdf = gpd.read_file(path, layer=layer)
+        geoms += list(gdf.to_crs(crs).geometry if gdf.crs and crs and gdf.crs != crs else gdf.geometry)
+    if not geoms:
+        return np.zeros(shape, bool)
+    return rasterize([(g, 1) for g in geoms], out_shape=shape, transform=transform, dtype="uint8").astype(bool)
+
+
+def compare_variants(scene: Path, make_model, label, query: str, work: Path, truth=None) -> list[dict]:
     import numpy as np
 
     from geoseg import raster
@@ -145,11 +172,22 @@ def compare_variants(scene: Path, make_model, label, query: str, work: Path) -> 
     ref_mask = reference >= 0.5
     ref_objects = components(ref_mask)
     rows = []
+    if truth is not None:  # the untiled run against the truth, with the 64 px overlap's seam band
+        band = seam_band(ref_mask.shape, TILE, 64)
+        rows.append({"model": label, "variant": "untiled (reference)", "tile": side, "overlap": 0,
+                     "truth_iou_seam": round(iou(ref_mask[band], truth[band]), 4),
+                     "truth_iou_interior": round(iou(ref_mask[~band], truth[~band]), 4),
+                     "objects": ref_objects, "seconds": round(ref_s, 2)})
     for name, overlap, blend in VARIANTS:
         prob, seconds = probabilities(scene, TILE, overlap, blend, make_model, query, work)
         mask = prob >= 0.5
         band = seam_band(mask.shape, TILE, overlap)
-        rows.append({
+        if truth is not None:
+            rows_truth = {"truth_iou_seam": round(iou(mask[band], truth[band]), 4),
+                          "truth_iou_interior": round(iou(mask[~band], truth[~band]), 4)}
+        else:
+            rows_truth = {}
+        rows.append({**rows_truth,
             "model": label, "variant": name, "tile": TILE, "overlap": overlap,
             "blend": blend,
             "iou_seam": round(iou(mask[band], ref_mask[band]), 4),

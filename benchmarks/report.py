@@ -96,6 +96,7 @@ def seams_table(result: dict) -> str:
         ("iou_seam", "IoU ±32 px of seams"), ("iou_interior", "IoU interior"),
         ("mean_abs_error_seam", "mean |Δp| at seams"), ("max_abs_error_seam", "max |Δp| at seams"),
         ("objects", "objects"), ("objects_untiled", "objects untiled"),
+        ("truth_iou_seam", "IoU vs truth, seams"), ("truth_iou_interior", "IoU vs truth, interior"),
     ]) + provenance(result)
 
 
