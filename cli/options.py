@@ -82,3 +82,11 @@ model_opts = _stack(
     click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin checkpoints (loaded with weights_only=True)."),
     click.option("--dry-run", is_flag=True, help="Print the tile plan and a memory estimate; run nothing."),
 )
+
+preview_opt = click.option(
+    "--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a quick-look PNG of the scene(s) with the polygons drawn.",
+)
+
+# Everything `segment` and `change` share: reading, tiling, model, vectorising, writing.
+model_run_opts = _stack(raster_opts, vector_opts, model_opts, write_opts, preview_opt)

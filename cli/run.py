@@ -9,7 +9,7 @@ import click
 
 from geoseg import pipeline, preview
 from geoseg.errors import EmptyResultError
-from geoseg_cli.options import model_opts, raster_opts, vector_opts, write_opts
+from geoseg_cli.options import model_run_opts, preview_opt, vector_opts, write_opts
 
 
 def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:
@@ -34,11 +34,6 @@ def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> 
         raise EmptyResultError(f"{summary.output}: found nothing (empty layers written)")
 
 
-preview_opt = click.option(
-    "--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a quick-look PNG of the scene(s) with the polygons drawn.",
-)
-
 
 def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary, opts, titles=None) -> None:
     """The quick-look PNG, drawn from the GeoPackage the run just wrote."""
@@ -53,11 +48,7 @@ def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary,
               help="A query (repeatable). When given, every positional argument is a scene.")
 @click.option("--dst-crs", help="CRS of the layer when scenes differ (default: the first scene's).")
 @click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing (polygons in pixel units).")
-@raster_opts
-@vector_opts
-@model_opts
-@write_opts
-@preview_opt
+@model_run_opts
 @click.pass_context
 def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Segment SCENE(s) for QUERY and write polygons to a GeoPackage.
@@ -92,11 +83,7 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
               show_default=True, help="Resampling used to warp the other date.")
 @click.option("--dilate", "dilate_px", type=click.IntRange(0), default=2, show_default=True,
               help="Misregistration tolerance in pixels (single-date models).")
-@raster_opts
-@vector_opts
-@model_opts
-@write_opts
-@preview_opt
+@model_run_opts
 @click.pass_context
 def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
