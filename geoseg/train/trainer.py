@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from geoseg.errors import InputError
+from geoseg.fileio import replace_directory
 from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
@@ -114,13 +115,7 @@ def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = N
     model.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / STATE_NAME)
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return replace_directory(tmp, directory)
 
 
 def resume(model: CompactModel, opt, sched, directory: Path) -> tuple[int, float]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import ModelLoadError
+from geoseg.fileio import replace_directory
 
 # Keys a checkpoint may carry that are not parameters here (4.36-era non-persistent buffers that
 # some savers still write); they are dropped silently.
@@ -195,10 +196,4 @@ def save_checkpoint(
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(str(tmp))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return replace_directory(tmp, directory)
