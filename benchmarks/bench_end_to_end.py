@@ -111,8 +111,8 @@ def measure_scene(scene: Path, model: str, query: str, threads: int | None, repe
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", type=Path, default=DEFAULT_SCENE)
-    ap.add_argument("--synth-side", type=int, default=2048,
-                    help="also a geoseg.synth town of this side at 0.5 m (0: none; default 2048)")
+    ap.add_argument("--synth-side", type=int, default=4096,
+                    help="also a geoseg.synth town of this side at 0.5 m (0: none; default 4096)")
     ap.add_argument("--model", default="compact", help="registry name or checkpoint directory (default compact)")
     ap.add_argument("--query", default="buildings")
     ap.add_argument("--threads", default="1,default",
