@@ -9,6 +9,7 @@ batches, so the data never repeats exactly while rendering costs little.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,22 @@ from geoseg.train.queries import (
     queries_by_split,
 )
 from geoseg.train.synthdata import PairScene, Scene, render_pair_scene, render_scene_for_training
+
+log = logging.getLogger(__name__)
+
+
+def _render_skipping_failures(render, next_seed, size, gsds, tries: int = 5):
+    """Render the scene of the next seed; a seed whose geometry fails (a rare GEOS topology
+    error in the generator) is skipped rather than ending a long training run."""
+    last: Exception | None = None
+    for _ in range(tries):
+        seed = next_seed()
+        try:
+            return render(seed, size, gsds)
+        except Exception as e:  # noqa: BLE001 - any failure of one procedural scene
+            log.warning("synthetic scene %d failed (%s: %s); skipping it", seed, type(e).__name__, e)
+            last = e
+    raise RuntimeError(f"{tries} synthetic scenes in a row failed to render") from last
 
 
 @dataclass
@@ -77,9 +94,12 @@ class SynthSource:
         self.pool: list[Scene] = [self._render() for _ in range(self.cfg.pool_scenes)]
         self.batches = 0
 
-    def _render(self) -> Scene:
+    def _seed(self) -> int:
         self.next_seed += 1
-        return render_scene_for_training(self.next_seed, self.cfg.scene_size, self.cfg.gsds)
+        return self.next_seed
+
+    def _render(self) -> Scene:
+        return _render_skipping_failures(render_scene_for_training, self._seed, self.cfg.scene_size, self.cfg.gsds)
 
     def next_batch(self) -> Batch:
         self.batches += 1
@@ -134,9 +154,12 @@ class ChangeSource:
         self.pool: list[PairScene] = [self._render() for _ in range(self.cfg.pool_scenes)]
         self.batches = 0
 
-    def _render(self) -> PairScene:
+    def _seed(self) -> int:
         self.next_seed += 1
-        return render_pair_scene(self.next_seed, self.cfg.scene_size, self.cfg.gsds)
+        return self.next_seed
+
+    def _render(self) -> PairScene:
+        return _render_skipping_failures(render_pair_scene, self._seed, self.cfg.scene_size, self.cfg.gsds)
 
     def next_batch(self) -> Batch:
         self.batches += 1
