@@ -129,6 +129,7 @@ def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batc
         "overhead_fraction": round(1 - timer.seconds / wall, 4), "tiles": timer.tiles,
         "features": sum(layer.features for layer in summary.layers), "load_s": round(load_s, 3),
         "model": model.info.name, "tile_size": model.info.tile_size, "overlap": model.info.overlap,
+        "weights_sha256": (model.info.weights_sha256 or "")[:16],
         "torch_threads": torch.get_num_threads(),
     }
 
