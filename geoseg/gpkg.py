@@ -199,13 +199,28 @@ def _as_multipolygon(geom: shapely.Geometry | None) -> shapely.MultiPolygon | No
     return shapely.MultiPolygon(polys)
 
 
+def _as_multipolygons(geoms: np.ndarray) -> np.ndarray:
+    """`_as_multipolygon` over an array, with one vectorised call for the common case (valid,
+    non-empty Polygons and MultiPolygons, which is what the vectoriser produces)."""
+    type_id = shapely.get_type_id(geoms)
+    areal = np.isin(type_id, (3, 6)) & ~shapely.is_empty(geoms) & shapely.is_valid(geoms)
+    polygons = areal & (type_id == 3)
+    out = np.empty(len(geoms), dtype=object)
+    out[areal & ~polygons] = geoms[areal & ~polygons]
+    if polygons.any():
+        out[polygons] = shapely.multipolygons(geoms[polygons], indices=np.arange(int(polygons.sum())))
+    for i in np.flatnonzero(~areal):
+        out[i] = _as_multipolygon(geoms[i])
+    return out
+
+
 def _prepare_frame(layer: LayerData) -> gpd.GeoDataFrame:
     """Lowercase fields, no fid attribute, typed known fields, valid MultiPolygons in `geom`."""
     gdf = layer.gdf
     if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
         raise GeosegError(f"layer {layer.name!r}: expected a GeoDataFrame with a geometry column")
     crs = gdf.crs
-    geometry = [_as_multipolygon(g) for g in gdf.geometry]
+    geometry = _as_multipolygons(np.asarray(gdf.geometry.values, dtype=object))
     attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name)).reset_index(drop=True)
     attrs.columns = [str(c).lower() for c in attrs.columns]
     dropped = [c for c in attrs.columns if c in FID_LIKE or c == GEOMETRY_COLUMN]
