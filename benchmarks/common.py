@@ -1,8 +1,7 @@
 """What every benchmark shares: measuring a process, synthetic rasters, result files.
 
-Each measured run is its own process, started with `subprocess.Popen` and reaped with `os.wait4`,
-so its peak RSS (ru_maxrss) belongs to that run alone, not to the benchmark driver or to earlier
-runs. Wall time is measured around the process, start-up included: that is what a user waits for.
+Each measured run is its own process, started through GNU time so that its peak RSS (ru_maxrss)
+belongs to that run alone, not to the benchmark driver (see `measure`) or to earlier runs. Wall time is measured around the process, start-up included: that is what a user waits for.
 
 Synthetic rasters are written block by block from functions of the *global* pixel coordinates,
 so a 20k x 20k file never exists in memory and content is continuous across blocks (objects cross
@@ -19,6 +18,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -60,29 +60,43 @@ class Measurement:
         return self
 
 
-def measure(cmd: Sequence[str], *, env: dict | None = None, cwd: Path | None = None) -> Measurement:
-    """Run `cmd` to completion; wall time and the peak RSS of that process (os.wait4 rusage).
+GNU_TIME = Path("/usr/bin/time")
 
-    ru_maxrss of a reaped child is the high-water mark of that child (Linux: of the largest of it
-    and its own waited-for children), in KiB.
+
+def measure(cmd: Sequence[str], *, env: dict | None = None, cwd: Path | None = None) -> Measurement:
+    """Run `cmd` to completion: wall time, CPU time and the peak RSS of that process.
+
+    The command is started through GNU time (`/usr/bin/time -f "%M %U %S"`), which reports the
+    rusage of *its* child. Reaping our own child with wait4 is not enough on Linux: a child's
+    ru_maxrss keeps the high-water mark of the address space it had before exec, i.e. this
+    driver's whole RSS at fork/vfork time, so a small tool would seem as large as the driver.
+    Without GNU time, wait4's figure is used and can be too high for processes smaller than the
+    driver.
     """
     full_env = {**os.environ, **(env or {})}
+    shown = " ".join(shlex.quote(c) for c in cmd)
+    with tempfile.NamedTemporaryFile(prefix="geoseg-bench-time-", suffix=".txt", delete=False) as f:
+        report_path = Path(f.name)
+    wrapped = [str(GNU_TIME), "-f", "%M %U %S", "-o", str(report_path), *cmd] if GNU_TIME.exists() else list(cmd)
     started = time.perf_counter()
-    with open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(
-            list(cmd), stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=full_env, cwd=cwd, text=True,
-        )
-        # Read both pipes before reaping so a chatty child cannot block on a full pipe.
-        stdout, stderr = _drain(proc)
-        _, status, rusage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measurement(
-        " ".join(shlex.quote(c) for c in cmd), round(wall, 3),
-        round(rusage.ru_utime + rusage.ru_stime, 3), round(rusage.ru_maxrss / 1024, 1),
-        proc.returncode, stdout, stderr,
-    )
+    try:
+        with open(os.devnull, "rb") as devnull:
+            proc = subprocess.Popen(
+                wrapped, stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=full_env, cwd=cwd, text=True,
+            )
+            # Read both pipes before reaping so a chatty child cannot block on a full pipe.
+            stdout, stderr = _drain(proc)
+            _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        returncode = os.waitstatus_to_exitcode(status)
+        peak_kb, cpu = rusage.ru_maxrss, rusage.ru_utime + rusage.ru_stime
+        fields = report_path.read_text().split() if GNU_TIME.exists() else []
+        if len(fields) >= 3:  # the last line; GNU time prefixes "Command exited..." on failure
+            peak_kb, cpu = int(fields[-3]), float(fields[-2]) + float(fields[-1])
+    finally:
+        report_path.unlink(missing_ok=True)
+    return Measurement(shown, round(wall, 3), round(cpu, 3), round(peak_kb / 1024, 1), returncode, stdout, stderr)
 
 
 def _drain(proc: subprocess.Popen) -> tuple[str, str]:
