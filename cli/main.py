@@ -13,6 +13,7 @@ from geoseg_cli.batch import batch_command
 from geoseg_cli.chat import chat_command
 from geoseg_cli.info import models_command
 from geoseg_cli.run import change_command, segment_command, vectorize_command
+from geoseg_cli.train import evaluate_command, train_command
 
 
 class GeosegGroup(click.Group):
@@ -60,10 +61,5 @@ cli.add_command(vectorize_command, "vectorize")
 cli.add_command(models_command, "models")
 cli.add_command(batch_command, "batch")
 cli.add_command(chat_command, "chat")
-try:  # training commands need only the library; registered when present
-    from geoseg_cli.train import evaluate_command, train_command
-
-    cli.add_command(train_command, "train")
-    cli.add_command(evaluate_command, "evaluate")
-except ImportError:  # pragma: no cover - during development of the training room
-    pass
+cli.add_command(train_command, "train")
+cli.add_command(evaluate_command, "evaluate")
