@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -36,8 +37,11 @@ class GeosegGroup(click.Group):
 @click.version_option(geoseg.__version__, prog_name="geoseg")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug); tracebacks on errors.")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr: no progress bars, errors only.")
+@click.option("--threads", type=click.IntRange(1), envvar="GEOSEG_THREADS",
+              help="CPU threads for the model (default: cores minus the two reader threads, at least 1; "
+                   "OMP_NUM_THREADS is respected).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> None:
     """Find things in GeoTIFFs from a text query and write them as GeoPackage polygons.
 
     \b
@@ -53,6 +57,20 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)))
+    set_model_threads(threads)
+
+
+def set_model_threads(threads: int | None) -> None:
+    """Leave cores to the reader threads: torch's default (one thread per core) competing with
+    them made `geoseg segment sample_tiles/town_utm_0p5m.tif buildings` 3.7x slower on 2 busy cores
+    (33.4 s with --threads 2 against 9.0 s with --threads 1)."""
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        threads = max(1, (os.cpu_count() or 1) - 2)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 cli.add_command(segment_command, "segment")
