@@ -58,6 +58,10 @@ def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> No
     logger.propagate = False
     logger.setLevel(max(logging.DEBUG, logging.WARNING + 10 * (quiet - verbose)))
     set_model_threads(threads)
+    # GDAL's default block cache (5% of RAM) keeps every block it reads and undid the engine's
+    # memory bound (docs/performance.md, tiled engine); the tiles are read once, so a small cache
+    # costs nothing. GDAL reads this at its first block access; a user's own setting wins.
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 
 def set_model_threads(threads: int | None) -> None:
