@@ -9,7 +9,7 @@ batch 4 -- the default model's plan) over 3-band uint8 scenes of 5k^2, 10k^2 and
 - naive:   geoai's `predict_geotiff` pattern: float64 canvases over the whole scene, divided at
            the end and written as one float32 GeoTIFF (and no vectorising at all).
 
-Each run is its own process (peak RSS from os.wait4; one math thread; GDAL_CACHEMAX=64 MB for
+Each run is its own process (peak RSS per command, see common.measure; one math thread; GDAL_CACHEMAX=64 MB for
 both, and once more for geoseg with GDAL's default block cache of 5% of the RAM, which is what a
 user gets). The geoseg rows split time and peak memory into inference (read + model + blend) /
 vectorise / GeoPackage write (RSS sampled every 20 ms inside the process).
