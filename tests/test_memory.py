@@ -10,7 +10,7 @@ import pytest
 from affine import Affine
 
 SCRIPT = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {tests!r})
 import psutil
 from doubles import BandOracle
@@ -19,7 +19,8 @@ model = BandOracle(tile_size=256, overlap=32)
 pipeline.segment([{small!r}], ["warm-up"], {warm!r}, pipeline.RunOptions(progress=False), segmenter=model)
 base = psutil.Process().memory_info().rss
 pipeline.segment([{scene!r}], ["q"], {out!r}, pipeline.RunOptions(progress=False), segmenter=model)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this process's own high-water mark; ru_maxrss would include the parent's RSS at spawn
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({{"base": base, "peak": peak}}))
 """
 
