@@ -75,3 +75,28 @@ def make_executor(
             ) from None
         return RayExecutor(workers=workers, address=ray_address, replicas=replicas)
     raise GeosegError(f"--executor must be local or ray, not {kind!r}")
+
+
+class LoadOnce:
+    """Models loaded once per process and key; a failed load is remembered too, so every job
+    that asks gets the same error at once instead of trying again."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, Any] = {}
+        self._guard = threading.Lock()  # a second job waits for the first load instead of loading again
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is None:
+                try:
+                    entry = load()
+                except GeosegError as e:
+                    entry = e
+                self._entries[key] = entry
+        if isinstance(entry, GeosegError):
+            raise type(entry)(str(entry))
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geoseg import resume
-from geoseg.errors import GeosegError
-from geoseg.executors import JobSegmenter
+from geoseg.executors import JobSegmenter, LoadOnce
 from geoseg.models.base import Segmenter
 from geoseg.models.registry import load_segmenter
 
@@ -25,8 +24,7 @@ class LocalExecutor:
         """`load(spec, device=, allow_pickle=)` builds a model; tests pass their doubles here."""
         self.workers = max(1, workers)
         self._load = load or load_segmenter
-        self._models: dict[tuple, tuple[Segmenter, threading.Lock] | GeosegError] = {}
-        self._guard = threading.Lock()
+        self._models = LoadOnce()  # (spec, device, allow_pickle) -> (model, its predict lock)
 
     def model_identity(self, spec: str) -> dict[str, Any]:
         if self._load is load_segmenter:
@@ -36,18 +34,10 @@ class LocalExecutor:
 
     def shared_model(self, spec: str, device: str = "auto", allow_pickle: bool = False) -> tuple[Segmenter, threading.Lock]:
         """Load a model once per process (a failure too: every job gets the same error at once)."""
-        key = (spec, device, allow_pickle)
-        with self._guard:  # a second job waits for the first load instead of loading again
-            entry = self._models.get(key)
-            if entry is None:
-                try:
-                    entry = (self._load(spec, device=device, allow_pickle=allow_pickle), threading.Lock())
-                except GeosegError as e:
-                    entry = e
-                self._models[key] = entry
-        if isinstance(entry, GeosegError):
-            raise type(entry)(str(entry))
-        return entry
+        return self._models.get(
+            (spec, device, allow_pickle),
+            lambda: (self._load(spec, device=device, allow_pickle=allow_pickle), threading.Lock()),
+        )
 
     def job_model(self, spec: str, opts, cancel: threading.Event) -> tuple[JobSegmenter, Any]:
         model, lock = self.shared_model(spec, opts.device, opts.allow_pickle)

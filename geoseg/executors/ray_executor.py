@@ -27,7 +27,7 @@ import torch
 
 from geoseg import resume
 from geoseg.errors import GeosegError
-from geoseg.executors import JobSegmenter
+from geoseg.executors import JobSegmenter, LoadOnce
 from geoseg.models.base import ModelInfo, Prediction, Segmenter
 from geoseg.models.registry import load_segmenter
 
@@ -153,8 +153,7 @@ class RayExecutor:
                 raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
             self._started = True
         self._pool: HostPool | None = None
-        self._models: dict[tuple, RemoteModel | GeosegError] = {}
-        self._guard = threading.Lock()
+        self._models = LoadOnce()  # (spec, device, allow_pickle) -> RemoteModel
 
     def placement(self) -> tuple[int, dict[str, float]]:
         """How many hosts and what each asks Ray for: one GPU each where there are GPUs."""
@@ -180,17 +179,7 @@ class RayExecutor:
     def model(self, spec: str, device: str = "auto", allow_pickle: bool = False) -> RemoteModel:
         """Load a model on every host, once per process (a failure too)."""
         key = (spec, device, allow_pickle)
-        with self._guard:
-            entry = self._models.get(key)
-            if entry is None:
-                try:
-                    entry = self.pool().load(key)
-                except GeosegError as e:
-                    entry = e
-                self._models[key] = entry
-        if isinstance(entry, GeosegError):
-            raise type(entry)(str(entry))
-        return entry
+        return self._models.get(key, lambda: self.pool().load(key))
 
     def model_identity(self, spec: str) -> dict[str, Any]:
         if self._load is load_segmenter:
