@@ -73,3 +73,21 @@ def write_rgb(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:
         dtype=data.dtype, crs=crs, transform=transform, **kw,
     ) as dst:
         dst.write(data)
+
+
+def smooth_scene(
+    path: Path, width: int, height: int, seed: int,
+    transform: Affine = Affine(0.5, 0, 500000, 0, -0.5, 5000120), crs: str = "EPSG:32633",
+) -> None:
+    """An RGB scene of smooth blobs (ConvOracle turns them into shapes that cross tile seams)."""
+    rgb = np.stack([smooth_field(height, width, seed=seed + k) for k in range(3)]).astype(np.uint8)
+    write_rgb(path, rgb, transform, crs=crs)
+
+
+@pytest.fixture
+def scenes(tmp_path, monkeypatch):
+    """Two smooth scenes, a.tif (600 x 500) and b.tif (300 x 260), in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    smooth_scene(tmp_path / "a.tif", 600, 500, seed=1)
+    smooth_scene(tmp_path / "b.tif", 300, 260, seed=7)
+    return tmp_path

@@ -18,7 +18,7 @@ from affine import Affine
 from click.testing import CliRunner
 from shapely.geometry import box
 
-from conftest import smooth_field, write_rgb, write_truth_scene
+from conftest import write_truth_scene
 from doubles import BandOracle, ConvOracle
 from geoseg import batch, pipeline, resume, stitch, tiling
 from geoseg.errors import InputError
@@ -32,19 +32,6 @@ T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
 # 600 x 500 px with 128 px tiles and 32 px overlap: 5 rows x 6 columns = 30 tiles; batches of 4
 # straddle tile rows, so a crash lands between a row checkpoint and the next
 SCENE_OPTS = {"tile-size": 128, "overlap": 32, "batch-size": 4}
-
-
-def smooth_scene(path: Path, width: int, height: int, seed: int, transform=T, crs="EPSG:32633") -> None:
-    rgb = np.stack([smooth_field(height, width, seed=seed + k) for k in range(3)]).astype(np.uint8)
-    write_rgb(path, rgb, transform, crs=crs)
-
-
-@pytest.fixture
-def scenes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    smooth_scene(tmp_path / "a.tif", 600, 500, seed=1)
-    smooth_scene(tmp_path / "b.tif", 300, 260, seed=7)
-    return tmp_path
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from test_batch import (  # noqa: E402
     layer_rows,
     resume_jobs,
     run_cli,
-    smooth_scene,
     write_jobs,
 )
 
@@ -53,14 +52,6 @@ def cluster():
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
-
-
-@pytest.fixture
-def scenes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    smooth_scene(tmp_path / "a.tif", 600, 500, seed=1)
-    smooth_scene(tmp_path / "b.tif", 300, 260, seed=7)
-    return tmp_path
 
 
 def jobs():
