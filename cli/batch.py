@@ -7,8 +7,8 @@ import time
 
 import click
 
-from geoseg import batch
-from geoseg.executors import make_executor
+# geoseg.batch and the executors import torch; they are imported when the command runs.
+JOB_MODES = ("segment", "change")  # geoseg.batch.MODES (tests/test_cli.py checks they agree)
 
 
 def _settings(ctx, param, values: tuple[str, ...]) -> dict[str, str | bool]:
@@ -40,7 +40,7 @@ def _settings(ctx, param, values: tuple[str, ...]) -> dict[str, str | bool]:
 @click.option("--output-template",
               help="Output of jobs that name none: {dir} {stem} {name} {index} of the first input "
                    "(bare paths default to {dir}/{stem}.gpkg).")
-@click.option("--mode", type=click.Choice(batch.MODES), default="segment", show_default=True,
+@click.option("--mode", type=click.Choice(JOB_MODES), default="segment", show_default=True,
               help="Mode of jobs that do not say.")
 @click.option("--model", help="Model for jobs that do not say (registry name, directory or hub id).")
 @click.option("--device", help="Device for every job: auto, cpu, cuda, cuda:1, mps.")
@@ -66,6 +66,9 @@ def batch_command(ctx, jobs, on_error, resume, force, workers, executor, ray_add
       find scenes -name '*.tif' | geoseg batch - --query buildings --output-template 'out/{stem}.gpkg'
       geoseg batch jobs.csv --executor ray --ray-address auto
     """
+    from geoseg import batch
+    from geoseg.executors import make_executor
+
     options = dict(settings)
     for name, value in (("model", model), ("device", device), ("overwrite", overwrite or None)):
         if value is not None:

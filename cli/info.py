@@ -7,9 +7,6 @@ from pathlib import Path
 
 import click
 
-from geoseg.models import registry
-
-DEFAULT_FOR = {registry.DEFAULT_MODEL: "segment", "compact-change": "change"}
 OTHER_SOURCES = (
     "--model also takes a checkpoint directory (config.json + *.safetensors) of a family above, "
     "or a Hugging Face hub id (downloaded once into your cache). Model cards: docs/models/."
@@ -30,6 +27,9 @@ def _config(path: Path) -> dict:
 
 def embedded_rows() -> list[dict]:
     """The registry's models: installed or not, size on disk, plan and licence from config.json."""
+    from geoseg.models import registry
+
+    default_for = {registry.DEFAULT_MODEL: "segment", "compact-change": "change"}
     rows = []
     for name, where in registry.REGISTRY.items():
         path = where()
@@ -39,7 +39,7 @@ def embedded_rows() -> list[dict]:
         rows.append({
             "name": name, "kind": "embedded", "installed": weights.exists(),
             "size_mb": _size_mb(path) if weights.exists() else None,
-            "default_for": DEFAULT_FOR.get(name), "version": config.get("version"),
+            "default_for": default_for.get(name), "version": config.get("version"),
             "tile_size": config.get("tile_size"), "overlap": config.get("overlap"),
             "family": family.name if family else None,
             "license": family.license if family else "Apache-2.0", "path": str(path),
@@ -48,6 +48,8 @@ def embedded_rows() -> list[dict]:
 
 
 def family_rows() -> list[dict]:
+    from geoseg.models import registry
+
     return [{"name": f.name, "kind": "family", "model_types": list(f.model_types), "license": f.license,
              "description": f.description} for f in registry.FAMILIES]
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from geoseg import pipeline, preview
 from geoseg.errors import EmptyResultError
 from geoseg_cli.options import model_run_opts, preview_opt, vector_opts, write_opts
+
+if TYPE_CHECKING:  # imported when a command runs: `geoseg --help` and completion need no torch
+    from geoseg import pipeline
 
 
 def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:
     """Map Click's keyword arguments onto the library's RunOptions."""
+    from geoseg import pipeline
+
     min_px, min_m2 = pipeline.parse_min_area(kw.pop("min_area", "0"))
     known = pipeline.RunOptions.__dataclass_fields__
     opts = pipeline.RunOptions(**{k: v for k, v in kw.items() if k in known})
@@ -38,6 +43,8 @@ def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> 
 def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary, opts, titles=None) -> None:
     """The quick-look PNG, drawn from the GeoPackage the run just wrote."""
     if png is not None:
+        from geoseg import preview
+
         preview.preview_geopackage(rasters, summary.output, png, layers=[layer.name for layer in summary.layers],
                                    titles=titles, bands=opts.bands)
 
@@ -60,6 +67,8 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
       geoseg segment scene.tif "damaged buildings" -o damage.gpkg
       geoseg segment a.tif b.tif --query roads --query rivers -o out.gpkg --json
     """
+    from geoseg import pipeline, preview
+
     scenes, queries = (list(args), list(extra_queries)) if extra_queries else (list(args[:-1]), [args[-1]])
     if not scenes:
         raise click.UsageError("give at least one SCENE before the QUERY")
@@ -94,6 +103,8 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
     \b
       geoseg change before.tif after.tif "new roads" -o roads.gpkg
     """
+    from geoseg import pipeline, preview
+
     opts = build_options(ctx, kw)
     if dry_run:
         click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True), indent=None if as_json else 2))
@@ -118,6 +129,8 @@ def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output,
     \b
       geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
     """
+    from geoseg import pipeline, preview
+
     opts = build_options(ctx, kw)
     preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.vectorize_raster(probabilities, output, opts, query=query)

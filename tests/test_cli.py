@@ -152,3 +152,24 @@ def test_probability_cog_is_georeferenced(oracle, scene, tmp_path):
     assert r.exit_code == 0
     with rasterio.open(probs) as src:
         assert src.transform == T and src.crs.to_epsg() == 32633
+
+
+def test_start_up_imports_no_torch():
+    """`geoseg --help`, `--version` and shell completion run the CLI module on every keystroke;
+    torch (and the pipeline) load only when a command that needs them runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from geoseg_cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['--threads', '1', 'segment', '--help']); "
+            "assert r.exit_code == 0, r.output; import os; "
+            "print(sorted(m for m in ('torch', 'geoseg.pipeline') if m in sys.modules), os.environ['OMP_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "1"]
+
+
+def test_batch_modes_match_the_library():
+    from geoseg import batch
+    from geoseg_cli.batch import JOB_MODES
+
+    assert JOB_MODES == batch.MODES
