@@ -163,7 +163,7 @@ class Occupancy:
             pieces = shapely.clip_by_rect(np.asarray(cands, dtype=object), *rect)
         except shapely.errors.GEOSException:  # GEOS' fast clip can trip on degenerate rings
             pieces = shapely.intersection(np.asarray(cands, dtype=object), shapely.box(*rect))
-        blocker = shapely.union_all(pieces)
+        blocker = safe_union(pieces)
         if margin:
             blocker = blocker.buffer(margin, quad_segs=2)
         return safe_difference(geom, blocker)
@@ -202,6 +202,15 @@ def place_many(local: np.ndarray, cx: np.ndarray, cy: np.ndarray, angle: np.ndar
     c, s = np.cos(angle), np.sin(angle)
     x, y = local[:, 0], local[:, 1]
     return np.stack([x * c - y * s + cx, x * s + y * c + cy], axis=-1)
+
+
+def safe_union(geoms: np.ndarray) -> BaseGeometry:
+    """The union of `geoms`; when GEOS trips on clipped, nearly degenerate rings (a rare
+    TopologyException in training), union them made valid, on a 1/1000-pixel grid."""
+    try:
+        return shapely.union_all(geoms)
+    except shapely.errors.GEOSException:
+        return shapely.union_all(shapely.make_valid(geoms), grid_size=1e-3)
 
 
 def safe_difference(a: BaseGeometry, b: BaseGeometry) -> BaseGeometry:
