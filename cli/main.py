@@ -38,7 +38,7 @@ class GeosegGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug); tracebacks on errors.")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr: no progress bars, errors only.")
 @click.option("--threads", type=click.IntRange(1), envvar="GEOSEG_THREADS",
-              help="CPU threads for the model (default: cores minus the two reader threads, at least 1; "
+              help="CPU threads for the model (default: the cores not busy at start, from the load average; "
                    "OMP_NUM_THREADS is respected).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> None:
@@ -65,20 +65,27 @@ def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> No
 
 
 def set_model_threads(threads: int | None) -> None:
-    """Leave cores to the reader threads: torch's default (one thread per core) competing with
-    them made `geoseg segment sample_tiles/town_utm_0p5m.tif buildings` 3.7x slower on 2 busy cores
-    (33.4 s with --threads 2 against 9.0 s with --threads 1).
+    """By default torch gets the cores that are free when the command starts (cores minus the
+    1-minute load average, at least 1). On an idle 2-core machine two threads ran a 16.8 MP scene
+    at 1.28 MP/s against 1.09 with one; on 2 busy cores two threads made the 1 MP sample 3.7x
+    slower (33.4 s against 9.0 s) as torch's threads waited for each other (docs/performance.md).
 
     torch is not imported here (start-up and `--help` stay fast): before its import the count goes
     to OMP_NUM_THREADS, which torch reads when it starts."""
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return
-        threads = max(1, (os.cpu_count() or 1) - 2)
+        threads = free_cores()
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     else:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def free_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 cli.add_command(segment_command, "segment")

@@ -173,3 +173,14 @@ def test_batch_modes_match_the_library():
     from geoseg_cli.batch import JOB_MODES
 
     assert JOB_MODES == batch.MODES
+
+
+@pytest.mark.parametrize("load, expect", [(0.0, 4), (1.2, 3), (3.9, 1), (9.0, 1)])
+def test_default_threads_are_the_free_cores(monkeypatch, load, expect):
+    import os
+
+    from geoseg_cli import main
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert main.free_cores() == expect
