@@ -60,6 +60,7 @@ def test_reads_synth_export_and_groups_by_image(exported):
     assert len(samples) == 2 and all(len(s.expressions) == 3 for s in samples)
     assert samples[0].image.dtype == np.float32 and samples[0].image.max() <= 1
     assert any(g.startswith("split:") for s in samples for gs in s.groups for g in gs)
+    assert any(g.startswith("concept:") for s in samples for gs in s.groups for g in gs)
 
 
 def test_bad_manifest_line_is_an_input_error(tmp_path):

@@ -85,17 +85,18 @@ def manifest_samples(path: str | Path) -> Iterator[EvalSample]:
             before=before,
             expressions=[s.expression for s in group],
             masks=[load_mask(s.mask) for s in group],
-            groups=[s.tags + _split_tags(s.expression) for s in group],
+            groups=[s.tags + _vocabulary_tags(s.expression) for s in group],
         )
 
 
-def _split_tags(expression: str) -> tuple[str, ...]:
-    """"split:train" / "split:synonym" / ... for wordings of the synthetic vocabulary."""
+def _vocabulary_tags(expression: str) -> tuple[str, ...]:
+    """"split:train" / "split:synonym" / ... and the concept ("concept:change/new_roads", ...)
+    for wordings of the synthetic vocabulary."""
     from geoseg.synth.vocab import PHRASE_INDEX, normalise
     from geoseg.train.queries import split_of
 
     phrase = PHRASE_INDEX.get(normalise(expression))
-    return (f"split:{split_of(phrase)}",) if phrase else ()
+    return (f"split:{split_of(phrase)}", f"concept:{phrase.concept}") if phrase else ()
 
 
 def count_images(path: str | Path) -> int:
