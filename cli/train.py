@@ -11,31 +11,36 @@ def _progress(ctx: click.Context) -> bool:
     return not (ctx.obj or {}).get("quiet", 0)
 
 
-@click.command(short_help="Train the compact model from a YAML/TOML config.")
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--steps", type=int, default=None, help="Override the config's number of steps.")
-@click.option("--run-dir", default=None, help="Override the config's run directory.")
+@click.command(short_help="Train the compact model from YAML/TOML configs, phase after phase.")
+@click.argument("configs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--steps", type=int, default=None, help="Override the config's number of steps (one config only).")
+@click.option("--run-dir", default=None, help="Override the config's run directory (one config only).")
 @click.pass_context
-def train_command(ctx: click.Context, config: str, steps: int | None, run_dir: str | None) -> None:
-    """Train (or resume) a compact model as CONFIG says.
+def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | None, run_dir: str | None) -> None:
+    """Train (or resume) a compact model as CONFIGS say, one phase after the other.
 
     Checkpoints go to RUN_DIR/checkpoints/ (config.json + model.safetensors); an interrupted run
-    continues from RUN_DIR/checkpoints/last when started again with the same config. Progress is
-    shown on stderr; stdout gets the final checkpoint directory.
+    continues from RUN_DIR/checkpoints/last when started again with the same config, and a phase
+    that already reached its steps or time limit is kept as it is, so a chain of phases (each
+    `init_from` the one before) can be started again until all are done. Progress is shown on
+    stderr; stdout gets each phase's final checkpoint directory.
 
     \b
       geoseg train configs/compact.yaml
+      geoseg train configs/compact.yaml configs/compact-continue.yaml
     """
     from geoseg.train.config import load_train_config
     from geoseg.train.trainer import train
 
-    cfg = load_train_config(config)
-    if steps is not None:
-        cfg.steps = steps
-    if run_dir is not None:
-        cfg.run_dir = run_dir
-    final = train(cfg, progress=_progress(ctx))
-    click.echo(str(final))
+    if len(configs) > 1 and (steps is not None or run_dir is not None):
+        raise click.UsageError("--steps and --run-dir apply to a single config; edit the configs of a chain")
+    loaded = [load_train_config(path) for path in configs]  # all parse before any trains
+    for cfg in loaded:
+        if steps is not None:
+            cfg.steps = steps
+        if run_dir is not None:
+            cfg.run_dir = run_dir
+        click.echo(str(train(cfg, progress=_progress(ctx))))
 
 
 @click.command(short_help="Score a model on a dataset manifest (gIoU, cIoU, mIoU, oIoU, Pr@K).")

@@ -137,3 +137,39 @@ def test_manifest_source_batches(tmp_path):
     assert len(batch.queries) == 3 and batch.before is None
     with pytest.raises(InputError, match="no change"):
         make_batch_source(train_config_from_dict(_tiny(tmp_path, stage="change", data={"source": str(manifest)})))
+
+
+def test_train_command_chains_phases_and_keeps_finished_ones(tmp_path, one_thread):
+    """`geoseg train A B`: B starts from A's final weights; a second call trains nothing more."""
+    import yaml
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from geoseg_cli.train import train_command
+
+    # the first phase ends by its time limit (after its first step), the second by its steps
+    first = _tiny(tmp_path, run_dir=str(tmp_path / "one"), steps=50, time_limit_min=1e-4)
+    second = _tiny(tmp_path, run_dir=str(tmp_path / "two"), steps=2, init_from=str(tmp_path / "one/checkpoints/final"))
+    paths = [tmp_path / "one.yaml", tmp_path / "two.yaml"]
+    for path, cfg in zip(paths, (first, second), strict=True):
+        path.write_text(yaml.safe_dump(cfg))
+    args = [str(p) for p in paths]
+
+    result = CliRunner().invoke(train_command, args, obj={"quiet": 1})
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [str(tmp_path / "one/checkpoints/final"), str(tmp_path / "two/checkpoints/final")]
+    def weights(name: str) -> dict:  # tensors, not file bytes: safetensors' header order varies
+        return load_file(str(tmp_path / name / "checkpoints/final/model.safetensors"))
+
+    before = {name: weights(name) for name in ("one", "two")}
+    logs = {name: (tmp_path / name / "log.jsonl").read_text() for name in ("one", "two")}
+
+    again = CliRunner().invoke(train_command, args, obj={"quiet": 1})
+    assert again.exit_code == 0, again.output
+    for name in ("one", "two"):
+        now = weights(name)
+        assert now.keys() == before[name].keys() and all(torch.equal(now[k], before[name][k]) for k in now)
+        assert (tmp_path / name / "log.jsonl").read_text() == logs[name]  # not one step more
+
+    refused = CliRunner().invoke(train_command, [*args, "--steps", "5"], obj={"quiet": 1})
+    assert refused.exit_code == 2 and "single config" in refused.output

@@ -161,6 +161,28 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
         start, budget.elapsed_before = resume(model, opt, sched, last)
     if start:
         log.info("resuming %s from step %d", run, start)
+    if start >= config.steps or budget.out_of_time():
+        log.info("%s is already trained (step %d); keeping its weights", run, start)
+        step = start
+    else:
+        step = _train_steps(model, text, opt, sched, budget, config, start, progress)
+    model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
+    final = save_checkpoint(model.eval(), run / "checkpoints" / "final")
+    if config.export_to:
+        export = Path(config.export_to)
+        export.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", WEIGHTS_NAME):
+            shutil.copy2(final / name, export / name)
+    return final
+
+
+def _train_steps(model: CompactModel, text: TextEncoder, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LambdaLR, budget: Budget, config: TrainConfig,
+                 start: int, progress: bool) -> int:
+    """Step from `start` until the step or time budget ends, logging and checkpointing to `last`;
+    returns the step reached."""
+    run = Path(config.run_dir)
+    last = run / "checkpoints" / "last"
     source = make_batch_source(config, start_step=start)
     if getattr(source, "vocabulary", None):  # encode every training wording once, up front
         text.encode(source.vocabulary)
@@ -181,7 +203,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             out_of_time = budget.out_of_time()
             if step % config.log_every == 0:
-                record = {"step": step, "loss": float(loss), **parts, "lr": sched.get_last_lr()[0],
+                record = {"step": step, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
                           "seconds": round(budget.elapsed_s, 1)}
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()
@@ -194,11 +216,4 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
                 break
     bar.close()
     source.close()
-    model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
-    final = save_checkpoint(model.eval(), run / "checkpoints" / "final")
-    if config.export_to:
-        export = Path(config.export_to)
-        export.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", WEIGHTS_NAME):
-            shutil.copy2(final / name, export / name)
-    return final
+    return step
