@@ -1,6 +1,7 @@
 """Training room: config files, data, a tiny run that learns, checkpoints and resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,11 +47,29 @@ def test_yaml_and_toml_configs(tmp_path):
         train_config_from_dict({"data": {"tile": 100}})
 
 
-def test_shipped_configs_parse():
-    from pathlib import Path
+ROOT = Path(__file__).parents[1]
 
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+
+def test_shipped_configs_parse():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_train_config(path)
+
+
+@pytest.mark.parametrize("name", ["compact", "compact-change"])
+def test_shipped_weights_come_from_one_documented_chain(name):
+    """One config exports the shipped weights; following `init_from` back reaches a phase trained
+    from scratch, and the model card gives that whole chain as one `geoseg train` command."""
+    configs = {path: load_train_config(path) for path in sorted((ROOT / "configs").glob("*.yaml"))}
+    by_run = {Path(cfg.run_dir): path for path, cfg in configs.items()}
+    target = Path("geoseg/models/compact/weights") / name
+    exporting = [path for path, cfg in configs.items() if cfg.export_to and Path(cfg.export_to) == target]
+    assert len(exporting) == 1, exporting
+    chain = exporting
+    while configs[chain[0]].init_from:
+        chain = [by_run[Path(configs[chain[0]].init_from).parents[1]], *chain]
+    command = "geoseg train " + " ".join(f"configs/{path.name}" for path in chain)
+    card = " ".join((ROOT / "docs/models/compact.md").read_text().replace("\\\n", " ").split())
+    assert command in card
 
 
 def test_heldout_wordings_never_reach_training():
