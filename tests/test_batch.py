@@ -329,7 +329,9 @@ def test_without_resume_an_interrupted_job_starts_over(scenes):
 
 
 SIGINT_RUN = """
-import os, signal, sys
+import os, signal, sys, time
+# as in a terminal: a shell that starts a background job without job control makes it ignore SIGINT
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
 from geoseg.executors import local
@@ -340,6 +342,7 @@ class SigintAfter(ConvOracle):
         SigintAfter.calls += 1
         if SigintAfter.calls == {at_call}:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the model works on a batch
+            time.sleep(0.5)  # as a real model would: the main thread handles the signal meanwhile
         return super().predict(images, queries, before=before)
 
 local.load_segmenter = lambda spec, **kw: SigintAfter(tile_size=128, overlap=32)
