@@ -81,6 +81,13 @@ def test_heldout_wordings_never_reach_training():
     assert not any("white" in t for t in train_texts)
 
 
+def test_validation_and_heldout_sets_use_their_own_seeds():
+    from geoseg.train.heldout import SETS, VALIDATION_SETS
+
+    seeds = [seed for _, seed, _, _ in (*SETS.values(), *VALIDATION_SETS.values())]
+    assert len(set(seeds)) == len(seeds)
+
+
 def test_synthetic_batches_have_empty_and_nonempty_targets(tmp_path):
     cfg = train_config_from_dict(_tiny(tmp_path, batch_size=8, data={**_tiny(tmp_path)["data"], "queries_per_image": 4}))
     batch = make_batch_source(cfg).next_batch()
