@@ -169,7 +169,6 @@ def test_train_command_chains_phases_and_keeps_finished_ones(tmp_path, one_threa
     """`geoseg train A B`: B starts from A's final weights; a second call trains nothing more."""
     import yaml
     from click.testing import CliRunner
-    from safetensors.torch import load_file
 
     from geoseg_cli.train import train_command
 
@@ -184,8 +183,9 @@ def test_train_command_chains_phases_and_keeps_finished_ones(tmp_path, one_threa
     result = CliRunner().invoke(train_command, args, obj={"quiet": 1})
     assert result.exit_code == 0, result.output
     assert result.output.split() == [str(tmp_path / "one/checkpoints/final"), str(tmp_path / "two/checkpoints/final")]
-    def weights(name: str) -> dict:  # tensors, not file bytes: safetensors' header order varies
-        return load_file(str(tmp_path / name / "checkpoints/final/model.safetensors"))
+
+    def weights(name: str) -> bytes:
+        return (tmp_path / name / "checkpoints/final/model.safetensors").read_bytes()
 
     before = {name: weights(name) for name in ("one", "two")}
     logs = {name: (tmp_path / name / "log.jsonl").read_text() for name in ("one", "two")}
@@ -193,8 +193,7 @@ def test_train_command_chains_phases_and_keeps_finished_ones(tmp_path, one_threa
     again = CliRunner().invoke(train_command, args, obj={"quiet": 1})
     assert again.exit_code == 0, again.output
     for name in ("one", "two"):
-        now = weights(name)
-        assert now.keys() == before[name].keys() and all(torch.equal(now[k], before[name][k]) for k in now)
+        assert weights(name) == before[name]  # not even rewritten (safetensors' header order varies)
         assert (tmp_path / name / "log.jsonl").read_text() == logs[name]  # not one step more
 
     refused = CliRunner().invoke(train_command, [*args, "--steps", "5"], obj={"quiet": 1})

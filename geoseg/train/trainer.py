@@ -153,7 +153,6 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
     (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     model = build_model(config).train()
-    text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
     budget = Budget(config)
     opt, sched = make_optimizer(model, config, budget)
     start = 0
@@ -161,13 +160,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
         start, budget.elapsed_before = resume(model, opt, sched, last)
     if start:
         log.info("resuming %s from step %d", run, start)
-    if start >= config.steps or budget.out_of_time():
-        log.info("%s is already trained (step %d); keeping its weights", run, start)
-        step = start
-    else:
-        step = _train_steps(model, text, opt, sched, budget, config, start, progress)
+    final = run / "checkpoints" / "final"
+    if (start >= config.steps or budget.out_of_time()) and (final / WEIGHTS_NAME).is_file():
+        log.info("%s is already trained (step %d); keeping its final checkpoint", run, start)
+        return final  # not written again: its export (the shipped weights) stays byte for byte
+    step = _train_steps(model, opt, sched, budget, config, start, progress)
     model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
-    final = save_checkpoint(model.eval(), run / "checkpoints" / "final")
+    save_checkpoint(model.eval(), final)
     if config.export_to:
         export = Path(config.export_to)
         export.mkdir(parents=True, exist_ok=True)
@@ -176,13 +175,14 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
     return final
 
 
-def _train_steps(model: CompactModel, text: TextEncoder, opt: torch.optim.Optimizer,
+def _train_steps(model: CompactModel, opt: torch.optim.Optimizer,
                  sched: torch.optim.lr_scheduler.LambdaLR, budget: Budget, config: TrainConfig,
                  start: int, progress: bool) -> int:
     """Step from `start` until the step or time budget ends, logging and checkpointing to `last`;
     returns the step reached."""
     run = Path(config.run_dir)
     last = run / "checkpoints" / "last"
+    text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
     source = make_batch_source(config, start_step=start)
     if getattr(source, "vocabulary", None):  # encode every training wording once, up front
         text.encode(source.vocabulary)
@@ -190,7 +190,7 @@ def _train_steps(model: CompactModel, text: TextEncoder, opt: torch.optim.Optimi
     bar = tqdm(total=config.steps, initial=start, file=sys.stderr, disable=not progress, desc=config.stage)
     step = start
     with open(run / "log.jsonl", "a") as logf:
-        while step < config.steps:
+        while step < config.steps and not budget.out_of_time():  # a resumed run may be at its end
             batch = source.next_batch()
             loss, parts = batch_loss(model, text, batch, config)
             opt.zero_grad(set_to_none=True)
