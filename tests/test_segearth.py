@@ -4,6 +4,11 @@ The key inventory below is the published checkpoints' state-dict layout, written
 reference code (SegEarth-R1 + Mask2Former + transformers 4.36.2 PhiModel), independently of
 geoseg's module code. Scaled-down checkpoints are generated from it, so loading them proves that
 geoseg's module tree has exactly the published names and shape rules.
+
+The published Phi attention is 4.36.2's single fused `query_key_value` projection (rows grouped per
+head: [q_h0; k_h0; v_h0; q_h1; ...]); the second accepted form, the split `q_proj` / `k_proj` /
+`v_proj` of newer transformers and of `geoseg train`, is derived from it by `split_layout` and
+`split_state` below (plain index arithmetic, independent of geoseg's converter).
 """
 
 from __future__ import annotations
@@ -43,12 +48,8 @@ torch.set_num_threads(1)
 INVENTORY: dict[str, dict[str, str]] = {
     "phi": {
         "model.embed_tokens.weight": "V, D",
-        "model.layers.{n}.self_attn.q_proj.weight": "D, D",
-        "model.layers.{n}.self_attn.q_proj.bias": "D",
-        "model.layers.{n}.self_attn.k_proj.weight": "D, D",
-        "model.layers.{n}.self_attn.k_proj.bias": "D",
-        "model.layers.{n}.self_attn.v_proj.weight": "D, D",
-        "model.layers.{n}.self_attn.v_proj.bias": "D",
+        "model.layers.{n}.self_attn.query_key_value.weight": "3*D, D",
+        "model.layers.{n}.self_attn.query_key_value.bias": "3*D",
         "model.layers.{n}.self_attn.dense.weight": "D, D",
         "model.layers.{n}.self_attn.dense.bias": "D",
         "model.layers.{n}.mlp.fc1.weight": "I, D",
@@ -202,6 +203,8 @@ INVENTORY: dict[str, dict[str, str]] = {
 # maskformer2 YAML: 6 encoder layers, DEC_LAYERS 10 - 1, 100 queries, D_Projector depth 1).
 PUBLISHED_CONFIG = {
     "model_type": "llava_phi",
+    "transformers_version": "4.36.2",
+    "torch_dtype": "bfloat16",
     "hidden_size": 2048,
     "intermediate_size": 8192,
     "num_hidden_layers": 24,
@@ -217,7 +220,7 @@ PUBLISHED_CONFIG = {
     "mm_input_embeds": 1024,
 }
 PUBLISHED_DIMS = {
-    "n": 24, "depths": (2, 2, 18, 2), "e": 6, "d": 9,
+    "n": 24, "heads": 32, "depths": (2, 2, 18, 2), "e": 6, "d": 9,
     "D": 2048, "V": 50297, "I": 8192, "C": (128, 256, 512, 1024), "NH": (4, 8, 16, 32), "W": 12,
     "S1": 16, "S2": 8, "P": 512, "PI": 512, "FF": 512, "M": 256, "MK": 256, "NQ": 100,
     "F1": 1024, "F2": 2048, "OFF": 8 * 3 * 4 * 2, "ATT": 8 * 3 * 4,
@@ -245,7 +248,7 @@ TINY_CONFIG = {
     },
 }  # fmt: skip
 TINY_DIMS = {
-    "n": 2, "depths": (2, 2, 2, 2), "e": 2, "d": 4,
+    "n": 2, "heads": 4, "depths": (2, 2, 2, 2), "e": 2, "d": 4,
     "D": 64, "V": 80, "I": 128, "C": (16, 32, 64, 128), "NH": (1, 2, 4, 8), "W": 4,
     "S1": 2, "S2": 1, "P": 24, "PI": 16, "FF": 24, "M": 32, "MK": 32, "NQ": 5,
     "F1": 48, "F2": 40, "OFF": 4 * 3 * 4 * 2, "ATT": 4 * 3 * 4,
@@ -270,6 +273,40 @@ def expand_inventory(dims: dict) -> dict[str, tuple[int, ...]]:
             for binding in ranges[placeholder] if placeholder else [{}]:
                 key = template.format(**binding)
                 out[key] = tuple(int(v) for v in eval(f"({shape},)", {}, {**dims, **binding}))
+    return out
+
+
+FUSED = ".self_attn.query_key_value."
+SPLIT = ("q_proj", "k_proj", "v_proj")
+
+
+def split_layout(layout: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The second accepted layout: each fused projection as q_proj / k_proj / v_proj (a third of
+    its rows each), every other key unchanged."""
+    out = {}
+    for key, shape in layout.items():
+        if FUSED not in key:
+            out[key] = shape
+            continue
+        prefix, kind = key.split(FUSED)
+        for name in SPLIT:
+            out[f"{prefix}.self_attn.{name}.{kind}"] = (shape[0] // 3, *shape[1:])
+    return out
+
+
+def split_state(state: dict[str, torch.Tensor], heads: int) -> dict[str, torch.Tensor]:
+    """`split_layout` on tensors: slot s of head h, dim d is fused row (h * 3 + s) * head_dim + d
+    (transformers 4.36.2 views the fused output as [batch, seq, heads, 3, head_dim])."""
+    out = {}
+    for key, tensor in state.items():
+        if FUSED not in key:
+            out[key] = tensor
+            continue
+        prefix, kind = key.split(FUSED)
+        head_dim = tensor.shape[0] // (3 * heads)
+        for s, name in enumerate(SPLIT):
+            rows = [(h * 3 + s) * head_dim + d for h in range(heads) for d in range(head_dim)]
+            out[f"{prefix}.self_attn.{name}.{kind}"] = tensor[rows].clone()
     return out
 
 
@@ -372,11 +409,18 @@ def random_state(dims: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(
-    path: Path, state: dict[str, torch.Tensor], config: dict | None = None, shards: int = 1
+    path: Path,
+    state: dict[str, torch.Tensor],
+    config: dict | None = None,
+    shards: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> Path:
+    """A checkpoint directory; floating tensors cast to `dtype` when given (published: bf16)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config or TINY_CONFIG))
     write_tokenizer(path)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if shards == 1:
         save_file(state, str(path / "model.safetensors"))
         return path
@@ -412,15 +456,24 @@ def tiles(b: int = 2, h: int = 128, w: int = 128, seed: int = 1) -> torch.Tensor
 
 
 # ------------------------------------------------------------------ layout
-def test_full_size_module_tree_has_the_published_layout():
+def test_published_inventory_has_935_tensors():
+    published = expand_inventory(PUBLISHED_DIMS)
+    buffers = [k for k in published if k.endswith("relative_position_index")]  # int64 on disk
+    assert len(published) == 935  # 244 Phi + 357 Swin + 10 + 22 + 119 + 183
+    assert (len(published) - len(buffers), len(buffers)) == (911, 24)
+    fused = {k: s for k, s in published.items() if "query_key_value" in k}
+    assert len(fused) == 48 and fused["model.layers.23.self_attn.query_key_value.weight"] == (6144, 2048)
+    assert len(split_layout(published)) == 1031  # 48 fused tensors become 144
+
+
+def test_full_size_module_tree_has_the_split_layout():
     with torch.device("meta"):
         net = SegEarthR1(parse_config(PUBLISHED_CONFIG))
     got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    want = expand_inventory(PUBLISHED_DIMS)
+    want = split_layout(expand_inventory(PUBLISHED_DIMS))
     assert sorted(set(want) - set(got)) == []
     assert sorted(set(got) - set(want)) == []
     assert {k: s for k, s in got.items() if want[k] != s} == {}
-    assert len(want) == 1031  # 340 Phi + 357 Swin + 10 + 22 + 119 + 183
     # ~1.6 B parameters, 64 visual tokens from a 1024 px tile
     assert 1.5e9 < sum(p.numel() for p in net.parameters()) < 1.7e9
     assert parse_config(PUBLISHED_CONFIG).num_visual_tokens == 64
@@ -428,8 +481,9 @@ def test_full_size_module_tree_has_the_published_layout():
 
 def test_tiny_checkpoint_loads_every_tensor_exactly(segmenter, tiny_state):
     got = segmenter.net.state_dict()
-    assert set(got) == set(tiny_state)
-    for key, tensor in tiny_state.items():
+    want = split_state(tiny_state, TINY_DIMS["heads"])
+    assert set(got) == set(want)
+    for key, tensor in want.items():
         assert torch.equal(got[key], tensor.to(got[key].dtype)), key
     info = segmenter.info
     assert info.tile_size == 128 and info.overlap == 128 and not info.change_native
@@ -442,6 +496,91 @@ def test_sharded_checkpoint_loads(tmp_path, tiny_state):
     seg = load_segearth_segmenter(path, device="cpu")
     key = "predictor.mask_embed.layers.2.weight"
     assert torch.equal(seg.net.state_dict()[key], tiny_state[key])
+
+
+def test_split_layout_still_loads_and_gives_the_same_model(tmp_path, tiny_state, segmenter):
+    split = split_state(tiny_state, TINY_DIMS["heads"])
+    seg = load_segearth_segmenter(
+        write_checkpoint(tmp_path / "split", split), device="cpu", gate_min_score=0.0, gate_min_area=0
+    )
+    got = seg.net.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in split.items())
+    encoded = seg.encode(tiles(1))
+    assert torch.equal(seg.logits(encoded, ["red roofs"]), segmenter.logits(segmenter.encode(tiles(1)), ["red roofs"]))
+
+
+def test_bf16_published_checkpoint_loads(tmp_path, tiny_state):
+    seg = load_segearth_segmenter(write_checkpoint(tmp_path / "bf16", tiny_state, dtype=torch.bfloat16), device="cpu")
+    key = "model.layers.1.self_attn.k_proj.bias"
+    want = split_state(tiny_state, TINY_DIMS["heads"])[key].to(torch.bfloat16).float()
+    assert seg.net.state_dict()[key].dtype == torch.float32 and torch.equal(seg.net.state_dict()[key], want)
+    index = "model.vision_tower.layers.0.blocks.0.attn.relative_position_index"
+    assert seg.net.state_dict()[index].dtype == torch.int64
+
+
+def attention_4362(x, qkv_w, qkv_b, dense_w, dense_b, heads, rotary_dim, theta=10000.0, stacked=False):
+    """transformers 4.36.2 PhiAttention.forward (eager, causal, no cache), written out: the fused
+    output viewed as [batch, seq, heads, 3, head_dim] (`stacked`: the wrong [3, heads, head_dim]),
+    rotary on the first `rotary_dim` dims of each head (rotate_half), scores / sqrt(head_dim)."""
+    b, n, hidden = x.shape
+    hd = hidden // heads
+    fused = x @ qkv_w.T + qkv_b
+    fused = fused.view(b, n, 3, heads, hd).transpose(2, 3) if stacked else fused.view(b, n, heads, 3, hd)
+    q, k, v = (fused[..., s, :].transpose(1, 2) for s in range(3))  # b x heads x n x hd
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
+    angles = torch.outer(torch.arange(n).float(), inv_freq)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+    def rope(t):
+        rot, rest = t[..., :rotary_dim], t[..., rotary_dim:]
+        r1, r2 = rot.chunk(2, -1)
+        return torch.cat([rot * cos + torch.cat([-r2, r1], -1) * sin, rest], -1)
+
+    scores = rope(q) @ rope(k).transpose(2, 3) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, hidden)
+    return out @ dense_w.T + dense_b
+
+
+def test_converted_attention_matches_the_fused_4362_attention(segmenter, tiny_state):
+    """Random fused weights, converted at load time; a wrong de-interleave would fail this."""
+    phi = segmenter.net.model
+    # 4.36.2 PhiConfig default partial_rotary_factor 0.5: 8 of the 16 dims per head rotate.
+    rotary_dim = int(TINY_CONFIG.get("partial_rotary_factor", 0.5) * (TINY_DIMS["D"] // TINY_DIMS["heads"]))
+    x = torch.randn(2, 7, TINY_DIMS["D"], generator=torch.Generator().manual_seed(3))
+    positions = torch.arange(7)[None].expand(2, -1)
+    for layer in range(TINY_DIMS["n"]):
+        p = f"model.layers.{layer}.self_attn."
+        args = (tiny_state[p + "query_key_value.weight"], tiny_state[p + "query_key_value.bias"],
+                tiny_state[p + "dense.weight"], tiny_state[p + "dense.bias"], TINY_DIMS["heads"], rotary_dim)  # fmt: skip
+        with torch.no_grad():
+            got, _ = phi.layers[layer].self_attn(
+                x, position_embeddings=phi.rotary_emb(x, positions), attention_mask=None
+            )
+        want = attention_4362(x, *args)
+        assert want.abs().max() > 0.1
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert (got - attention_4362(x, *args, stacked=True)).abs().max() > 1e-2  # the test can tell
+
+
+def test_converted_phi_matches_the_4362_forward(segmenter, tiny_state):
+    """The whole Phi of the tiny checkpoint against 4.36.2's PhiModel written out: parallel block
+    x + attn(LN(x)) + MLP(LN(x)) with gelu_new, LayerNorm eps 1e-5, then final_layernorm."""
+    ids = torch.tensor([[3, 9, 11, 13, 2, 40, 7, 5]])
+    s = tiny_state
+    x = s["model.embed_tokens.weight"][ids]
+    head_dim = TINY_DIMS["D"] // TINY_DIMS["heads"]
+    for layer in range(TINY_DIMS["n"]):
+        p = f"model.layers.{layer}."
+        h = torch.nn.functional.layer_norm(x, (TINY_DIMS["D"],), s[p + "input_layernorm.weight"], s[p + "input_layernorm.bias"], 1e-5)
+        attn = attention_4362(h, s[p + "self_attn.query_key_value.weight"], s[p + "self_attn.query_key_value.bias"],
+                              s[p + "self_attn.dense.weight"], s[p + "self_attn.dense.bias"], TINY_DIMS["heads"], head_dim // 2)  # fmt: skip
+        mlp = torch.nn.functional.gelu(h @ s[p + "mlp.fc1.weight"].T + s[p + "mlp.fc1.bias"], approximate="tanh")
+        x = x + attn + mlp @ s[p + "mlp.fc2.weight"].T + s[p + "mlp.fc2.bias"]
+    want = torch.nn.functional.layer_norm(x, (TINY_DIMS["D"],), s["model.final_layernorm.weight"], s["model.final_layernorm.bias"], 1e-5)
+    with torch.no_grad():
+        got = segmenter.net.model(input_ids=ids, use_cache=False).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_forward_gives_logits_of_the_right_shape(segmenter):
@@ -479,6 +618,34 @@ def test_misshapen_and_unexpected_tensors_are_listed(tmp_path, tiny_state):
     assert "1 misshapen (model.mm_projector.norm1.weight (64, 16, 16) vs (64, 2, 2))" in msg
     assert "9 unexpected (" in msg and "(+4 more)" in msg  # long lists are truncated with a count
     assert "missing" not in msg  # a misshapen key is not also reported missing
+
+
+def test_fused_projection_of_the_wrong_size_is_misshapen_not_missing(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    state["model.layers.0.self_attn.query_key_value.weight"] = torch.ones(96, 64)
+    path = write_checkpoint(tmp_path / "fused-misshapen", state)
+    with pytest.raises(ModelLoadError) as err:
+        load_segearth_segmenter(path, device="cpu")
+    msg = str(err.value)
+    assert "1 misshapen (model.layers.0.self_attn.query_key_value.weight (96, 64) vs (192, 64))" in msg
+    assert "missing" not in msg and "unexpected" not in msg
+
+
+def test_fused_and_split_projection_of_one_layer_is_an_error(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    split = split_state(tiny_state, TINY_DIMS["heads"])
+    state["model.layers.1.self_attn.q_proj.weight"] = split["model.layers.1.self_attn.q_proj.weight"]
+    with pytest.raises(ModelLoadError, match=r"1 given twice \(model\.layers\.1\.self_attn\.q_proj\.weight\)"):
+        load_segearth_segmenter(write_checkpoint(tmp_path / "both", state), device="cpu")
+
+
+def test_fused_projection_elsewhere_is_unexpected(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    state["predictor.transformer_self_attention_layers.0.self_attn.query_key_value.weight"] = torch.ones(96, 32)
+    state["model.layers.7.self_attn.query_key_value.bias"] = torch.ones(192)  # no layer 7
+    with pytest.raises(ModelLoadError) as err:
+        load_segearth_segmenter(write_checkpoint(tmp_path / "elsewhere", state), device="cpu")
+    assert "2 unexpected (model.layers.7.self_attn.query_key_value.bias, predictor." in str(err.value)
 
 
 def test_pickled_weights_need_the_flag(tmp_path, tiny_state):

@@ -2,6 +2,17 @@
 
 safetensors only (single file, `model.safetensors.index.json` shards, or any `*.safetensors`);
 pickled `pytorch_model*.bin` only with `allow_pickle`, and then with `torch.load(weights_only=True)`.
+
+Two layouts of the Phi attention load:
+- published: the SegEarth-R1 checkpoints were written by `save_pretrained` under transformers
+  4.36.2, whose Phi has ONE fused projection per layer, `model.layers.N.self_attn.query_key_value`
+  ([3 * hidden, hidden] + bias), rows interleaved per head Bloom-style (4.36.2 views the projection
+  output as [batch, seq, heads, 3, head_dim]): row (h * 3 + s) * head_dim + d is head h, slot s
+  (0 = q, 1 = k, 2 = v), dim d. It is split once here into `q_proj` / `k_proj` / `v_proj`;
+- split: `q_proj` / `k_proj` / `v_proj` as the installed transformers' Phi names them (a checkpoint
+  re-saved by transformers >= 4.37 or written by `geoseg train`).
+Every other published name (`embed_tokens`, `final_layernorm`, `input_layernorm`, `mlp.fc1/fc2`,
+`self_attn.dense`) is the same in both.
 """
 
 from __future__ import annotations
@@ -23,8 +34,11 @@ from geoseg.fileio import replace_directory
 IGNORED_KEYS = (re.compile(r".*\.rotary_emb\.inv_freq$"),)
 # Buffers this module can rebuild itself: missing ones are fine.
 OPTIONAL_KEYS = (re.compile(r"^model\.vision_tower\..*\.relative_position_index$"),)
-# Renames from other transformers versions' Phi layouts to the 4.36.2 names used here.
+# Renames from other layouts to the names of the installed transformers' PhiModel used here.
 KEY_RENAMES: tuple[tuple[re.Pattern, str], ...] = ()
+# transformers 4.36.2 Phi's fused attention projection (see the module docstring).
+FUSED_QKV = re.compile(r"^(?P<attn>.+\.self_attn)\.query_key_value\.(?P<kind>weight|bias)$")
+SPLIT_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
@@ -87,6 +101,32 @@ def _rename(key: str) -> str:
     return key
 
 
+def split_fused_qkv(
+    fused: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v rows of a transformers 4.36.2 Phi `query_key_value` weight [3 * H, in] or bias [3 * H].
+
+    Its rows are grouped per head, not stacked [Q; K; V]: row (h * 3 + s) * head_dim + d holds
+    head h, slot s (0 = q, 1 = k, 2 = v), dim d. Each result has rows h * head_dim + d."""
+    rows, rest = fused.shape[0], tuple(fused.shape[1:])
+    if rows % (3 * heads):
+        raise ValueError(f"{rows} fused rows are not 3 x {heads} heads x head_dim")
+    grouped = fused.reshape(heads, 3, rows // (3 * heads), *rest)
+    return tuple(grouped[:, s].reshape(rows // 3, *rest).contiguous() for s in range(3))
+
+
+def _fused_heads(module: nn.Module, attn: str) -> int | None:
+    """The head count of the Phi attention at `attn` when it has the split projections."""
+    try:
+        layer = module.get_submodule(attn)
+    except AttributeError:
+        return None
+    config = getattr(layer, "config", None)
+    if not all(hasattr(layer, name) for name in SPLIT_QKV) or config is None:
+        return None
+    return int(config.num_attention_heads)
+
+
 def _listing(keys: list[str], limit: int = 5) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -111,29 +151,51 @@ def load_weights(
     """
     expected = module.state_dict()
     loaded: dict[str, torch.Tensor] = {}
-    unexpected, misshapen = [], []
+    unexpected, misshapen, twice = [], [], []
+    accounted: set[str] = set()  # expected keys already reported as misshapen
     # safetensors wants an explicit CUDA index; MPS tensors are moved after reading on the CPU.
     load_device = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
     for raw_key, tensor in iter_tensors(files, pickled, load_device):
         if any(p.match(raw_key) for p in IGNORED_KEYS):
             continue
         key = _rename(raw_key)
-        if key not in expected:
-            unexpected.append(key)
-        elif tuple(tensor.shape) != tuple(expected[key].shape):
-            misshapen.append(f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}")
-        else:
-            floating = expected[key].is_floating_point()
-            loaded[key] = tensor.to(device=device, dtype=dtype if floating else expected[key].dtype)
+        pieces = [(key, tensor)]
+        fused = FUSED_QKV.match(key)
+        if fused and key not in expected:
+            attn, kind = fused["attn"], fused["kind"]
+            targets = [f"{attn}.{name}.{kind}" for name in SPLIT_QKV]
+            heads = _fused_heads(module, attn)
+            if heads is None or not all(t in expected for t in targets):
+                unexpected.append(key)
+                continue
+            want = (sum(expected[t].shape[0] for t in targets), *expected[targets[0]].shape[1:])
+            if tuple(tensor.shape) != want or tensor.shape[0] % (3 * heads):
+                misshapen.append(f"{key} {tuple(tensor.shape)} vs {want}")
+                accounted.update(targets)
+                continue
+            pieces = list(zip(targets, split_fused_qkv(tensor, heads), strict=True))
+        for key, tensor in pieces:
+            if key not in expected:
+                unexpected.append(key)
+            elif key in loaded:  # e.g. both the fused and the split projection of a layer
+                twice.append(key)
+            elif tuple(tensor.shape) != tuple(expected[key].shape):
+                misshapen.append(f"{key} {tuple(tensor.shape)} vs {tuple(expected[key].shape)}")
+                accounted.add(key)
+            else:
+                floating = expected[key].is_floating_point()
+                loaded[key] = tensor.to(
+                    device=device, dtype=dtype if floating else expected[key].dtype
+                )
     missing = [
         k
         for k in expected
         if k not in loaded
+        and k not in accounted
         and not any(p.match(k) for p in OPTIONAL_KEYS)
         and not k.startswith(fresh_prefixes or ("\0",))
     ]
-    missing = [k for k in missing if k not in {m.split(" ")[0] for m in misshapen}]
-    if missing or unexpected or misshapen:
+    if missing or unexpected or misshapen or twice:
         problems = []
         if missing:
             problems.append(f"{len(missing)} missing ({_listing(missing)})")
@@ -141,6 +203,8 @@ def load_weights(
             problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
         if misshapen:
             problems.append(f"{len(misshapen)} misshapen ({_listing(misshapen, 3)})")
+        if twice:
+            problems.append(f"{len(twice)} given twice ({_listing(twice)})")
         raise ModelLoadError(
             f"{where}: the weights do not fit the SegEarth-R1 architecture described by its "
             f"config.json: {'; '.join(problems)}; use an unmodified SegEarth-R1 checkpoint"

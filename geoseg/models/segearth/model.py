@@ -1,7 +1,10 @@
 """The SegEarth-R1 network: module tree and state-dict names of the published checkpoints.
 
 Top-level names (as saved by the reference with transformers 4.36.2):
-    model.{embed_tokens,layers.N.*,final_layernorm}   Phi-1.5 (transformers PhiModel; same names today)
+    model.{embed_tokens,layers.N.*,final_layernorm}   Phi-1.5 (transformers PhiModel; same names
+                                                      today, except the attention projection: one
+                                                      fused `self_attn.query_key_value` on disk, split
+                                                      into q/k/v_proj at load time, see checkpoint.py)
     model.vision_tower.*                              Swin-B (Mask2Former layout)
     model.mm_projector.*                              token-compression connector
     lm_head.weight                                    (no bias; unused for masks)
