@@ -36,6 +36,9 @@ class DataConfig:
     queries_per_image: int = 3
     empty_share: float = 0.25  # share of queries whose target is absent from the crop
     workers: int = 0  # background render processes (0: render in the training process)
+    real: tuple[str, ...] = ()  # manifests of real labelled imagery (their area-split:val lines are never used)
+    real_share: float = 0.0  # share of batches drawn from `real`
+    real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
 
 
 @dataclass
@@ -53,6 +56,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     init_from: str | None = None  # checkpoint directory to start from (weights only)
+    pretrained_encoder: str | None = "imagenet"  # without init_from: start the encoder from ImageNet weights
     export_to: str | None = None  # copy the final checkpoint (config + weights) here
     time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
     model: dict = field(default_factory=dict)
@@ -79,6 +83,9 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     }
     config = _build(TrainConfig, data, where)
     config.data, config.loss = nested["data"], nested["loss"]
+    config.data.real = tuple(config.data.real)
+    config.data.real_scale = tuple(config.data.real_scale)
+    config.data.gsds = tuple(config.data.gsds)
     if config.stage not in STAGES:
         raise InputError(f"{where}: stage must be one of {', '.join(STAGES)}, not {config.stage!r}")
     if config.data.tile % 32:

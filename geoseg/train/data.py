@@ -10,12 +10,12 @@ batches, so the data never repeats exactly while rendering costs little.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from geoseg.errors import InputError
+from geoseg.train.batch import Batch, to_tensor_images
 from geoseg.train.config import TrainConfig
 from geoseg.train.manifest import load_image, load_mask, read_manifest
 from geoseg.train.queries import (
@@ -44,17 +44,6 @@ def _render_skipping_failures(render, next_seed, size, gsds, tries: int = 5):
     raise RuntimeError(f"{tries} synthetic scenes in a row failed to render") from last
 
 
-@dataclass
-class Batch:
-    images: torch.Tensor  # B x 3 x H x W in [0, 1] (after date in change mode)
-    queries: list[str]  # M
-    image_index: torch.Tensor  # M, which image each query asks
-    masks: torch.Tensor  # M x H x W float {0, 1}
-    before: torch.Tensor | None = None  # B x 3 x H x W (change mode)
-    change_masks: torch.Tensor | None = None  # B x H x W class-agnostic change (change mode)
-    tags: list[tuple[str, ...]] | None = None  # per pair, for grouped evaluation
-
-
 def _augment(rng: np.random.Generator, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """The same random flip / 90-degree rotation for every array of a sample (H x W [x C])."""
     k = int(rng.integers(4))
@@ -75,10 +64,6 @@ def _jitter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 def _crop_box(rng: np.random.Generator, h: int, w: int, tile: int) -> tuple[int, int]:
     return int(rng.integers(0, h - tile + 1)), int(rng.integers(0, w - tile + 1))
-
-
-def _to_tensor_images(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().contiguous()
 
 
 class SynthSource:
@@ -122,7 +107,7 @@ class SynthSource:
                 index.append(b)
                 masks.append(mask)
         return Batch(
-            images=_to_tensor_images(images),
+            images=to_tensor_images(images),
             queries=queries,
             image_index=torch.tensor(index, dtype=torch.long),
             masks=torch.from_numpy(np.stack(masks)).float(),
@@ -183,8 +168,8 @@ class ChangeSource:
                 index.append(b)
                 masks.append(mask)
         return Batch(
-            images=_to_tensor_images(afters),
-            before=_to_tensor_images(befores),
+            images=to_tensor_images(afters),
+            before=to_tensor_images(befores),
             change_masks=torch.from_numpy(np.stack(changes)).float(),
             queries=queries,
             image_index=torch.tensor(index, dtype=torch.long),
@@ -240,11 +225,11 @@ class ManifestSource:
             queries.append(s.expression)
         masks_t = torch.from_numpy(np.stack(masks)).float()
         return Batch(
-            images=_to_tensor_images(images),
+            images=to_tensor_images(images),
             queries=queries,
             image_index=torch.arange(len(queries)),
             masks=masks_t,
-            before=_to_tensor_images(befores) if befores else None,
+            before=to_tensor_images(befores) if befores else None,
             change_masks=masks_t.clone() if befores else None,
         )
 
@@ -260,12 +245,43 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+class MixedSource:
+    """Each batch comes whole from one of several sources, drawn with the given shares."""
+
+    def __init__(self, sources: list, shares: list[float], seed: int) -> None:
+        self.sources = sources
+        self.shares = np.asarray(shares, float) / sum(shares)
+        self.rng = np.random.default_rng(seed)
+        self.vocabulary = sorted({w for s in sources for w in getattr(s, "vocabulary", ())})
+
+    def next_batch(self) -> Batch:
+        return self.sources[int(self.rng.choice(len(self.sources), p=self.shares))].next_batch()
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
 def make_batch_source(config: TrainConfig, start_step: int = 0):
-    """The batch source for a config; a resumed run draws fresh data (seed moves with the step)."""
+    """The batch source for a config; a resumed run draws fresh data (seed moves with the step).
+
+    With `data.real` manifests and `data.real_share` > 0, that share of the batches comes from
+    real imagery (geoseg.train.real) and the rest from the synthetic (or manifest) source."""
     seed = config.data.seed + 7919 * start_step
     if config.data.source != "synth":
-        return ManifestSource(config, seed)
-    if config.stage == "segment":
-        return SynthSource(config, seed)
-    return ChangeSource(config, seed)
+        main = ManifestSource(config, seed)
+    elif config.stage == "segment":
+        main = SynthSource(config, seed)
+    else:
+        main = ChangeSource(config, seed)
+    share = config.data.real_share if config.data.real else 0.0
+    if share <= 0:
+        return main
+    from geoseg.train.real import RealChangeSource, RealSource
+
+    real = (RealSource if config.stage == "segment" else RealChangeSource)(config, seed + 1)
+    if share >= 1:
+        main.close()
+        return real
+    return MixedSource([real, main], [share, 1 - share], seed + 2)
 

@@ -21,20 +21,25 @@ class LossWeights:
     pos_weight: float = 2.0  # targets are small: weigh positive pixels up in the BCE
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice per sample (N x H x W), averaged; samples with an empty target are skipped."""
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice per sample (N x H x W), averaged; samples with an empty target are skipped;
+    pixels where `valid` is 0 are left out."""
     keep = target.flatten(1).sum(1) > 0
     if not keep.any():
         return logits.sum() * 0.0
-    p = torch.sigmoid(logits[keep]).flatten(1)
-    t = target[keep].flatten(1)
+    w = valid[keep].flatten(1) if valid is not None else 1.0
+    p = torch.sigmoid(logits[keep]).flatten(1) * w
+    t = target[keep].flatten(1) * w
     dice = (2 * (p * t).sum(1) + 1.0) / (p.sum(1) + t.sum(1) + 1.0)
     return (1 - dice).mean()
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float, valid: torch.Tensor | None = None) -> torch.Tensor:
     weight = torch.tensor(pos_weight, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    if valid is None:
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
 def pixel_contrastive_loss(relevance: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -63,12 +68,14 @@ def compact_loss(
     masks: torch.Tensor,
     weights: LossWeights,
     change_masks: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts. masks: M x H x W float {0,1} per (image, query) pair."""
+    """Total loss and its parts. masks: M x H x W float {0,1} per (image, query) pair; `valid`
+    (same shape) marks the pixels the source labelled."""
     exists = (masks.flatten(1).amax(1) > 0).float()
     parts = {
-        "bce": bce_loss(out.mask_logits, masks, weights.pos_weight),
-        "dice": dice_loss(out.mask_logits, masks),
+        "bce": bce_loss(out.mask_logits, masks, weights.pos_weight, valid),
+        "dice": dice_loss(out.mask_logits, masks, valid),
         "exist": F.binary_cross_entropy_with_logits(out.exist_logits, exists),
         "contrastive": pixel_contrastive_loss(out.relevance, masks),
     }

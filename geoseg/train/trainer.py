@@ -24,10 +24,12 @@ from tqdm import tqdm
 from geoseg.errors import InputError
 from geoseg.fileio import replace_directory
 from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
+from geoseg.models.compact.encoder import load_imagenet_weights
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
+from geoseg.train.batch import Batch
 from geoseg.train.config import TrainConfig
-from geoseg.train.data import Batch, make_batch_source
+from geoseg.train.data import make_batch_source
 from geoseg.train.losses import change_pretrain_loss, compact_loss
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,11 @@ def build_model(config: TrainConfig) -> CompactModel:
     model = CompactModel(cfg)
     if config.init_from:
         init_weights(model, Path(config.init_from))
+    elif config.pretrained_encoder == "imagenet":
+        n = load_imagenet_weights(model.encoder)
+        log.info("encoder initialised from ImageNet (%d tensors)", n)
+    elif config.pretrained_encoder is not None:
+        raise InputError(f"pretrained_encoder must be 'imagenet' or null, not {config.pretrained_encoder!r}")
     return model
 
 
@@ -136,7 +143,7 @@ def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: Tra
         return loss, {"change": float(loss.detach())}
     feats = model.encode_images(batch.images, batch.before)
     out = model.decode(feats, text.encode(batch.queries), batch.image_index)
-    return compact_loss(out, batch.masks, config.loss, batch.change_masks)
+    return compact_loss(out, batch.masks, config.loss, batch.change_masks, batch.valid)
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> Path:

@@ -17,11 +17,11 @@ class CompactConfig:
 
     model_type: str = MODEL_TYPE
     version: str = "0.1.0"
-    # vision encoder: 4 stages at strides 4, 8, 16, 32
-    widths: tuple[int, int, int, int] = (32, 64, 160, 320)
-    depths: tuple[int, int, int, int] = (1, 2, 4, 3)
-    attn_blocks: tuple[int, int, int, int] = (0, 0, 1, 3)  # last n blocks of a stage are attention
-    mlp_ratio: float = 3.0
+    # vision encoder: EfficientNet-Lite0 (ImageNet-initialised), features at strides 4, 8, 16, 32;
+    # encoder_width < 1 shrinks it for tiny test models
+    encoder: str = "efficientnet_lite0"
+    encoder_width: float = 1.0
+    mlp_ratio: float = 3.0  # decoder conv blocks
     # language side and guidance
     text_encoder: str = DEFAULT_TEXT_ENCODER
     text_dim: int = 384
@@ -34,8 +34,12 @@ class CompactConfig:
     # inference facts
     tile_size: int = 256
     overlap: int = 64
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # EfficientNet-Lite's own input convention, (x - 127) / 128 on 0-255 values
+    mean: tuple[float, float, float] = (127 / 255, 127 / 255, 127 / 255)
+    std: tuple[float, float, float] = (128 / 255, 128 / 255, 128 / 255)
+    # ground sample distances (m/px) the weights were trained on; the engine reads scenes far
+    # finer than the lower bound at a resolution inside the range
+    gsd_range: tuple[float, float] = (0.07, 2.0)
     extra: dict = field(default_factory=dict)  # training provenance (data, steps, metrics)
 
     @property
@@ -49,7 +53,7 @@ class CompactConfig:
     def from_dict(cls, data: dict) -> CompactConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("widths", "depths", "attn_blocks", "decoder_widths", "mean", "std"):
+        for key in ("decoder_widths", "mean", "std", "gsd_range"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
@@ -67,9 +71,7 @@ def tiny_config(change: bool = False) -> CompactConfig:
     """A very small configuration for unit tests (runs in milliseconds)."""
     return CompactConfig(
         model_type=MODEL_TYPE_CHANGE if change else MODEL_TYPE,
-        widths=(8, 16, 32, 32),
-        depths=(1, 1, 1, 1),
-        attn_blocks=(0, 0, 1, 1),
+        encoder_width=0.25,
         dim=32,
         heads=2,
         decoder_widths=(16, 8),

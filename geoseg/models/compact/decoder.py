@@ -16,8 +16,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoseg.models.compact.encoder import ConvBlock
 from geoseg.models.compact.guidance import CrossAttention, Guidance
+
+
+class ConvBlock(nn.Module):
+    """Depthwise 3x3 -> BN -> pointwise expand -> GELU -> pointwise project, with a residual."""
+
+    def __init__(self, channels: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(channels * mlp_ratio)
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+        self.pw1 = nn.Conv2d(channels, hidden, 1)
+        self.pw2 = nn.Conv2d(hidden, channels, 1)
+        self.scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pw2(F.gelu(self.pw1(self.norm(self.dw(x)))))
+        return x + self.scale * y
 
 
 class Film(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.decoder import Decoder
-from geoseg.models.compact.encoder import VisionEncoder
+from geoseg.models.compact.encoder import EfficientNetLite
 from geoseg.models.compact.fusion import TemporalFusion
 from geoseg.models.compact.guidance import GuidanceBuilder
 from geoseg.models.compact.text import TextFeatures
@@ -47,14 +47,17 @@ class CompactModel(nn.Module):
         c = config
         self.register_buffer("mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
-        self.encoder = VisionEncoder(c.widths, c.depths, c.attn_blocks, c.heads, c.mlp_ratio)
+        if c.encoder != "efficientnet_lite0":
+            raise ValueError(f"unknown compact encoder {c.encoder!r} (known: efficientnet_lite0)")
+        self.encoder = EfficientNetLite(c.encoder_width)
+        widths = self.encoder.out_channels
         if c.change:
-            self.fusion = nn.ModuleList(TemporalFusion(w) for w in c.widths)
-            self.change_head = nn.ModuleList(nn.Conv2d(w, c.decoder_widths[1], 1) for w in c.widths[:3])
+            self.fusion = nn.ModuleList(TemporalFusion(w) for w in widths)
+            self.change_head = nn.ModuleList(nn.Conv2d(w, c.decoder_widths[1], 1) for w in widths[:3])
             self.change_out = nn.Conv2d(c.decoder_widths[1], 1, 1)
         out_widths = (c.decoder_widths[1], c.decoder_widths[0], c.dim, c.dim)
         self.lateral = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(w, o, 1, bias=False), nn.BatchNorm2d(o)) for w, o in zip(c.widths, out_widths, strict=True)
+            nn.Sequential(nn.Conv2d(w, o, 1, bias=False), nn.BatchNorm2d(o)) for w, o in zip(widths, out_widths, strict=True)
         )
         self.guidance = GuidanceBuilder(c.text_dim, c.dim, c.heads, c.top_ratio, c.min_top)
         self.decoder = Decoder(c.dim, c.decoder_widths, c.heads, c.mlp_ratio)

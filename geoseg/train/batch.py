@@ -1,0 +1,24 @@
+"""The training batch every source gives the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # B x 3 x H x W in [0, 1] (after date in change mode)
+    queries: list[str]  # M
+    image_index: torch.Tensor  # M, which image each query asks
+    masks: torch.Tensor  # M x H x W float {0, 1}
+    before: torch.Tensor | None = None  # B x 3 x H x W (change mode)
+    change_masks: torch.Tensor | None = None  # B x H x W class-agnostic change (change mode)
+    tags: list[tuple[str, ...]] | None = None  # per pair, for grouped evaluation
+    valid: torch.Tensor | None = None  # M x H x W float {0, 1}: pixels the loss may score
+
+
+def to_tensor_images(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().contiguous()
