@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned, so no CUDA build is pulled in by a dependency range
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray,train]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,8 +26,8 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
     stderr; stdout gets each phase's final checkpoint directory.
 
     \b
-      geoseg train configs/compact.yaml
-      geoseg train configs/compact.yaml configs/compact-continue.yaml
+      geoseg train configs/compact-real.yaml
+      geoseg train configs/segearth-bitemporal-stage1.yaml configs/segearth-bitemporal-stage2.yaml
     """
     from geoseg.train.config import load_train_config
     from geoseg.train.trainer import train
@@ -49,9 +49,12 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability above which a pixel counts as the target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps, ...")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="Score only the manifest lines carrying this tag (repeatable: all must match), e.g. area-split:val.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
-def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: float, device: str, as_json: bool) -> None:
+def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: float, device: str,
+                     tags: tuple[str, ...], as_json: bool) -> None:
     """Evaluate MODEL (registry name, checkpoint directory or hub id) on DATASET (a JSONL
     manifest or its folder; see docs/dataset-format.md).
 
@@ -60,10 +63,11 @@ def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: fl
 
     \b
       geoseg evaluate compact data/heldout/manifest.jsonl --json
+      geoseg evaluate compact ../shared/data/train-real/dubai-hitl --tag area-split:val
     """
     from geoseg.models.registry import load_segmenter
     from geoseg.train.evaluate import evaluate_manifest, format_report
 
     segmenter = load_segmenter(model, device=device)
-    result = evaluate_manifest(segmenter, dataset, threshold=threshold, progress=_progress(ctx))
+    result = evaluate_manifest(segmenter, dataset, threshold=threshold, tags=tags, progress=_progress(ctx))
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))

@@ -28,6 +28,7 @@ def _tiny(tmp_path, **over) -> dict:
         "checkpoint_every": 2,
         "log_every": 1,
         "model": TINY_MODEL,
+        "pretrained_encoder": None,  # the tiny encoder has no ImageNet weights
         "data": {"pool_scenes": 2, "scene_size": 96, "tile": 64, "queries_per_image": 2, "gsds": [0.5]},
     }
     cfg.update(over)

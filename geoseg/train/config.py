@@ -1,6 +1,6 @@
 """Training configuration: one YAML or TOML file -> `TrainConfig`.
 
-Example (configs/compact.yaml):
+Example (configs/compact-real.yaml has the full set):
 
     run_dir: runs/compact
     stage: segment            # segment | change_pretrain | change

@@ -9,7 +9,7 @@ probability exceeds `threshold` (0.5 by default, the pipeline's default).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from geoseg.errors import InputError
 from geoseg.models.base import Segmenter
 from geoseg.train.manifest import ManifestSample, load_image, load_mask, read_manifest
 from geoseg.train.metrics import MetricAccumulator
@@ -67,9 +68,15 @@ def evaluate_samples(
     return acc.compute()
 
 
-def manifest_samples(path: str | Path) -> Iterator[EvalSample]:
-    """Samples of a manifest, grouped by image (or before/after pair) so each is encoded once."""
-    records = list(read_manifest(path))
+def _records(path: str | Path, tags: Sequence[str] = ()) -> list[ManifestSample]:
+    """The manifest's samples that carry every tag in `tags`."""
+    return [s for s in read_manifest(path) if set(tags) <= set(s.tags)]
+
+
+def manifest_samples(path: str | Path, tags: Sequence[str] = ()) -> Iterator[EvalSample]:
+    """Samples of a manifest (those carrying every tag in `tags`), grouped by image (or
+    before/after pair) so each is encoded once."""
+    records = _records(path, tags)
 
     def key(s: ManifestSample) -> tuple:
         return (str(s.image), str(s.before), str(s.after))
@@ -99,22 +106,28 @@ def _vocabulary_tags(expression: str) -> tuple[str, ...]:
     return (f"split:{split_of(phrase)}", f"concept:{phrase.concept}") if phrase else ()
 
 
-def count_images(path: str | Path) -> int:
-    return len({(str(s.image), str(s.before), str(s.after)) for s in read_manifest(path)})
+def count_images(path: str | Path, tags: Sequence[str] = ()) -> int:
+    return len({(str(s.image), str(s.before), str(s.after)) for s in _records(path, tags)})
 
 
 def evaluate_manifest(
-    segmenter: Segmenter, path: str | Path, *, threshold: float = 0.5, progress: bool = False
+    segmenter: Segmenter, path: str | Path, *, threshold: float = 0.5, tags: Sequence[str] = (),
+    progress: bool = False,
 ) -> dict:
-    """Metrics of `segmenter` on a JSONL manifest, with the model and dataset named."""
+    """Metrics of `segmenter` on a JSONL manifest (its lines carrying every tag in `tags`), with
+    the model and dataset named."""
+    total = count_images(path, tags)
+    if not total:
+        raise InputError(f"{path}: no manifest lines carry the tag(s) {', '.join(tags)}; check the spelling")
     metrics = evaluate_samples(
-        segmenter, manifest_samples(path), threshold=threshold, progress=progress, total=count_images(path)
+        segmenter, manifest_samples(path, tags), threshold=threshold, progress=progress, total=total
     )
     return {
         "model": segmenter.info.name,
         "model_version": segmenter.info.version,
         "weights_sha256": segmenter.info.weights_sha256,
         "dataset": str(path),
+        "tags": list(tags),
         "threshold": threshold,
         "metrics": metrics,
     }

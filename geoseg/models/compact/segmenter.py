@@ -16,7 +16,11 @@ from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
 
-LICENSE = "Apache-2.0 (weights: trained by geoseg on synthetic data; text encoder all-MiniLM-L6-v2: Apache-2.0)"
+LICENSE = (
+    "Apache-2.0 (weights: trained by geoseg on real imagery of mixed terms and synthetic scenes, see "
+    "docs/models/compact.md; encoder initialised from ImageNet EfficientNet-Lite0, Apache-2.0; text encoder "
+    "all-MiniLM-L6-v2, Apache-2.0)"
+)
 
 
 def file_sha256(path: Path) -> str:
@@ -90,7 +94,13 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
         weights_sha256=sha256,
         license=LICENSE,
         change_native=config.change,
-        extra={"family": "compact", "text_encoder": config.text_encoder, "model_type": config.model_type},
+        extra={
+            "family": "compact",
+            "encoder": config.encoder,
+            "text_encoder": config.text_encoder,
+            "model_type": config.model_type,
+            "gsd_range_m": list(config.gsd_range),
+        },
     )
 
 
