@@ -462,7 +462,10 @@ def test_published_inventory_has_935_tensors():
     assert len(published) == 935  # 244 Phi + 357 Swin + 10 + 22 + 119 + 183
     assert (len(published) - len(buffers), len(buffers)) == (911, 24)
     fused = {k: s for k, s in published.items() if "query_key_value" in k}
-    assert len(fused) == 48 and fused["model.layers.23.self_attn.query_key_value.weight"] == (6144, 2048)
+    assert len(fused) == 48 and fused["model.layers.23.self_attn.query_key_value.weight"] == (
+        6144,
+        2048,
+    )
     assert len(split_layout(published)) == 1031  # 48 fused tensors become 144
 
 
@@ -501,31 +504,47 @@ def test_sharded_checkpoint_loads(tmp_path, tiny_state):
 def test_split_layout_still_loads_and_gives_the_same_model(tmp_path, tiny_state, segmenter):
     split = split_state(tiny_state, TINY_DIMS["heads"])
     seg = load_segearth_segmenter(
-        write_checkpoint(tmp_path / "split", split), device="cpu", gate_min_score=0.0, gate_min_area=0
+        write_checkpoint(tmp_path / "split", split),
+        device="cpu",
+        gate_min_score=0.0,
+        gate_min_area=0,
     )
     got = seg.net.state_dict()
     assert all(torch.equal(got[k], v) for k, v in split.items())
     encoded = seg.encode(tiles(1))
-    assert torch.equal(seg.logits(encoded, ["red roofs"]), segmenter.logits(segmenter.encode(tiles(1)), ["red roofs"]))
+    assert torch.equal(
+        seg.logits(encoded, ["red roofs"]),
+        segmenter.logits(segmenter.encode(tiles(1)), ["red roofs"]),
+    )
 
 
 def test_bf16_published_checkpoint_loads(tmp_path, tiny_state):
-    seg = load_segearth_segmenter(write_checkpoint(tmp_path / "bf16", tiny_state, dtype=torch.bfloat16), device="cpu")
+    seg = load_segearth_segmenter(
+        write_checkpoint(tmp_path / "bf16", tiny_state, dtype=torch.bfloat16), device="cpu"
+    )
     key = "model.layers.1.self_attn.k_proj.bias"
     want = split_state(tiny_state, TINY_DIMS["heads"])[key].to(torch.bfloat16).float()
-    assert seg.net.state_dict()[key].dtype == torch.float32 and torch.equal(seg.net.state_dict()[key], want)
+    assert seg.net.state_dict()[key].dtype == torch.float32 and torch.equal(
+        seg.net.state_dict()[key], want
+    )
     index = "model.vision_tower.layers.0.blocks.0.attn.relative_position_index"
     assert seg.net.state_dict()[index].dtype == torch.int64
 
 
-def attention_4362(x, qkv_w, qkv_b, dense_w, dense_b, heads, rotary_dim, theta=10000.0, stacked=False):
+def attention_4362(
+    x, qkv_w, qkv_b, dense_w, dense_b, heads, rotary_dim, theta=10000.0, stacked=False
+):
     """transformers 4.36.2 PhiAttention.forward (eager, causal, no cache), written out: the fused
     output viewed as [batch, seq, heads, 3, head_dim] (`stacked`: the wrong [3, heads, head_dim]),
     rotary on the first `rotary_dim` dims of each head (rotate_half), scores / sqrt(head_dim)."""
     b, n, hidden = x.shape
     hd = hidden // heads
     fused = x @ qkv_w.T + qkv_b
-    fused = fused.view(b, n, 3, heads, hd).transpose(2, 3) if stacked else fused.view(b, n, heads, 3, hd)
+    fused = (
+        fused.view(b, n, 3, heads, hd).transpose(2, 3)
+        if stacked
+        else fused.view(b, n, heads, 3, hd)
+    )
     q, k, v = (fused[..., s, :].transpose(1, 2) for s in range(3))  # b x heads x n x hd
     inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim)
     angles = torch.outer(torch.arange(n).float(), inv_freq)
@@ -546,7 +565,9 @@ def test_converted_attention_matches_the_fused_4362_attention(segmenter, tiny_st
     """Random fused weights, converted at load time; a wrong de-interleave would fail this."""
     phi = segmenter.net.model
     # 4.36.2 PhiConfig default partial_rotary_factor 0.5: 8 of the 16 dims per head rotate.
-    rotary_dim = int(TINY_CONFIG.get("partial_rotary_factor", 0.5) * (TINY_DIMS["D"] // TINY_DIMS["heads"]))
+    rotary_dim = int(
+        TINY_CONFIG.get("partial_rotary_factor", 0.5) * (TINY_DIMS["D"] // TINY_DIMS["heads"])
+    )
     x = torch.randn(2, 7, TINY_DIMS["D"], generator=torch.Generator().manual_seed(3))
     positions = torch.arange(7)[None].expand(2, -1)
     for layer in range(TINY_DIMS["n"]):
@@ -560,7 +581,9 @@ def test_converted_attention_matches_the_fused_4362_attention(segmenter, tiny_st
         want = attention_4362(x, *args)
         assert want.abs().max() > 0.1
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-        assert (got - attention_4362(x, *args, stacked=True)).abs().max() > 1e-2  # the test can tell
+        assert (
+            got - attention_4362(x, *args, stacked=True)
+        ).abs().max() > 1e-2  # the test can tell
 
 
 def test_converted_phi_matches_the_4362_forward(segmenter, tiny_state):
@@ -572,12 +595,26 @@ def test_converted_phi_matches_the_4362_forward(segmenter, tiny_state):
     head_dim = TINY_DIMS["D"] // TINY_DIMS["heads"]
     for layer in range(TINY_DIMS["n"]):
         p = f"model.layers.{layer}."
-        h = torch.nn.functional.layer_norm(x, (TINY_DIMS["D"],), s[p + "input_layernorm.weight"], s[p + "input_layernorm.bias"], 1e-5)
+        h = torch.nn.functional.layer_norm(
+            x,
+            (TINY_DIMS["D"],),
+            s[p + "input_layernorm.weight"],
+            s[p + "input_layernorm.bias"],
+            1e-5,
+        )
         attn = attention_4362(h, s[p + "self_attn.query_key_value.weight"], s[p + "self_attn.query_key_value.bias"],
                               s[p + "self_attn.dense.weight"], s[p + "self_attn.dense.bias"], TINY_DIMS["heads"], head_dim // 2)  # fmt: skip
-        mlp = torch.nn.functional.gelu(h @ s[p + "mlp.fc1.weight"].T + s[p + "mlp.fc1.bias"], approximate="tanh")
+        mlp = torch.nn.functional.gelu(
+            h @ s[p + "mlp.fc1.weight"].T + s[p + "mlp.fc1.bias"], approximate="tanh"
+        )
         x = x + attn + mlp @ s[p + "mlp.fc2.weight"].T + s[p + "mlp.fc2.bias"]
-    want = torch.nn.functional.layer_norm(x, (TINY_DIMS["D"],), s["model.final_layernorm.weight"], s["model.final_layernorm.bias"], 1e-5)
+    want = torch.nn.functional.layer_norm(
+        x,
+        (TINY_DIMS["D"],),
+        s["model.final_layernorm.weight"],
+        s["model.final_layernorm.bias"],
+        1e-5,
+    )
     with torch.no_grad():
         got = segmenter.net.model(input_ids=ids, use_cache=False).last_hidden_state
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -627,25 +664,35 @@ def test_fused_projection_of_the_wrong_size_is_misshapen_not_missing(tmp_path, t
     with pytest.raises(ModelLoadError) as err:
         load_segearth_segmenter(path, device="cpu")
     msg = str(err.value)
-    assert "1 misshapen (model.layers.0.self_attn.query_key_value.weight (96, 64) vs (192, 64))" in msg
+    assert (
+        "1 misshapen (model.layers.0.self_attn.query_key_value.weight (96, 64) vs (192, 64))" in msg
+    )
     assert "missing" not in msg and "unexpected" not in msg
 
 
 def test_fused_and_split_projection_of_one_layer_is_an_error(tmp_path, tiny_state):
     state = dict(tiny_state)
     split = split_state(tiny_state, TINY_DIMS["heads"])
-    state["model.layers.1.self_attn.q_proj.weight"] = split["model.layers.1.self_attn.q_proj.weight"]
-    with pytest.raises(ModelLoadError, match=r"1 given twice \(model\.layers\.1\.self_attn\.q_proj\.weight\)"):
+    state["model.layers.1.self_attn.q_proj.weight"] = split[
+        "model.layers.1.self_attn.q_proj.weight"
+    ]
+    with pytest.raises(
+        ModelLoadError, match=r"1 given twice \(model\.layers\.1\.self_attn\.q_proj\.weight\)"
+    ):
         load_segearth_segmenter(write_checkpoint(tmp_path / "both", state), device="cpu")
 
 
 def test_fused_projection_elsewhere_is_unexpected(tmp_path, tiny_state):
     state = dict(tiny_state)
-    state["predictor.transformer_self_attention_layers.0.self_attn.query_key_value.weight"] = torch.ones(96, 32)
+    state["predictor.transformer_self_attention_layers.0.self_attn.query_key_value.weight"] = (
+        torch.ones(96, 32)
+    )
     state["model.layers.7.self_attn.query_key_value.bias"] = torch.ones(192)  # no layer 7
     with pytest.raises(ModelLoadError) as err:
         load_segearth_segmenter(write_checkpoint(tmp_path / "elsewhere", state), device="cpu")
-    assert "2 unexpected (model.layers.7.self_attn.query_key_value.bias, predictor." in str(err.value)
+    assert "2 unexpected (model.layers.7.self_attn.query_key_value.bias, predictor." in str(
+        err.value
+    )
 
 
 def test_pickled_weights_need_the_flag(tmp_path, tiny_state):
