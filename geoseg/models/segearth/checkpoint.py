@@ -146,9 +146,10 @@ def load_weights(
 
     A fused 4.36.2 `query_key_value` is split into the module's q/k/v_proj on the way (either
     layout loads; see the module docstring). All problems are collected first and reported
-    together: missing, unexpected, misshapen and twice-given keys. Keys starting with one of `fresh_prefixes` may be missing: they keep the module's own
-    initialisation (e.g. the fusion blocks of a bi-temporal model started from a SegEarth-R1
-    checkpoint; the module must then be built on a real device).
+    together: missing, unexpected, misshapen and twice-given keys. Keys starting with one of
+    `fresh_prefixes` may be missing: they keep the module's own initialisation (e.g. the fusion
+    blocks of a bi-temporal model started from a SegEarth-R1 checkpoint; the module must then be
+    built on a real device).
     """
     expected = module.state_dict()
     loaded: dict[str, torch.Tensor] = {}
