@@ -104,7 +104,7 @@ def _rename(key: str) -> str:
 def split_fused_qkv(
     fused: torch.Tensor, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v rows of a transformers 4.36.2 Phi `query_key_value` weight [3 * H, in] or bias [3 * H].
+    """q, k, v rows of a 4.36.2 Phi `query_key_value`: weight [3 * H, in] or bias [3 * H].
 
     Its rows are grouped per head, not stacked [Q; K; V]: row (h * 3 + s) * head_dim + d holds
     head h, slot s (0 = q, 1 = k, 2 = v), dim d. Each result has rows h * head_dim + d."""
