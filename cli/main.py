@@ -38,8 +38,8 @@ class GeosegGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug); tracebacks on errors.")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr: no progress bars, errors only.")
 @click.option("--threads", type=click.IntRange(1), envvar="GEOSEG_THREADS",
-              help="CPU threads for the model (default: the cores not busy at start, from the load average; "
-                   "OMP_NUM_THREADS is respected).")
+              help="CPU threads for the model (default: every core this process may use; "
+                   "OMP_NUM_THREADS is respected). Lower it on a machine busy with other work.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> None:
     """Find things in GeoTIFFs from a text query and write them as GeoPackage polygons.
@@ -65,27 +65,26 @@ def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> No
 
 
 def set_model_threads(threads: int | None) -> None:
-    """By default torch gets the cores that are free when the command starts (cores minus the
-    1-minute load average, at least 1). On an idle 2-core machine two threads ran a 16.8 MP scene
-    at 1.28 MP/s against 1.09 with one; on 2 busy cores two threads made the 1 MP sample 3.7x
-    slower (33.4 s against 9.0 s) as torch's threads waited for each other (docs/performance.md).
+    """By default torch gets every core this process may use. The count depends on the machine
+    only, so the same command runs at the same speed whatever ran a minute before (it used to
+    follow the load average, and a second run right after a first got one thread). On a machine
+    busy with other work, fewer threads can be faster (docs/performance.md): `--threads`.
 
     torch is not imported here (start-up and `--help` stay fast): before its import the count goes
     to OMP_NUM_THREADS, which torch reads when it starts."""
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return
-        threads = free_cores()
+        threads = machine_cores()
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     else:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def free_cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not counting what else runs."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 cli.add_command(segment_command, "segment")

@@ -1,6 +1,7 @@
 """The command line: exit codes, stdout/stderr discipline, one-line errors, nothing clobbered."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -175,12 +176,16 @@ def test_batch_modes_match_the_library():
     assert JOB_MODES == batch.MODES
 
 
-@pytest.mark.parametrize("load, expect", [(0.0, 4), (1.2, 3), (3.9, 1), (9.0, 1)])
-def test_default_threads_are_the_free_cores(monkeypatch, load, expect):
+@pytest.mark.parametrize("load", [0.0, 1.2, 9.0])
+def test_default_threads_depend_on_the_machine_not_its_load(monkeypatch, load):
     import os
 
     from geoseg_cli import main
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    assert main.free_cores() == expect
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a fresh CLI process
+    assert main.machine_cores() == 4
+    main.set_model_threads(None)
+    assert os.environ["OMP_NUM_THREADS"] == "4"
