@@ -28,13 +28,9 @@ from rasterio.enums import Resampling
 
 from geoseg import gpkg, raster
 from geoseg.errors import InputError
+from geoseg.models.base import Dialogue, Generative, Grounded
 
 log = logging.getLogger("geoseg")
-
-
-def is_generative(model) -> bool:
-    """A model that writes answers (SegEarth generative) rather than only masks."""
-    return callable(getattr(model, "answer", None)) and callable(getattr(model, "grounded", None))
 
 
 def scene_overview(scene: raster.Scene, size: int) -> np.ndarray:
@@ -56,7 +52,7 @@ def scene_overview(scene: raster.Scene, size: int) -> np.ndarray:
     return np.where(valid[None], image, 0.0).astype(np.float32)
 
 
-def answer_scene(model, scene: raster.Scene, queries: Sequence[str]):
+def answer_scene(model: Generative, scene: raster.Scene, queries: Sequence[str]) -> Grounded:
     """A generative model's grounded view for this scene: each query answered once on the overview."""
     overview = torch.from_numpy(scene_overview(scene, model.info.tile_size))[None].to(model.device)
     answers = model.answer(overview, list(queries))[0]
@@ -99,7 +95,7 @@ class ChatSession:
         self.model = segmenter or load_segmenter(
             self.options.model, device=self.options.device, allow_pickle=self.options.allow_pickle
         )
-        if not is_generative(self.model):
+        if not isinstance(self.model, Dialogue):
             raise InputError(
                 f"model {self.model.info.name!r} cannot hold a dialogue; use a generative SegEarth "
                 "checkpoint (model_type segearth_r1_generative, see docs/models/mllm-training.md)"

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from geoseg import gpkg, provenance, raster, stitch, tiling, vectorize
 from geoseg.errors import InputError, OutputExistsError
-from geoseg.models.base import Segmenter
+from geoseg.models.base import ChangeAware, Generative, Grounded, ProvenanceSource, Segmenter
 from geoseg.models.registry import load_segmenter
 
 log = logging.getLogger("geoseg")
@@ -212,7 +212,7 @@ def segment(
                     with_fields(gdf, query=queries[c.query_index], model=model, run_id=run_id,
                                 source=str(scene.paths[0]), target=c.phrase)
                 )
-            if hasattr(scene_model, "provenance"):
+            if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
         layers = []
@@ -425,13 +425,12 @@ def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) 
     names nothing keeps one (empty) channel, so its layer exists and says "found nothing"."""
     from geoseg import dialogue
 
-    if dialogue.is_generative(model):
+    if isinstance(model, Generative):
         model = dialogue.answer_scene(model, scene, queries)
-    answers = getattr(model, "answers", None)
-    if answers is None:
+    if not isinstance(model, Grounded):
         return model, [Channel(i) for i in range(len(queries))]
     channels = []
-    for qi, answer in enumerate(answers):
+    for qi, answer in enumerate(model.answers):
         named = [Channel(qi, target=t, phrase=p) for t, p in enumerate(answer.phrases)]
         channels.extend(named or [Channel(qi)])
     return model, channels
@@ -550,7 +549,7 @@ def predict_channels(
         # A change-native model reads the direction from the query itself.
         p = model.predict(after, queries, before=before).probabilities.float()
         return torch.stack([p[:, c.query_index] for c in channels], dim=1).cpu().numpy()
-    if hasattr(model, "predict_change"):
+    if isinstance(model, ChangeAware):
         # The model combines the dates itself (e.g. with a feature-change test against
         # misregistration and lighting); one call per direction present in the channels.
         by_direction = {

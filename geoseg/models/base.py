@@ -4,13 +4,18 @@ The pipeline never knows which model runs. It reads `info` to plan tiles (native
 bands) and calls `predict` with batches of tiles that are already normalised to [0, 1] with
 statistics computed once per scene. Models apply their own normalisation (ImageNet mean/std, ...)
 on top, return per-pixel probabilities at the tile's size, and must be deterministic.
+
+What a model can do beyond `predict` is declared here as capabilities (`ChangeAware`,
+`Generative`, `Dialogue`, `Grounded`, `ProvenanceSource`): the pipeline asks `isinstance(model,
+ChangeAware)`, never `hasattr`, and every wrapper (geoseg.executors: batch jobs, Ray replicas)
+exposes exactly the capabilities of the model it wraps (`capabilities(model)`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -49,6 +54,15 @@ class Prediction:
     targets: list[list[list[Target]]] | None = None  # [b][q] -> targets, when the model names them
     text: list[str] | None = None  # one text answer per query, when the model writes one
 
+    @staticmethod
+    def concat(parts: Sequence[Prediction]) -> Prediction:
+        """One prediction from the predictions of consecutive batches of tiles (same queries)."""
+        targets = None if any(p.targets is None for p in parts) else [t for p in parts for t in p.targets]
+        text = None
+        if all(p.text is not None for p in parts):
+            text = ["\n".join(dict.fromkeys(p.text[q] for p in parts)) for q in range(len(parts[0].text))]
+        return Prediction(torch.cat([p.probabilities for p in parts]), targets, text)
+
 
 @runtime_checkable
 class Segmenter(Protocol):
@@ -71,3 +85,70 @@ class Segmenter(Protocol):
         *,
         before: torch.Tensor | None = None,
     ) -> Prediction: ...
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+class Answer(Protocol):
+    """A generative model's answer to one query, decided once per scene (e.g.
+    geoseg.models.segearth.generate.Answer)."""
+
+    query: str
+    text: str  # the answer for people, without markup
+    phrases: tuple[str, ...]  # one per named target, in order
+
+
+@runtime_checkable
+class ChangeAware(Segmenter, Protocol):
+    """Combines two dates itself (e.g. a feature-change test against misregistration and
+    lighting) instead of the pipeline's per-date comparison; `direction` is appeared | disappeared."""
+
+    def predict_change(
+        self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *, direction: str = "appeared"
+    ) -> Prediction: ...
+
+
+@runtime_checkable
+class Generative(Segmenter, Protocol):
+    """Writes an answer per query (`answer`, e.g. once on a scene overview), then grounds fixed
+    answers on every tile (`grounded`), one probability raster per target the answer names."""
+
+    def answer(self, images: torch.Tensor, queries: Sequence[str]) -> list[list[Answer]]: ...  # [b][q]
+    def grounded(self, answers: Sequence[Answer]) -> Grounded: ...
+
+
+@runtime_checkable
+class Dialogue(Generative, Protocol):
+    """A generative model that answers inside a conversation (the earlier turns in its prompt)."""
+
+    def with_history(self, history: Sequence[Any]) -> Dialogue: ...
+
+
+@runtime_checkable
+class Grounded(Segmenter, Protocol):
+    """Grounds fixed answers (one per query) on every tile: `predict` fills Prediction.targets with
+    the phrases of `answers`, so the pipeline writes one channel per named target."""
+
+    answers: Sequence[Answer]
+
+
+@runtime_checkable
+class ProvenanceSource(Segmenter, Protocol):
+    """Adds its own record (e.g. the answer) to the provenance of query `query_index`'s layer."""
+
+    def provenance(self, query_index: int) -> dict: ...
+
+
+CAPABILITIES: tuple[type, ...] = (ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource)
+
+
+def capabilities(model: object) -> tuple[type, ...]:
+    """The capabilities (in CAPABILITIES order) that `model` declares beyond `predict`."""
+    return tuple(c for c in CAPABILITIES if isinstance(model, c))
+
+
+def declared_members(model: object, caps: Sequence[type]) -> dict[str, Any]:
+    """The data members (not methods) that capabilities `caps` declare, read from `model`
+    (e.g. Grounded.answers): what a wrapper copies to expose the same capabilities."""
+    return {name: getattr(model, name) for c in caps for name in c.__dict__.get("__annotations__", {})}
