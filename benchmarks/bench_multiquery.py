@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -72,22 +73,24 @@ def worker(scene: str, out_dir: str, model_spec: str, ks: list[int], repeats: in
 
     torch.set_num_threads(threads)
     from geoseg import pipeline
-    from geoseg.executors import JobSegmenter
+    from geoseg.executors import job_segmenter
     from geoseg.models.registry import load_segmenter
 
     started = time.perf_counter()
     model = load_segmenter(model_spec, device="cpu")
     load_s = time.perf_counter() - started
-    predict = chunked_decode(model, decode_chunk) if decode_chunk else model.predict
+    backend = model
+    if decode_chunk:
+        backend = SimpleNamespace(info=model.info, device=model.device, predict=chunked_decode(model, decode_chunk))
 
     def run(k: int, tag: str) -> dict:
-        timed = JobSegmenter(model.info, model.device, predict)
+        timed = job_segmenter(backend)
         out = Path(out_dir) / f"k{k}-{tag}.gpkg"
         opts = pipeline.RunOptions(progress=False, overwrite=True)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         summary = pipeline.segment([scene], QUERIES[:k], out, opts, segmenter=timed)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        return {"k": k, "wall_s": wall, "cpu_s": cpu, "model_s": timed.model_seconds, "calls": timed.calls,
+        return {"k": k, "wall_s": wall, "cpu_s": cpu, "model_s": timed.meter.model_seconds, "calls": timed.meter.calls,
                 "tiles": summary.tiles, "features": {ly.query: ly.features for ly in summary.layers}}
 
     run(1, "warmup")

@@ -478,7 +478,8 @@ class BatchRunner:
         finally:
             result.seconds = {"total": round(time.perf_counter() - started, 3)}
             if model is not None:
-                result.seconds |= {"model": round(model.model_seconds, 3), "model_wait": round(model.wait_seconds, 3)}
+                m = model.meter
+                result.seconds |= {"model": round(m.model_seconds, 3), "model_wait": round(m.wait_seconds, 3)}
         if result.error and not result.error.startswith(job.where):
             result.error = f"{job.where}: {result.error}"
         log.info("%s: %s %s", job.where, result.status, result.output)

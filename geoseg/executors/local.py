@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geoseg import resume
-from geoseg.executors import JobSegmenter, LoadOnce
+from geoseg.executors import JobSegmenter, LoadOnce, job_segmenter
 from geoseg.models.base import Segmenter
 from geoseg.models.registry import load_segmenter
 
@@ -41,7 +41,7 @@ class LocalExecutor:
 
     def job_model(self, spec: str, opts, cancel: threading.Event) -> tuple[JobSegmenter, Any]:
         model, lock = self.shared_model(spec, opts.device, opts.allow_pickle)
-        return JobSegmenter(model.info, model.device, model.predict, lock=lock, cancel=cancel), opts
+        return job_segmenter(model, lock=lock, cancel=cancel), opts
 
     def close(self) -> None:
         self._models.clear()

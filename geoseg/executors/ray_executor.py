@@ -7,6 +7,10 @@ chunks go to the least busy hosts at once, and their probabilities come back in 
 are exactly the batches the local executor would give its model, so both executors produce
 identical outputs.
 
+The driver stands in for the model with a `ReplicaModel` that has exactly the capabilities of the
+loaded model (change-aware, generative, ...; geoseg.models.base): each of their calls goes to the
+hosts like `predict` does, and a view (e.g. `grounded(answers)`) is the same view on every host.
+
 Imported only for `--executor ray` (pip install "geoseg[ray]").
 """
 
@@ -16,9 +20,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -27,14 +30,34 @@ import torch
 
 from geoseg import resume
 from geoseg.errors import GeosegError
-from geoseg.executors import JobSegmenter, LoadOnce
-from geoseg.models.base import ModelInfo, Prediction, Segmenter
+from geoseg.executors import Forwarder, JobSegmenter, LoadOnce, forwarding_class, job_segmenter
+from geoseg.models.base import (
+    ModelInfo,
+    Prediction,
+    Segmenter,
+    Target,
+    capabilities,
+    declared_members,
+)
 from geoseg.models.registry import load_segmenter
 
 log = logging.getLogger("geoseg")
 
 # loading a large checkpoint on a cold node takes minutes; an unschedulable actor waits forever
 START_TIMEOUT_S = int(os.environ.get("GEOSEG_RAY_START_TIMEOUT", "900"))
+
+Views = tuple[tuple[str, tuple], ...]  # the view-making calls from a loaded model to what a job uses
+
+
+@dataclass
+class Description:
+    """What the driver needs to stand in for a model (or a view of it) loaded on the hosts."""
+
+    info: ModelInfo
+    batch: int  # its default batch size on a host
+    device: str  # where it runs on the host
+    capabilities: tuple[type, ...]
+    members: dict[str, Any]  # the capabilities' data members (e.g. Grounded.answers)
 
 
 class ModelHost:
@@ -47,46 +70,52 @@ class ModelHost:
         self.load = load
         self.models: dict[tuple, Segmenter] = {}
 
-    def describe(self, key: tuple) -> tuple[ModelInfo, int, str]:
-        """Load the model if needed; its info, default batch size and device."""
+    def describe(self, key: tuple, views: Views = ()) -> Description:
+        """Load the model if needed; its description (or its view's)."""
         from geoseg.pipeline import RunOptions, batch_size_for
 
-        model = self._model(key)
-        return model.info, batch_size_for(model, RunOptions()), str(model.device)
+        model = self._target(key, views)
+        caps = capabilities(model)
+        return Description(model.info, batch_size_for(model, RunOptions()), str(model.device), caps,
+                           declared_members(model, caps))
 
-    def predict(self, key: tuple, images: np.ndarray, queries: Sequence[str], before: np.ndarray | None) -> np.ndarray:
-        model = self._model(key)
-        # arrays from the object store are read-only; torch wants writable memory
-        x = torch.from_numpy(np.array(images)).to(model.device)
-        b = torch.from_numpy(np.array(before)).to(model.device) if before is not None else None
+    def call(self, key: tuple, views: Views, name: str, args: tuple, kwargs: dict) -> Any:
+        """`name(*args, **kwargs)` on the model (or its view); tensors travel as arrays."""
+        target = self._target(key, views)
+        args, kwargs = from_wire((args, kwargs), target.device)
         with torch.inference_mode():
-            probabilities = model.predict(x, list(queries), before=b).probabilities
-        return probabilities.float().cpu().numpy()
+            return to_wire(getattr(target, name)(*args, **kwargs))
 
-    def _model(self, key: tuple) -> Segmenter:
+    def _target(self, key: tuple, views: Views) -> Segmenter:
         if key not in self.models:
             spec, device, allow_pickle = key
             self.models[key] = self.load(spec, device=device, allow_pickle=allow_pickle)
-        return self.models[key]
+        target = self.models[key]
+        for name, args in views:  # cheap views (e.g. grounded(answers)), made again for each call
+            target = getattr(target, name)(*args)
+        return target
 
 
 @dataclass
 class RemoteModel:
-    """A model loaded on every host: what the driver needs to plan and send tiles."""
+    """A model loaded on every host."""
 
     key: tuple
-    info: ModelInfo
-    replica_batch: int
+    description: Description
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.description.info
 
 
 class HostPool:
-    """The executor's actors; `predict` scatters a batch over them in chunks and gathers in order."""
+    """The executor's actors; `call` scatters a batch over them in chunks and gathers in order."""
 
     def __init__(self, actors: list):
         self.actors = actors
         self.device = torch.device("cpu")  # tiles stay on the driver's CPU until they travel
         self._busy = [0] * len(actors)
-        self.chunks = [0] * len(actors)  # chunks each host has predicted (tests and benchmarks read it)
+        self.chunks = [0] * len(actors)  # calls each host has served (tests and benchmarks read it)
         self._lock = threading.Lock()
 
     def _acquire(self) -> int:
@@ -108,31 +137,102 @@ class HostPool:
                               f"{START_TIMEOUT_S} s (are there resources for them?); lower --replicas") from None
         except ray.exceptions.RayError as e:
             raise GeosegError(f"model {key[0]!r} failed to load on a Ray worker: {_first_line(e)}") from None
-        info, batch, where = described[0]
-        log.info("ray: %s on %d workers (%s), batch %d", info.name, len(self.actors), where, batch)
-        return RemoteModel(key, info, batch)
+        d = described[0]
+        log.info("ray: %s on %d workers (%s), batch %d", d.info.name, len(self.actors), d.device, d.batch)
+        return RemoteModel(key, d)
 
-    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before: torch.Tensor | None = None,
-                model: RemoteModel, chunk: int) -> Prediction:
-        imgs = images.cpu().numpy()
-        prev = before.cpu().numpy() if before is not None else None
-        calls = []
+    def describe(self, model: RemoteModel, views: Views) -> Description:
+        return self._scatter([("describe", (model.key, views))])[0]
+
+    def call(self, model: RemoteModel, views: Views, name: str, args: tuple, kwargs: dict, *, chunk: int) -> Any:
+        """A call with a batch of tiles (tensor arguments) goes in chunks of `chunk` tiles to the
+        least busy hosts, its results come back joined in order; any other call goes to one host."""
+        batch = next((len(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        starts = [0] if batch is None else range(0, batch, chunk)
+        parts = self._scatter([
+            ("call", (model.key, views, name, *to_wire(_rows(args, kwargs, start, start + chunk))))
+            for start in starts
+        ])
+        parts = from_wire(parts, self.device)
+        if batch is None:
+            return parts[0]
+        if isinstance(parts[0], Prediction):
+            return Prediction.concat(parts)
+        return [item for part in parts for item in part]  # per image (e.g. answers [b][q])
+
+    def _scatter(self, calls: list[tuple[str, tuple]]) -> list:
+        """Each (method, args) to the least busy host at once; their results in order."""
+        held, refs = [], []
         try:
-            for start in range(0, len(imgs), chunk):
-                i = self._acquire()
-                part = None if prev is None else prev[start:start + chunk]
-                calls.append((i, self.actors[i].predict.remote(model.key, imgs[start:start + chunk], list(queries), part)))
-            parts = ray.get([ref for _, ref in calls])
+            for method, args in calls:
+                held.append(self._acquire())
+                refs.append(getattr(self.actors[held[-1]], method).remote(*args))
+            return ray.get(refs)
         except ray.exceptions.RayError as e:
             raise GeosegError(f"a model replica failed: {_first_line(e)}") from None
         finally:
-            for i, _ in calls:
+            for i in held:
                 self._release(i)
-        return Prediction(torch.from_numpy(np.concatenate(parts)))
 
     def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+
+
+class ReplicaModel(Forwarder):
+    """The model on the hosts (or a view of it) as the driver sees it: `replica_model` gives it
+    exactly the capabilities of the real one, and each call goes to the hosts."""
+
+    def __init__(self, pool: HostPool, model: RemoteModel, views: Views, description: Description, chunk: int):
+        super().__init__(description.members)
+        self.info, self.device = description.info, pool.device
+        self._pool, self._model, self._views, self._chunk = pool, model, views, chunk
+
+    def _call(self, name: str, *args, **kwargs) -> Any:
+        return self._pool.call(self._model, self._views, name, args, kwargs, chunk=self._chunk)
+
+    def _view(self, name: str, *args) -> ReplicaModel:
+        views = (*self._views, (name, args))
+        return replica_model(self._pool, self._model, views, self._pool.describe(self._model, views), self._chunk)
+
+
+def replica_model(pool: HostPool, model: RemoteModel, views: Views, description: Description, chunk: int) -> ReplicaModel:
+    return forwarding_class(ReplicaModel, description.capabilities)(pool, model, views, description, chunk)
+
+
+def _rows(args: tuple, kwargs: dict, start: int, stop: int) -> tuple[tuple, dict]:
+    """Tiles start:stop of every tensor argument (a batch of tiles); other arguments as they are."""
+    def cut(a):
+        return a[start:stop] if isinstance(a, torch.Tensor) else a
+
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def _convert(x: Any, leaf: Callable[[Any], Any]) -> Any:
+    """`x` with `leaf` applied to everything inside lists, tuples, dicts, Predictions and Targets."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(_convert(v, leaf) for v in x)
+    if isinstance(x, dict):
+        return {k: _convert(v, leaf) for k, v in x.items()}
+    if isinstance(x, (Prediction, Target)):
+        return replace(x, **{f.name: _convert(getattr(x, f.name), leaf) for f in fields(x)})
+    return leaf(x)
+
+
+def to_wire(x: Any) -> Any:
+    """Tensors as numpy arrays (Ray passes those without a copy; a slice carries only itself)."""
+    def leaf(v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        v = v.detach().cpu()
+        return (v.float() if v.dtype == torch.bfloat16 else v).numpy()  # numpy has no bfloat16
+
+    return _convert(x, leaf)
+
+
+def from_wire(x: Any, device: torch.device) -> Any:
+    """Arrays back to tensors on `device` (arrays from the object store are read-only: copied)."""
+    return _convert(x, lambda v: torch.from_numpy(np.array(v)).to(device) if isinstance(v, np.ndarray) else v)
 
 
 class RayExecutor:
@@ -189,12 +289,11 @@ class RayExecutor:
     def job_model(self, spec: str, opts, cancel: threading.Event) -> tuple[JobSegmenter, Any]:
         model = self.model(spec, opts.device, opts.allow_pickle)
         pool = self.pool()
-        chunk = opts.batch_size or model.replica_batch
+        chunk = opts.batch_size or model.description.batch
         # the pipeline reads one chunk per host per call; each chunk is what the local executor
         # would send as one batch, so the outputs match it exactly
         opts = replace(opts, batch_size=chunk * len(pool.actors))
-        call = partial(pool.predict, model=model, chunk=chunk)
-        return JobSegmenter(model.info, pool.device, call, cancel=cancel), opts
+        return job_segmenter(replica_model(pool, model, (), model.description, chunk), cancel=cancel), opts
 
     def close(self) -> None:
         if self._pool is not None:
