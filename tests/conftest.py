@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,17 @@ from rasterio.features import rasterize
 sys.path.insert(0, str(Path(__file__).parent))  # test doubles
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local 2-CPU Ray cluster whose workers import from tests/ (skipped without Ray)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"geoseg[ray]\"); Ray tests skipped")
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

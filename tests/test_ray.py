@@ -45,15 +45,6 @@ def broken_model(spec, **kw):
     return Broken(tile_size=128, overlap=32)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
-
-
 def jobs():
     return [
         batch.Job(1, "j:1", "segment", ["a.tif"], ["roads", "rivers"], "seg.gpkg", dict(SCENE_OPTS)),
