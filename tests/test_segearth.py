@@ -866,26 +866,3 @@ def test_predict_change_encodes_both_dates_in_one_pass(segmenter):
     assert same.probabilities.max() <= 0.5  # identical dates: min(p, 1 - p) never passes 0.5
     dense = segmenter.feature_change(tiles(1, seed=5), tiles(1, seed=6))
     assert dense.shape == (1, 128, 128) and dense.min() >= 0 and dense.max() <= 1
-
-
-# ------------------------------------------------------------------ building blocks
-def test_deformable_sampling_reads_x_then_y_at_pixel_centres():
-    from geoseg.models.segearth.pixel_decoder import deformable_sample
-
-    h, w = 4, 6
-    value = torch.arange(h * w, dtype=torch.float32).view(1, h * w, 1, 1)  # 1 head, 1 channel
-    # location (x, y) of the centre of pixel column 2, row 1 -> value 1 * w + 2
-    loc = torch.tensor([(2 + 0.5) / w, (1 + 0.5) / h]).view(1, 1, 1, 1, 1, 2)
-    out = deformable_sample(value, [(h, w)], loc, torch.ones(1, 1, 1, 1, 1))
-    assert out.item() == pytest.approx(1 * w + 2)
-
-
-def test_swin_relative_position_index_matches_its_definition():
-    from geoseg.models.segearth.swin import relative_position_index
-
-    w = 3
-    index = relative_position_index(w)
-    for i in range(w * w):
-        for j in range(w * w):
-            dy, dx = i // w - j // w, i % w - j % w
-            assert index[i, j] == (dy + w - 1) * (2 * w - 1) + (dx + w - 1)

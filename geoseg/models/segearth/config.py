@@ -61,7 +61,7 @@ class MaskDecoderConfig:
     nheads: int = 8  # MASK_FORMER.NHEADS (pixel decoder and transformer decoder)
     enc_layers: int = 6  # SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS
     enc_ffn: int = 1024  # hard-coded in the reference's pixel_decoder_init
-    enc_points: int = 4  # MSDeformAttn n_points
+    enc_points: int = 4  # MSDeformAttn n_points (transformers' pixel decoder supports only 4)
     dec_layers: int = 9  # MASK_FORMER.DEC_LAYERS (10) - 1
     dec_ffn: int = 2048  # MASK_FORMER.DIM_FEEDFORWARD
     num_queries: int = 100  # MASK_FORMER.NUM_OBJECT_QUERIES (unused at inference, shapes the keys)
@@ -161,6 +161,8 @@ def parse_config(raw: dict, where: str = "config.json") -> SegEarthConfig:
     if mask.conv_dim != mask.hidden_dim:
         # The reference adds 1x1 input projections in that case; no published checkpoint has them.
         raise ModelLoadError(f"{where}: mask decoder conv_dim must equal hidden_dim")
+    if mask.enc_points != 4:
+        raise ModelLoadError(f"{where}: mask decoder enc_points must be 4 (Mask2Former's value)")
     if mask.conv_dim % 32:
         raise ModelLoadError(f"{where}: mask decoder conv_dim must be a multiple of 32 (GroupNorm)")
     projector = _sub(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoseg.models.segearth.config import MaskDecoderConfig
-from geoseg.models.segearth.pixel_decoder import sine_position_embedding
+from geoseg.models.segearth.vision import sine_position_embedding
 
 
 class SelfAttentionLayer(nn.Module):
@@ -105,9 +105,7 @@ class MaskedTransformerDecoder(nn.Module):
         src, pos, sizes = [], [], []
         for i, x in enumerate(multi_scale):
             sizes.append(tuple(x.shape[-2:]))
-            pos.append(
-                sine_position_embedding(x, x.shape[1] // 2).to(x.dtype).flatten(2).permute(2, 0, 1)
-            )
+            pos.append(sine_position_embedding(x).flatten(2).permute(2, 0, 1))
             src.append((x.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
         output = query.unsqueeze(0)  # 1 x B x D (sequence-first, like the reference)
         query_pos = torch.zeros_like(output)

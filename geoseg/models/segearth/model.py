@@ -5,12 +5,14 @@ Top-level names (as saved by the reference with transformers 4.36.2):
                                                       today, except the attention projection: one
                                                       fused `self_attn.query_key_value` on disk, split
                                                       into q/k/v_proj at load time, see checkpoint.py)
-    model.vision_tower.*                              Swin-B (Mask2Former layout)
+    model.vision_tower.*                              Swin-B (D2SwinTransformer names; transformers'
+                                                      SwinBackbone underneath, see vision.py)
     model.mm_projector.*                              token-compression connector
     lm_head.weight                                    (no bias; unused for masks)
     seg_query                                         (training leftover; unused)
     text_projector, origin_SEG_token_projector, local_project, SEG_token_projector, d_layers.*
-    pixel_decoder.*, predictor.*                      Mask2Former head
+    pixel_decoder.*, predictor.*                      Mask2Former head (pixel decoder: transformers'
+                                                      Mask2FormerPixelDecoder, see vision.py)
 
 Inference is split so that the pipeline can reuse image work: `encode_images` (Swin, connector,
 pixel decoder: once per tile) and `segment` (Phi + projectors + transformer decoder: per query).
@@ -18,7 +20,6 @@ pixel decoder: once per tile) and `segment` (Phi + projectors + transformer deco
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,9 +29,8 @@ from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from geoseg.models.segearth.config import SegEarthConfig
 from geoseg.models.segearth.mask_decoder import MaskedTransformerDecoder
-from geoseg.models.segearth.pixel_decoder import MSDeformAttnPixelDecoder
 from geoseg.models.segearth.projectors import CompressionConnector, DescriptionProjector
-from geoseg.models.segearth.swin import SwinBackbone, WindowAttention, relative_position_index
+from geoseg.models.segearth.vision import PixelDecoder, SwinBackbone
 
 
 @dataclass
@@ -89,17 +89,14 @@ class SegEarthR1(nn.Module):
         self.local_project = nn.Linear(cfg.swin.channels[-1], dim)
         self.SEG_token_projector = nn.Linear(2 * dim, cfg.mask.hidden_dim)
         self.d_layers = DescriptionProjector(cfg.projector)
-        self.pixel_decoder = MSDeformAttnPixelDecoder(cfg.mask, cfg.swin.channels)
+        self.pixel_decoder = PixelDecoder(cfg.mask, cfg.swin.channels)
         self.predictor = MaskedTransformerDecoder(cfg.mask)
 
     def reset_runtime_buffers(self, device: torch.device) -> None:
         """Rebuild the buffers that are not in a checkpoint (after building on the meta device)."""
         with torch.device(device):
             self.model.rotary_emb = PhiRotaryEmbedding(self.phi_config)
-        for module in self.model.vision_tower.modules():
-            if isinstance(module, WindowAttention) and module.relative_position_index.is_meta:
-                window = math.isqrt(module.relative_position_bias_table.shape[0]) // 2 + 1
-                module.relative_position_index = relative_position_index(window).to(device)
+        self.model.vision_tower.reset_relative_position_index(device)
 
     # --- image side: once per tile ---------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:

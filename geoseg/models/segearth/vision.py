@@ -161,11 +161,26 @@ class SwinBackbone(LibrarySwinBackbone):
         # The final LayerNorm of SwinModel feeds its pooled output only, which the backbone never
         # uses; the published checkpoints have no such weights.
         self.swin.layernorm = nn.Identity()
+        self.swin.get_input_embeddings = self.get_input_embeddings  # the inner SwinModel too
+        # A checkpoint sets every weight; a model built without one (tests, fresh heads around a
+        # random backbone) gets PyTorch's default initialisation and zero bias tables, as geoseg's
+        # former module had, instead of transformers' N(0, 0.02).
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        for _, attention in self.attention_blocks():
+            nn.init.zeros_(attention.relative_position_bias.relative_position_bias_table)
         self.register_state_dict_post_hook(_swin_state_dict_hook)
         self.register_load_state_dict_pre_hook(_swin_load_hook)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(super().forward(images).feature_maps)
+
+    def get_input_embeddings(self) -> None:
+        """None: the backbone sits under the PhiModel (`model.vision_tower`), whose gradient
+        checkpointing hooks the input embeddings of every PreTrainedModel below it to require
+        grads; Swin's patch embedding returns a tuple and needs no such hook."""
+        return None
 
     def attention_blocks(self):
         """(library block path, SwinAttention) of every block."""
@@ -261,8 +276,9 @@ class PixelDecoder(Mask2FormerPixelDecoder):
                 conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding
             )
         self.adapter_1.append(nn.ReLU())
-        # The library allocates level_embed uninitialised; the reference draws it from N(0, 1).
-        nn.init.normal_(self.level_embed)
+        # The library allocates level_embed uninitialised; a checkpoint sets it. Zeros, as geoseg's
+        # former module had, for a model built without one.
+        nn.init.zeros_(self.level_embed)
         self.register_state_dict_post_hook(_pixel_decoder_state_dict_hook)
         self.register_load_state_dict_pre_hook(_pixel_decoder_load_hook)
 
