@@ -22,3 +22,21 @@ class Batch:
 
 def to_tensor_images(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().contiguous()
+
+
+def stack_batch(images: list[np.ndarray], queries: list[str], index: list[int], masks: list[np.ndarray], *,
+                befores: list[np.ndarray] | None = None, changes: list[np.ndarray] | None = None,
+                valid: list[np.ndarray] | None = None) -> Batch:
+    """A Batch from per-image arrays (H x W x 3 images, H x W masks) and per-pair lists."""
+    def stack(arrays: list[np.ndarray] | None) -> torch.Tensor | None:
+        return torch.from_numpy(np.stack(arrays)).float() if arrays else None
+
+    return Batch(
+        images=to_tensor_images(images),
+        queries=queries,
+        image_index=torch.tensor(index, dtype=torch.long),
+        masks=stack(masks),
+        before=to_tensor_images(befores) if befores else None,
+        change_masks=stack(changes),
+        valid=stack(valid),
+    )

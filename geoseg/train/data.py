@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import InputError
-from geoseg.train.batch import Batch, to_tensor_images
+from geoseg.train.batch import Batch, stack_batch, to_tensor_images
 from geoseg.train.config import TrainConfig
 from geoseg.train.manifest import load_image, load_mask, read_manifest
 from geoseg.train.queries import (
@@ -23,6 +23,7 @@ from geoseg.train.queries import (
     by_concept,
     choose_queries,
     concept_mask,
+    draw_targets,
     queries_by_split,
 )
 from geoseg.train.synthdata import PairScene, Scene, render_pair_scene, render_scene_for_training
@@ -167,25 +168,12 @@ class ChangeSource:
                 queries.append(options[int(self.rng.integers(len(options)))])
                 index.append(b)
                 masks.append(mask)
-        return Batch(
-            images=to_tensor_images(afters),
-            before=to_tensor_images(befores),
-            change_masks=torch.from_numpy(np.stack(changes)).float(),
-            queries=queries,
-            image_index=torch.tensor(index, dtype=torch.long),
-            masks=torch.from_numpy(np.stack(masks)).float(),
-        )
+        return stack_batch(afters, queries, index, masks, befores=befores, changes=changes)
 
     def _choose(self, typed: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
         present = [(k, m) for k, m in typed.items() if m.sum() >= 16 and self.wordings.get(k)]
         absent = [(k, m) for k, m in typed.items() if m.sum() == 0 and self.wordings.get(k)]
-        picks = []
-        for _ in range(self.cfg.queries_per_image):
-            want_empty = self.rng.random() < self.cfg.empty_share or not present
-            pool = absent if (want_empty and absent) or not present else present
-            if pool:
-                picks.append(pool[int(self.rng.integers(len(pool)))])
-        return picks
+        return list(draw_targets(self.rng, present, absent, self.cfg.queries_per_image, self.cfg.empty_share))
 
     def close(self) -> None:
         self.pool.clear()

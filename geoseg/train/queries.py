@@ -13,7 +13,7 @@ None of these is ever shown in training; evaluation reports them as separate gro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,12 +108,19 @@ def choose_queries(
         elif area == 0:
             absent.append((key, mask))
     picks = []
+    for key, mask in draw_targets(rng, present, absent, n, empty_share):
+        options = concepts[key]
+        picks.append((options[int(rng.integers(len(options)))], mask))
+    return picks
+
+
+def draw_targets(rng: np.random.Generator, present: list, absent: list, n: int, empty_share: float) -> Iterator:
+    """Up to n draws from `present` (targets in the crop) or, about `empty_share` of the time and
+    whenever nothing is present, from `absent`; a generator, so a caller's own draws between two
+    of these keep their place in the random stream."""
     for _ in range(n):
         want_empty = rng.random() < empty_share or not present
         pool = absent if (want_empty and absent) or not present else present
         if not pool:
-            break
-        key, mask = pool[int(rng.integers(len(pool)))]
-        options = concepts[key]
-        picks.append((options[int(rng.integers(len(options)))], mask))
-    return picks
+            return
+        yield pool[int(rng.integers(len(pool)))]

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from geoseg.errors import InputError
 from geoseg.synth import vocab
-from geoseg.train.batch import Batch, to_tensor_images
+from geoseg.train.batch import Batch, stack_batch
 from geoseg.train.config import TrainConfig
 from geoseg.train.manifest import load_image, load_mask, read_manifest
-from geoseg.train.queries import HELDOUT_WORDS, queries_by_split
+from geoseg.train.queries import HELDOUT_WORDS, draw_targets, queries_by_split
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +254,7 @@ def choose_real_queries(
             absent.append((words.concepts[concept], mask))
     empty = np.zeros_like(crop.valid)
     absent += [([w], empty) for w in words.never.get(source, ())]
-    picks = []
-    for _ in range(n):
-        want_empty = rng.random() < empty_share or not present
-        pool = absent if (want_empty and absent) or not present else present
-        if not pool:
-            break
-        options, mask = pool[int(rng.integers(len(pool)))]
-        picks.append((words.pick(rng, options), mask))
-    return picks
+    return [(words.pick(rng, options), mask) for options, mask in draw_targets(rng, present, absent, n, empty_share)]
 
 
 # ---- batch sources -----------------------------------------------------------------------------
@@ -296,13 +288,7 @@ class RealSource:
                 index.append(b)
                 masks.append(mask)
                 valid.append(crop.valid)
-        return Batch(
-            images=to_tensor_images(images),
-            queries=queries,
-            image_index=torch.tensor(index, dtype=torch.long),
-            masks=torch.from_numpy(np.stack(masks)).float(),
-            valid=torch.from_numpy(np.stack(valid)).float(),
-        )
+        return stack_batch(images, queries, index, masks, valid=valid)
 
     def close(self) -> None:
         pass
@@ -343,15 +329,7 @@ class RealChangeSource(RealSource):
                 index.append(b)
                 masks.append(mask)
                 valid.append(ok)
-        return Batch(
-            images=to_tensor_images(afters),
-            before=to_tensor_images(befores),
-            change_masks=torch.from_numpy(np.stack(changes)).float(),
-            queries=queries,
-            image_index=torch.tensor(index, dtype=torch.long),
-            masks=torch.from_numpy(np.stack(masks)).float(),
-            valid=torch.from_numpy(np.stack(valid)).float(),
-        )
+        return stack_batch(afters, queries, index, masks, befores=befores, changes=changes, valid=valid)
 
     def _typed_changes(self, before: RealCrop, after: RealCrop) -> tuple[dict[str, np.ndarray], np.ndarray]:
         typed: dict[str, np.ndarray] = {}
@@ -369,10 +347,4 @@ class RealChangeSource(RealSource):
     def _choose(self, typed: dict[str, np.ndarray], valid: np.ndarray) -> list[tuple[str, np.ndarray]]:
         present = [(k, m) for k, m in typed.items() if (m & valid).sum() >= 16 and self.words.change.get(k)]
         absent = [(k, m) for k, m in typed.items() if not m.any() and self.words.change.get(k)]
-        picks = []
-        for _ in range(self.cfg.queries_per_image):
-            want_empty = self.rng.random() < self.cfg.empty_share or not present
-            pool = absent if (want_empty and absent) or not present else present
-            if pool:
-                picks.append(pool[int(self.rng.integers(len(pool)))])
-        return picks
+        return list(draw_targets(self.rng, present, absent, self.cfg.queries_per_image, self.cfg.empty_share))
