@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from geoseg import gpkg, provenance, raster, stitch, tiling, vectorize
 from geoseg.errors import InputError, OutputExistsError
+from geoseg.grounding import answer_scene
 from geoseg.models.base import ChangeAware, Generative, Grounded, ProvenanceSource, Segmenter
 from geoseg.models.registry import load_segmenter
 
@@ -421,12 +422,10 @@ def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: i
 
 def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) -> tuple[Segmenter, list[Channel]]:
     """One channel per query; a generative model first answers each query once for the scene and
-    then gets one channel per target its answer names (geoseg.dialogue). A query whose answer
+    then gets one channel per target its answer names (geoseg.grounding). A query whose answer
     names nothing keeps one (empty) channel, so its layer exists and says "found nothing"."""
-    from geoseg import dialogue
-
     if isinstance(model, Generative):
-        model = dialogue.answer_scene(model, scene, queries)
+        model = answer_scene(model, scene, queries)
     if not isinstance(model, Grounded):
         return model, [Channel(i) for i in range(len(queries))]
     channels = []
