@@ -39,8 +39,8 @@ class CompactSegmenter:
     """
 
     def __init__(self, model: CompactModel, text: TextEncoder, info: ModelInfo, device: torch.device) -> None:
-        # channels-last weights: the encoder's depthwise convolutions ran 2.1x faster on a 2-core
-        # CPU this way (predict on 8 x 256 px tiles: 1.44 -> 3.02 MP/s; outputs equal to 2e-7)
+        # channels-last weights: the layout in which the encoder's depthwise convolutions ran
+        # fastest on a 2-core CPU (outputs equal to 2e-7; docs/models/compact.md, "Speed")
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.text = text
         self.info = info
