@@ -103,3 +103,19 @@ def test_mixed_source_draws_both(manifest):
     assert isinstance(source, MixedSource)
     kinds = {source.next_batch().valid is None for _ in range(12)}
     assert kinds == {True, False}  # synthetic batches have no valid mask, real ones do
+
+
+def test_source_weights_set_how_often_each_source_is_drawn(tmp_path):
+    from geoseg.errors import InputError
+    from geoseg.train.real import RealSource
+
+    manifests = [_write_source(tmp_path / name, name=name) for name in ("big", "small")]
+    config = _config(manifests[0])
+    config.data.real = tuple(str(m) for m in manifests)
+    config.data.real_weights = {"small": 3.0}
+    source = RealSource(config, seed=0)
+    drawn = [source._image().source for _ in range(400)]
+    assert 0.68 < drawn.count("small") / len(drawn) < 0.82  # 3 : 1
+    config.data.real_weights = {"nowhere": 2.0}
+    with pytest.raises(InputError, match="nowhere"):
+        RealSource(config, seed=0)

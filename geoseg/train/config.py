@@ -39,6 +39,7 @@ class DataConfig:
     real: tuple[str, ...] = ()  # manifests of real labelled imagery (their area-split:val lines are never used)
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
+    real_weights: dict[str, float] = field(default_factory=dict)  # source name -> draw weight (others 1.0)
 
 
 @dataclass

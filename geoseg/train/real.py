@@ -259,21 +259,34 @@ def choose_real_queries(
 
 # ---- batch sources -----------------------------------------------------------------------------
 class RealSource:
-    """Endless single-date batches from real images (sources drawn with equal weight, so a large
-    source does not drown a small one)."""
+    """Endless single-date batches from real images. Sources are drawn with equal weight unless
+    `data.real_weights` says otherwise, so a large source does not drown a small one."""
 
     def __init__(self, config: TrainConfig, seed: int, data: RealSet | None = None) -> None:
         self.cfg = config.data
         self.batch_size = config.batch_size
         self.rng = np.random.default_rng(seed)
         self.data = data or RealSet.load(self.cfg.real)
-        self.sources = list(self.data.by_source().values())
+        by_source = self.data.by_source()
+        unknown = set(self.cfg.real_weights) - set(by_source)
+        if unknown:
+            raise InputError(f"data.real_weights names {', '.join(sorted(unknown))}, which no real manifest holds "
+                             f"(sources: {', '.join(sorted(by_source))})")
+        self._use_sources(by_source)
         self.words = RealVocabulary()
         self.vocabulary = self.words.all_wordings
         self.scale = ScaleRange(*self.cfg.real_scale)
 
+    def _use_sources(self, by_source: dict[str, list[int]]) -> None:
+        self.sources = list(by_source.values())
+        weights = np.array([float(self.cfg.real_weights.get(name, 1.0)) for name in by_source])
+        self.source_p = weights / weights.sum()
+
+    def _group(self) -> list[int]:
+        return self.sources[int(self.rng.choice(len(self.sources), p=self.source_p))]
+
     def _image(self) -> RealImage:
-        group = self.sources[int(self.rng.integers(len(self.sources)))]
+        group = self._group()
         return self.data.images[group[int(self.rng.integers(len(group)))]]
 
     def next_batch(self) -> Batch:
@@ -303,13 +316,13 @@ class RealChangeSource(RealSource):
         by_source: dict[str, list[int]] = {}
         for i in keep:
             by_source.setdefault(self.data.images[i].source, []).append(i)
-        self.sources = list(by_source.values())
+        self._use_sources(by_source)
 
     def next_batch(self) -> Batch:
         befores, afters, changes, queries, index, masks, valid = [], [], [], [], [], [], []
         t = self.cfg.tile
         for b in range(self.batch_size):
-            group = self.sources[int(self.rng.integers(len(self.sources)))]
+            group = self._group()
             a = self.data.images[group[int(self.rng.integers(len(group)))]]
             before = random_crop(self.rng, a, t, self.scale)
             if self.rng.random() < 0.5:  # the same place on another day: nothing changed
