@@ -7,6 +7,8 @@ import time
 
 import click
 
+from geoseg_cli.options import click_option
+
 # geoseg.batch and the executors import torch; they are imported when the command runs.
 JOB_MODES = ("segment", "change")  # geoseg.batch.MODES (tests/test_cli.py checks they agree)
 
@@ -42,9 +44,9 @@ def _settings(ctx, param, values: tuple[str, ...]) -> dict[str, str | bool]:
                    "(bare paths default to {dir}/{stem}.gpkg).")
 @click.option("--mode", type=click.Choice(JOB_MODES), default="segment", show_default=True,
               help="Mode of jobs that do not say.")
-@click.option("--model", help="Model for jobs that do not say (registry name, directory or hub id).")
-@click.option("--device", help="Device for every job: auto, cpu, cuda, cuda:1, mps.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs that are not a finished job's.")
+@click_option("model", help="Model for jobs that do not say (registry name, directory or hub id).")
+@click_option("device", default=None, show_default=False, help="Device for every job: auto, cpu, cuda, cuda:1, mps.")
+@click_option("overwrite", help="Replace existing outputs that are not a finished job's.")
 @click.option("--set", "settings", multiple=True, callback=_settings, metavar="KEY=VALUE",
               help="An option for every job, named as in a job's `options` (the job's own value wins), "
                    "e.g. --set threshold=0.6 --set min-area=50m2.")
@@ -74,7 +76,6 @@ def batch_command(ctx, jobs, on_error, resume, force, workers, executor, ray_add
         if value is not None:
             options[name] = value
     defaults = batch.JobDefaults(mode=mode, queries=list(queries), output_template=output_template, options=options)
-    batch.check_options(options, "--set")
     jobs_stream = batch.read_jobs(click.open_file("-") if jobs == "-" else jobs, defaults)
     quiet = ctx.obj.get("quiet", 0) if ctx.obj else 0
     started = time.perf_counter()

@@ -8,24 +8,14 @@ from pathlib import Path
 
 import click
 
-from geoseg_cli.options import _bands, _nodata, output_opt, vector_opts
+from geoseg_cli.options import output_opt, run_options
 from geoseg_cli.run import build_options
 
 
 @click.command(no_args_is_help=True)
 @click.argument("scene", type=click.Path(path_type=Path))
+@run_options("chat", model="A generative SegEarth checkpoint directory or hub id (model_type segearth_r1_generative).")
 @output_opt
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--append", is_flag=True, help="Add the turns' layers to an existing GeoPackage.")
-@click.option("--model", help="A generative SegEarth checkpoint directory or hub id (model_type segearth_r1_generative).")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
-@click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin checkpoints (loaded with weights_only=True).")
-@click.option("-b", "--bands", callback=_bands, help="1-based bands to read, in model order (e.g. 3,2,1).")
-@click.option("--nodata", callback=_nodata, help="Override the input nodata value.")
-@click.option("--tile-size", type=click.IntRange(16), help="Tile size in pixels (default: the model's native size).")
-@click.option("--overlap", type=click.IntRange(0), help="Overlap between tiles in pixels (default: the model's).")
-@click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: from device memory).")
-@vector_opts
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per turn on stdout.")
 @click.pass_context
 def chat_command(ctx, scene, output, as_json, **kw):

@@ -1,31 +1,59 @@
-"""Options shared by several commands (rasterio's `rio` keeps them in one place too)."""
+"""Click options generated from the library's one options model (geoseg.options), plus the few
+that belong to a command rather than to a run (output, --json, --dry-run, --preview)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from geoseg.stitch import BLEND_MODES
+from geoseg.options import OPTIONS, Option, options_for
 
 
-def _bands(ctx, param, value: str | None) -> tuple[int, ...] | None:
-    if not value:
-        return None
-    try:
-        return tuple(int(b) for b in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give 1-based band numbers separated by commas, e.g. 3,2,1") from None
+class LibraryValue(click.ParamType):
+    """A value the library parses (bands, nodata, min-area, gsd): one parser for CLI and jobs."""
+
+    def __init__(self, option: Option):
+        self.option = option
+        self.name = option.type_name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.option.parser(value)
+        except ValueError as e:
+            self.fail(f"{value!r}: {e}", param, ctx)
 
 
-def _nodata(ctx, param, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give a number or 'nan'") from None
+def click_type(option: Option) -> Any:
+    limited = option.low is not None or option.high is not None
+    if option.kind == "int":
+        return click.IntRange(option.low, option.high) if limited else int
+    if option.kind == "float":
+        return click.FloatRange(option.low, option.high) if limited else float
+    if option.kind == "choice":
+        return click.Choice(option.choices)
+    if option.kind == "path":
+        return click.Path(dir_okay=False, path_type=Path)
+    if option.kind == "value":
+        return LibraryValue(option)
+    return None  # text: Click's default STRING
+
+
+def click_option(name: str, **override: Any) -> Callable:
+    """The Click option for the library option `name`; `override` changes e.g. help or default."""
+    option = OPTIONS[name]
+    decls = [d for d in (option.short, f"--{option.name}", option.field) if d]
+    kw: dict[str, Any] = {"help": option.help}
+    if option.kind == "flag":
+        kw["is_flag"] = True
+    else:
+        kw["type"] = click_type(option)
+        if option.default is not None:
+            kw.update(default=option.default, show_default=True)
+    kw.update(override)
+    return click.option(*decls, **kw)
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -37,56 +65,31 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
+def run_options(command: str, **help_for: str) -> Callable:
+    """Every option that changes `command`'s run, in the order of the flow (read -> write)."""
+    return _stack(*(click_option(o.name, **({"help": help_for[o.field]} if o.field in help_for else {}))
+                    for o in options_for(command)))
+
+
 output_opt = click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
     help="GeoPackage to write (a layer per query).",
 )
 
-write_opts = _stack(
-    output_opt,
-    click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
-    click.option("--append", is_flag=True, help="Add the layer(s) to an existing GeoPackage."),
-    click.option("--layer", help="Layer name (default: a slug of the query)."),
+report_opts = _stack(
     click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout."),
     click.option("--fail-on-empty", is_flag=True, help="Exit with code 3 when nothing is found."),
 )
 
-vector_opts = _stack(
-    click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                 help="Probability at or above which a pixel belongs to the target."),
-    click.option("--min-area", default="0", show_default=True,
-                 help="Drop polygons smaller than this: pixels (e.g. 20 or 20px) or square metres (e.g. 50m2)."),
-    click.option("--simplify", type=click.FloatRange(0), default=0.0, show_default=True,
-                 help="Topology-preserving simplification tolerance, in pixels."),
-    click.option("--fill-holes", is_flag=True, help="Fill holes inside polygons."),
-)
-
-raster_opts = _stack(
-    click.option("-b", "--bands", callback=_bands, help="1-based bands to read, in model order (e.g. 3,2,1). Default: the first three."),
-    click.option("--nodata", callback=_nodata, help="Override the input nodata value."),
-    click.option("--tile-size", type=click.IntRange(16), help="Tile size in pixels (default: the model's native size)."),
-    click.option("--overlap", type=click.IntRange(0), help="Overlap between tiles in pixels (default: the model's)."),
-    click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: from device memory)."),
-    click.option("--blend", type=click.Choice(BLEND_MODES), default="cosine", show_default=True,
-                 help="How overlapping tiles are combined."),
-    click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Reader threads."),
-    click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Also write the blended probabilities as a COG (uint8, scale 1/254)."),
-    click.option("--mask-out", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Also write the thresholded mask as a COG (1 = target, 0 = not, 255 = nodata)."),
-)
-
-model_opts = _stack(
-    click.option("--model", help="Registry name, checkpoint directory or Hugging Face hub id (see `geoseg models`)."),
-    click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."),
-    click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin checkpoints (loaded with weights_only=True)."),
-    click.option("--dry-run", is_flag=True, help="Print the tile plan and a memory estimate; run nothing."),
-)
+dry_run_opt = click.option("--dry-run", is_flag=True, help="Print the tile plan and a memory estimate; run nothing.")
 
 preview_opt = click.option(
     "--preview", "preview_png", type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a quick-look PNG of the scene(s) with the polygons drawn.",
 )
 
-# Everything `segment` and `change` share: reading, tiling, model, vectorising, writing.
-model_run_opts = _stack(raster_opts, vector_opts, model_opts, write_opts, preview_opt)
+
+def command_options(command: str) -> Callable:
+    """segment / change / vectorize: the run's options, then output, reporting and preview."""
+    extra = (dry_run_opt,) if command != "vectorize" else ()
+    return _stack(run_options(command), *extra, output_opt, report_opts, preview_opt)

@@ -9,22 +9,16 @@ from typing import TYPE_CHECKING
 import click
 
 from geoseg.errors import EmptyResultError
-from geoseg_cli.options import model_run_opts, preview_opt, vector_opts, write_opts
+from geoseg.options import RunOptions
+from geoseg_cli.options import command_options
 
 if TYPE_CHECKING:  # imported when a command runs: `geoseg --help` and completion need no torch
     from geoseg import pipeline
 
 
-def build_options(ctx: click.Context, kw: dict) -> pipeline.RunOptions:
-    """Map Click's keyword arguments onto the library's RunOptions."""
-    from geoseg import pipeline
-
-    min_px, min_m2 = pipeline.parse_min_area(kw.pop("min_area", "0"))
-    known = pipeline.RunOptions.__dataclass_fields__
-    opts = pipeline.RunOptions(**{k: v for k, v in kw.items() if k in known})
-    opts.min_area_px, opts.min_area_m2 = min_px, min_m2
-    opts.progress = not ctx.obj.get("quiet")
-    return opts
+def build_options(ctx: click.Context, kw: dict) -> RunOptions:
+    """The library's RunOptions from Click's keyword arguments (named after its fields)."""
+    return RunOptions(**kw, progress=not ctx.obj.get("quiet"))
 
 
 def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> None:
@@ -53,9 +47,7 @@ def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary,
 @click.argument("args", nargs=-1, required=True, metavar="SCENE... QUERY")
 @click.option("--query", "extra_queries", multiple=True,
               help="A query (repeatable). When given, every positional argument is a scene.")
-@click.option("--dst-crs", help="CRS of the layer when scenes differ (default: the first scene's).")
-@click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing (polygons in pixel units).")
-@model_run_opts
+@command_options("segment")
 @click.pass_context
 def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Segment SCENE(s) for QUERY and write polygons to a GeoPackage.
@@ -86,13 +78,7 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
 @click.argument("query", nargs=-1, required=True)
-@click.option("--align-to", type=click.Choice(["before", "after"]), default="before", show_default=True,
-              help="Which date's grid the other is warped onto.")
-@click.option("--resampling", type=click.Choice(["nearest", "bilinear", "cubic"]), default="bilinear",
-              show_default=True, help="Resampling used to warp the other date.")
-@click.option("--dilate", "dilate_px", type=click.IntRange(0), default=2, show_default=True,
-              help="Misregistration tolerance in pixels (single-date models).")
-@model_run_opts
+@command_options("change")
 @click.pass_context
 def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
     """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
@@ -118,10 +104,7 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
 @click.command(no_args_is_help=True)
 @click.argument("probabilities", type=click.Path(path_type=Path))
 @click.option("--query", help="Query stored with the layer (default: the one recorded in the raster).")
-@click.option("--pixel-coords", is_flag=True, help="Accept rasters without georeferencing.")
-@vector_opts
-@write_opts
-@preview_opt
+@command_options("vectorize")
 @click.pass_context
 def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output, preview_png, **kw):
     """Re-vectorise a probability raster (from --probabilities) without running a model.

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from geoseg import gpkg, pipeline, resume, stitch
+from geoseg import gpkg, pipeline, resume
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
+from geoseg.options import RunOptions, find_option, parse_options
 
 log = logging.getLogger("geoseg")
 
@@ -56,12 +57,10 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
 
-    def run_options(self, defaults: dict[str, Any]) -> pipeline.RunOptions:
-        """RunOptions from the batch defaults overlaid with the job's own options."""
-        opts = pipeline.RunOptions(progress=False)
-        for name, value in {**defaults, **self.options}.items():
-            apply_option(opts, name, value, self.where)
-        return opts
+    def run_options(self, defaults: dict[str, Any]) -> RunOptions:
+        """RunOptions from the batch defaults (--set, parsed) overlaid with the job's own options."""
+        settings = {**defaults, **parse_options(self.options, self.where)}
+        return RunOptions(**settings, progress=False)
 
 
 @dataclass
@@ -71,7 +70,11 @@ class JobDefaults:
     mode: str = "segment"
     queries: list[str] = field(default_factory=list)
     output_template: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # option names -> values, as `--set` gives them
+
+    def __post_init__(self) -> None:
+        # Checked once, before any job runs; afterwards keyed by RunOptions field.
+        self.options = parse_options(self.options, "--set")
 
 
 def read_jobs(source: str | Path | TextIO, defaults: JobDefaults | None = None, *, name: str | None = None) -> Iterator[Job]:
@@ -172,7 +175,7 @@ def _job_from_csv(row: dict[str, str], index: int, where: str, defaults: JobDefa
                 return Job(index, where, problem=f"{where}: the options cell must be a JSON object, e.g. {{\"threshold\": 0.6}}")
         elif column in ("mode", "output"):
             fields[column] = cell
-        elif option_field(column):
+        elif find_option(column):
             options[column] = cell
         else:
             return Job(index, where, problem=f"{where}: unknown column {column!r}; use {', '.join(JOB_KEYS)} or option names")
@@ -225,95 +228,11 @@ def _shape_problem(job: Job) -> str | None:
         return f"{w}: no output; give \"output\" in the job or --output-template on the command line"
     if not isinstance(job.options, dict):
         return f"{w}: options must be a JSON object of option names (without dashes) and values"
+    try:  # checked while reading: a misspelt or out-of-range option is reported on its own line
+        parse_options(job.options, w)
+    except InputError as e:
+        return str(e)
     return None
-
-
-# ---------------------------------------------------------------- options
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on", ""):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError("expected a whole number")
-    return int(value)
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    return float(value)
-
-
-def _bands(value: Any) -> tuple[int, ...]:
-    items = value if isinstance(value, list) else str(value).split(",")
-    return tuple(_int(b) for b in items)
-
-
-def _choice(choices: Iterable[str]):
-    allowed = tuple(choices)
-
-    def convert(value: Any) -> str:
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
-
-    return convert
-
-
-# option name (CLI spelling, dashes as underscores) -> (RunOptions field, converter)
-OPTIONS: dict[str, tuple[str, Any]] = {
-    "model": ("model", str), "device": ("device", str), "allow_pickle": ("allow_pickle", _bool),
-    "bands": ("bands", _bands), "b": ("bands", _bands), "nodata": ("nodata", _float),
-    "pixel_coords": ("pixel_coords", _bool), "tile_size": ("tile_size", _int), "overlap": ("overlap", _int),
-    "batch_size": ("batch_size", _int), "blend": ("blend", _choice(stitch.BLEND_MODES)),
-    "workers": ("workers", _int), "threshold": ("threshold", _float), "simplify": ("simplify", _float),
-    "fill_holes": ("fill_holes", _bool), "layer": ("layer", str), "overwrite": ("overwrite", _bool),
-    "append": ("append", _bool), "probabilities": ("probabilities", Path), "mask_out": ("mask_out", Path),
-    "align_to": ("align_to", _choice(("before", "after"))),
-    "resampling": ("resampling", _choice(("nearest", "bilinear", "cubic"))), "dst_crs": ("dst_crs", str),
-    "dilate": ("dilate_px", _int), "min_area": ("min_area", pipeline.parse_min_area),
-}
-
-
-def option_field(name: str) -> str | None:
-    entry = OPTIONS.get(name.strip().lstrip("-").replace("-", "_"))
-    return entry[0] if entry else None
-
-
-def check_options(options: dict[str, Any], where: str) -> None:
-    """Fail now on a misspelt or invalid option instead of once per job."""
-    opts = pipeline.RunOptions()
-    for name, value in options.items():
-        apply_option(opts, name, value, where)
-
-
-def apply_option(opts: pipeline.RunOptions, name: str, value: Any, where: str = "") -> None:
-    """Set one option given by its CLI name (dashes or underscores, no leading dashes)."""
-    key = name.strip().lstrip("-").replace("-", "_")
-    if key not in OPTIONS:
-        known = ", ".join(sorted(k.replace("_", "-") for k in OPTIONS if len(k) > 1))
-        raise InputError(f"{where}: unknown option {name!r}; options are: {known}")
-    target, convert = OPTIONS[key]
-    if value is None:
-        return
-    try:
-        converted = convert(value)
-    except (TypeError, ValueError, InputError) as e:
-        raise InputError(f"{where}: option {name}={value!r}: {e}") from None
-    if target == "min_area":
-        opts.min_area_px, opts.min_area_m2 = converted
-    else:
-        setattr(opts, target, converted)
 
 
 # ---------------------------------------------------------------- results
@@ -523,7 +442,7 @@ def _job_spec(job: Job) -> dict:
     return {"mode": job.mode, "inputs": job.inputs, "queries": job.queries, "output": job.output, "options": job.options}
 
 
-def _run_pipeline(job: Job, opts: pipeline.RunOptions, model, checkpoints: resume.JobCheckpoints) -> pipeline.RunSummary:
+def _run_pipeline(job: Job, opts: RunOptions, model, checkpoints: resume.JobCheckpoints) -> pipeline.RunSummary:
     if job.mode == "change":
         before, after = job.inputs
         return pipeline.change(before, after, job.queries, job.output, opts, segmenter=model, checkpoints=checkpoints)

@@ -23,6 +23,7 @@ from geoseg import gpkg, raster
 from geoseg.errors import InputError
 from geoseg.grounding import answer_scene
 from geoseg.models.base import Dialogue
+from geoseg.options import RunOptions
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ChatSession:
         from geoseg import pipeline
         from geoseg.models.registry import load_segmenter
 
-        self.options = options or pipeline.RunOptions()
+        self.options = options or RunOptions()
         self.scene_path = Path(scene)
         self.output = Path(output)
         if self.options.layer:

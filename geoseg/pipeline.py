@@ -36,6 +36,7 @@ from geoseg.errors import InputError, OutputExistsError
 from geoseg.grounding import answer_scene
 from geoseg.models.base import ChangeAware, Generative, Grounded, ProvenanceSource, Segmenter
 from geoseg.models.registry import load_segmenter
+from geoseg.options import RunOptions
 
 log = logging.getLogger("geoseg")
 
@@ -43,47 +44,6 @@ MAX_QUERY_CHARS = 100_000
 DEFAULT_CPU_BATCH = 4
 APPEARED_WORDS = r"new|newly|built|constructed|appeared|appearing|added|emerging|expanded|flooded|flooding"
 DISAPPEARED_WORDS = r"demolished|removed|destroyed|lost|cleared|disappeared|razed|torn|vanished|felled"
-
-
-@dataclass
-class RunOptions:
-    """Everything a run can be told; the CLI fills it from its options."""
-
-    model: str | None = None
-    device: str = "auto"
-    allow_pickle: bool = False
-    bands: tuple[int, ...] | None = None
-    nodata: float | None = None
-    pixel_coords: bool = False
-    tile_size: int | None = None  # default: the model's native size
-    overlap: int | None = None  # default: the model's declared overlap
-    batch_size: int | None = None
-    blend: str = "cosine"
-    workers: int = 2
-    threshold: float = 0.5
-    min_area_px: int = 0
-    min_area_m2: float = 0.0
-    simplify: float = 0.0
-    fill_holes: bool = False
-    layer: str | None = None
-    overwrite: bool = False
-    append: bool = False
-    probabilities: Path | None = None
-    mask_out: Path | None = None
-    align_to: str = "before"
-    resampling: str = "bilinear"
-    dst_crs: str | None = None
-    dilate_px: int = 2  # change mode: tolerance for misregistration between dates
-    progress: bool = True
-
-    def vectorize_options(self) -> vectorize.VectorizeOptions:
-        return vectorize.VectorizeOptions(
-            threshold=self.threshold, min_area_px=self.min_area_px, min_area_m2=self.min_area_m2,
-            fill_holes=self.fill_holes, simplify=self.simplify,
-        )
-
-    def record(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -208,7 +168,7 @@ def segment(
             journal = checkpoints.journal(n) if checkpoints else None
             infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal)
             for c, path in zip(channels, prob_paths, strict=True):
-                gdf = vectorize.vectorize_probabilities(path, opts.vectorize_options(), progress=False)
+                gdf = vectorize.vectorize_probabilities(path, vector_options(opts), progress=False)
                 per_query[c.query_index].append(
                     with_fields(gdf, query=queries[c.query_index], model=model, run_id=run_id,
                                 source=str(scene.paths[0]), target=c.phrase)
@@ -273,7 +233,7 @@ def change(
             for c, path in zip(channels, prob_paths, strict=True):
                 if c.query_index != qi:
                     continue
-                gdf = vectorize.vectorize_probabilities(path, opts.vectorize_options(), progress=False)
+                gdf = vectorize.vectorize_probabilities(path, vector_options(opts), progress=False)
                 gdf = with_fields(gdf, query=query, model=model, run_id=run_id, source=after_path)
                 gdf["before"], gdf["after"], gdf["change_type"] = before_path, after_path, c.change_type
                 parts.append(gdf)
@@ -308,7 +268,7 @@ def vectorize_raster(
     query = validate_queries([query or tags.get("geoseg_query") or probabilities.stem])[0]
     run_id = provenance.new_run_id()
     summary = RunSummary("vectorize", str(output), run_id, tags.get("geoseg_model", "none"))
-    gdf = vectorize.vectorize_probabilities(probabilities, opts.vectorize_options(), progress=opts.progress)
+    gdf = vectorize.vectorize_probabilities(probabilities, vector_options(opts), progress=opts.progress)
     gdf["query"], gdf["target"] = query, query
     gdf["model"], gdf["model_version"] = summary.model, tags.get("geoseg_model_version", "")
     gdf["run_id"], gdf["source"] = run_id, str(probabilities)
@@ -378,20 +338,6 @@ def validate_queries(queries: Iterable[str]) -> list[str]:
     return out
 
 
-def parse_min_area(value: object) -> tuple[int, float]:
-    """`--min-area`: 20 / '20px' -> (20 px, 0 m2); '50m2' -> (0 px, 50 m2)."""
-    text = str(value).strip().lower().replace(" ", "")
-    try:
-        if text.endswith("m2"):
-            return 0, float(text[:-2])
-        pixels = float(text.removesuffix("px"))
-        if not pixels.is_integer():
-            raise ValueError
-        return int(pixels), 0.0
-    except ValueError:
-        raise InputError(f"--min-area {value!r}: give whole pixels (20, 20px) or square metres (50m2)") from None
-
-
 def change_direction(query: str) -> str:
     """appeared | disappeared | both, read from the words of a change query."""
     words = query.lower()
@@ -400,6 +346,13 @@ def change_direction(query: str) -> str:
     if appeared == disappeared:
         return "both"
     return "appeared" if appeared else "disappeared"
+
+
+def vector_options(opts: RunOptions) -> vectorize.VectorizeOptions:
+    return vectorize.VectorizeOptions(
+        threshold=opts.threshold, min_area_px=opts.min_area.px, min_area_m2=opts.min_area.m2,
+        fill_holes=opts.fill_holes, simplify=opts.simplify,
+    )
 
 
 def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: int) -> None:

@@ -22,12 +22,12 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from geoseg.options import BLEND_MODES  # declared with the --blend option
 from geoseg.raster import Grid
 from geoseg.tiling import Tile
 
 PROB_SCALE = 254
 PROB_NODATA = 255
-BLEND_MODES = ("cosine", "average", "none")
 
 
 def blend_window(tile: Tile, overlap: int, mode: str = "cosine") -> np.ndarray:

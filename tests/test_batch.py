@@ -24,6 +24,7 @@ from geoseg import batch, pipeline, resume, stitch, tiling
 from geoseg.errors import InputError
 from geoseg.executors import local
 from geoseg.executors.local import LocalExecutor
+from geoseg.options import MinArea, RunOptions
 from geoseg.raster import Grid
 from geoseg_cli.main import cli
 
@@ -108,20 +109,49 @@ def test_broken_job_lines_name_the_line(line, problem):
 
 
 def test_options_use_cli_names():
-    opts = pipeline.RunOptions()
-    for name, value in {"tile-size": "256", "bands": "3,2,1", "min-area": "50m2", "fill-holes": "true",
-                        "dilate": 3, "mask_out": "m.tif", "nodata": "nan"}.items():
-        batch.apply_option(opts, name, value, "j:1")
-    assert (opts.tile_size, opts.bands, opts.min_area_m2, opts.fill_holes, opts.dilate_px) == (256, (3, 2, 1), 50.0, True, 3)
-    assert opts.mask_out == Path("m.tif") and np.isnan(opts.nodata)
-    batch.apply_option(opts, "min-area", 20)
-    assert (opts.min_area_px, opts.min_area_m2) == (20, 0.0)
+    values = {"tile-size": "256", "bands": "3,2,1", "min-area": "50m2", "fill-holes": "true",
+              "dilate": 3, "mask_out": "m.tif", "nodata": "nan", "gsd": "0.5"}
+    opts = RunOptions.from_mapping(values, "j:1")
+    assert (opts.tile_size, opts.bands, opts.min_area, opts.fill_holes, opts.dilate_px) == (
+        256, (3, 2, 1), MinArea(m2=50.0), True, 3)
+    assert opts.mask_out == Path("m.tif") and np.isnan(opts.nodata) and opts.gsd == 0.5
+    assert RunOptions.from_mapping({"min-area": 20}).min_area == MinArea(px=20)
     with pytest.raises(InputError, match="j:2: unknown option 'colour'"):
-        batch.apply_option(opts, "colour", "red", "j:2")
+        RunOptions.from_mapping({"colour": "red"}, "j:2")
     with pytest.raises(InputError, match="tile-size='big'"):
-        batch.apply_option(opts, "tile-size", "big", "j:3")
+        RunOptions.from_mapping({"tile-size": "big"}, "j:3")
     with pytest.raises(InputError, match="one of cosine"):
-        batch.apply_option(opts, "blend", "max", "j:4")
+        RunOptions.from_mapping({"blend": "max"}, "j:4")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"colour": "red"}, "jobs.jsonl:1: unknown option 'colour'; options are: bands, "),
+    ({"tile-size": 8}, "jobs.jsonl:1: option tile-size=8: must be at least 16"),
+    ({"threshold": 1.5}, "jobs.jsonl:1: option threshold=1.5: must be at most 1"),
+    ({"gsd": "-2"}, "jobs.jsonl:1: option gsd='-2': a ground resolution is a positive number of metres"),
+    ({"min-area": "-5"}, "jobs.jsonl:1: option min-area='-5': an area cannot be negative"),
+])
+def test_bad_job_option_is_one_error_naming_line_and_key(options, message):
+    line = json.dumps({"inputs": ["a.tif"], "queries": ["q"], "output": "o.gpkg", "options": options})
+    (job,) = batch.read_jobs(io.StringIO(line + "\n"), name="jobs.jsonl")
+    assert job.problem.startswith(message) and "\n" not in job.problem
+
+
+def test_csv_option_column_out_of_range_names_the_line():
+    text = "inputs,queries,output,threshold\na.tif,q,o.gpkg,0.5\nb.tif,q,o.gpkg,7\n"
+    first, second = batch.read_jobs(io.StringIO(text), name="jobs.csv")
+    assert first.problem is None and first.run_options({}).threshold == 0.5
+    assert second.problem == "jobs.csv:3: option threshold='7': must be at most 1"
+
+
+def test_set_defaults_are_checked_once_and_jobs_win():
+    with pytest.raises(InputError, match="--set: option workers='0': must be at least 1"):
+        batch.JobDefaults(options={"workers": "0"})
+    defaults = batch.JobDefaults(options={"threshold": "0.7", "min_area": "10"})
+    (job,) = batch.read_jobs(io.StringIO('{"inputs": ["a.tif"], "queries": ["q"], "output": "o.gpkg", '
+                                         '"options": {"min-area": "5m2"}}\n'), defaults)
+    opts = job.run_options(defaults.options)
+    assert opts.threshold == 0.7 and opts.min_area == MinArea(m2=5.0) and opts.progress is False
 
 
 # ---------------------------------------------------------------- the command
@@ -239,6 +269,7 @@ sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
 from geoseg import batch
 from geoseg.executors.local import LocalExecutor
+from geoseg.options import MinArea, RunOptions
 
 class CrashAfter(ConvOracle):
     calls = 0

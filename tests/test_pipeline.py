@@ -234,7 +234,7 @@ def test_landsat_epsg4326_areas_in_square_metres(shared_data, tmp_path):
 
     scene = shared_data / "georef-landsat-pucallpa" / "2020.tif"
     out = tmp_path / "water.gpkg"
-    pipeline.segment([scene], ["river"], out, opts(min_area_px=20), segmenter=DarkOracle())
+    pipeline.segment([scene], ["river"], out, opts(min_area="20px"), segmenter=DarkOracle())
     got = gpd.read_file(out, layer=0)
     assert got.crs.to_epsg() == 4326 and len(got) > 0
     geod = Geod(ellps="WGS84")
