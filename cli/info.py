@@ -29,7 +29,7 @@ def embedded_rows() -> list[dict]:
     """The registry's models: installed or not, size on disk, plan and licence from config.json."""
     from geoseg.models import registry
 
-    default_for = {registry.DEFAULT_MODEL: "segment", "compact-change": "change"}
+    default_for = {name: command for command, name in registry.DEFAULT_MODELS.items()}
     rows = []
     for name, where in registry.REGISTRY.items():
         path = where()

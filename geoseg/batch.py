@@ -31,13 +31,13 @@ from typing import Any, TextIO
 from geoseg import gpkg, pipeline, resume
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
+from geoseg.models.registry import default_model
 from geoseg.options import RunOptions, find_option, parse_options
 
 log = logging.getLogger("geoseg")
 
 MODES = ("segment", "change")
 JOB_KEYS = ("mode", "inputs", "queries", "output", "options")
-DEFAULT_MODEL = {"segment": "compact", "change": "compact-change"}
 PATH_LINE_TEMPLATE = "{dir}/{stem}.gpkg"
 
 
@@ -363,7 +363,7 @@ class BatchRunner:
             if job.problem:
                 raise InputError(job.problem)
             opts = job.run_options(self.defaults.options)
-            spec = opts.model or DEFAULT_MODEL[job.mode]
+            spec = opts.model or default_model(job.mode)
             key = resume.job_key(mode=job.mode, inputs=job.inputs, queries=job.queries, output=job.output,
                                  parameters=opts.record(), model=self.executor.model_identity(spec))
             result.key = key

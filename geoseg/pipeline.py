@@ -35,7 +35,7 @@ from geoseg import gpkg, provenance, raster, stitch, tiling, vectorize
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.grounding import answer_scene
 from geoseg.models.base import ChangeAware, Generative, Grounded, ProvenanceSource, Segmenter
-from geoseg.models.registry import load_segmenter
+from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
 
 log = logging.getLogger("geoseg")
@@ -152,7 +152,7 @@ def segment(
     check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(queries))
     for path in scenes:  # every input is validated before the (possibly large) model loads
         raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
-    model = segmenter or load_segmenter(opts.model, device=opts.device, allow_pickle=opts.allow_pickle)
+    model = segmenter or load_model("segment", opts)
     opened = [open_scene(p, model, opts) for p in scenes]
     run_id = provenance.new_run_id()
     summary = RunSummary("segment", str(output), run_id, model.info.name)
@@ -209,7 +209,7 @@ def change(
     check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
     raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata,
                      align_to=opts.align_to, resampling=opts.resampling)  # validate before loading
-    model = segmenter or load_segmenter(opts.model or "compact-change", device=opts.device, allow_pickle=opts.allow_pickle)
+    model = segmenter or load_model("change", opts)
     scene = open_pair(before, after, model, opts)
     # A partial overlap is worth a warning: change outside it cannot be seen.
     log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
@@ -288,7 +288,7 @@ def dry_run(
 ) -> dict:
     """The tile plan and a memory estimate, without running the model."""
     opts = options or RunOptions()
-    model = segmenter or load_segmenter(opts.model or ("compact-change" if pair else None), device=opts.device)
+    model = segmenter or load_model("change" if pair else "segment", opts)
     opened = [open_pair(scenes[0], scenes[1], model, opts)] if pair else [open_scene(p, model, opts) for p in scenes]
     out = []
     for scene in opened:
@@ -312,6 +312,11 @@ def dry_run(
 
 
 # ---------------------------------------------------------------- steps
+
+
+def load_model(command: str, opts: RunOptions) -> Segmenter:
+    """--model, or the registry's default for `command`."""
+    return load_segmenter(opts.model or default_model(command), device=opts.device, allow_pickle=opts.allow_pickle)
 
 
 def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:

@@ -21,7 +21,14 @@ import torch
 from geoseg.errors import ModelLoadError
 from geoseg.models.base import Segmenter
 
-DEFAULT_MODEL = "compact"
+# The registry model each command runs when --model is not given (the one place that says so).
+DEFAULT_MODELS = {"segment": "compact", "change": "compact-change"}
+DEFAULT_MODEL = DEFAULT_MODELS["segment"]
+
+
+def default_model(command: str) -> str:
+    """The model `command` (segment, change; anything else: segment's) runs without --model."""
+    return DEFAULT_MODELS.get(command, DEFAULT_MODEL)
 
 
 @dataclass(frozen=True)
