@@ -34,7 +34,14 @@ from tqdm import tqdm
 from geoseg import gpkg, provenance, raster, stitch, tiling, vectorize
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.grounding import answer_scene
-from geoseg.models.base import ChangeAware, Generative, Grounded, ProvenanceSource, Segmenter
+from geoseg.models.base import (
+    ChangeAware,
+    Generative,
+    Grounded,
+    ProvenanceSource,
+    Segmenter,
+    TorchBacked,
+)
 from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
 
@@ -188,7 +195,7 @@ def segment(
             )
             layers.append(layer_for(query, gdf, record, opts.layer, None))
         commit_outputs(output, layers, opts, [first_raster], summary)
-    return finish(summary, started, opts)
+    return finish(summary, started)
 
 
 def change(
@@ -247,7 +254,7 @@ def change(
             )
             layers.append(layer_for(query, concat(parts), record, opts.layer, change_direction(query)))
         commit_outputs(output, layers, opts, prob_paths[:1], summary)
-    return finish(summary, started, opts)
+    return finish(summary, started)
 
 
 def vectorize_raster(
@@ -279,7 +286,7 @@ def vectorize_raster(
         scene={"width": source.native.width, "height": source.native.height},
     )
     commit_outputs(output, [layer_for(query, gdf, record, opts.layer, None)], opts, [], summary)
-    return finish(summary, started, opts)
+    return finish(summary, started)
 
 
 def dry_run(
@@ -304,7 +311,7 @@ def dry_run(
             "memory_estimate_mb": {
                 "blend_window_per_query": round(blender_bytes / 2**20, 1),
                 "input_batch": round(batch_bytes / 2**20, 1),
-                "model_parameters": round(sum(p.numel() * p.element_size() for p in _parameters(model)) / 2**20, 1),
+                "model_parameters": parameter_megabytes(model),
             },
             "overlap_fraction": scene.overlap_fraction if pair else None,
         })
@@ -615,7 +622,7 @@ def commit_outputs(
     ]
 
 
-def finish(summary: RunSummary, started: float, opts: RunOptions) -> RunSummary:
+def finish(summary: RunSummary, started: float) -> RunSummary:
     summary.seconds = round(time.perf_counter() - started, 3)
     for layer in summary.layers:
         if layer.features == 0:
@@ -623,6 +630,8 @@ def finish(summary: RunSummary, started: float, opts: RunOptions) -> RunSummary:
     return summary
 
 
-def _parameters(model: Segmenter) -> Iterable[torch.Tensor]:
-    module = getattr(model, "model", None)
-    return module.parameters() if isinstance(module, torch.nn.Module) else ()
+def parameter_megabytes(model: Segmenter) -> float:
+    """Memory of the model's weights; 0 for a model that keeps none in torch (a test double)."""
+    if not isinstance(model, TorchBacked):
+        return 0.0
+    return round(sum(p.numel() * p.element_size() for p in model.model.parameters()) / 2**20, 1)

@@ -285,3 +285,15 @@ def test_synthetic_scene_oracle_matches_truth_polygons(tmp_path, crs, query):
     got = gpd.read_file(out, layer=0)
     assert got.crs == synth.crs
     assert iou(unary_union(got.geometry), unary_union(synth.truth_polygons(query).geometry)) >= 0.98
+
+
+def test_dry_run_reports_the_weights_of_torch_backed_models_only():
+    import torch
+
+    class Backed(BandOracle):
+        def __init__(self):
+            super().__init__(tile_size=128)
+            self.model = torch.nn.Linear(256, 1024)  # (256 * 1024 + 1024) float32 = 1.0 MiB
+
+    assert pipeline.parameter_megabytes(Backed()) == 1.0
+    assert pipeline.parameter_megabytes(BandOracle(tile_size=128)) == 0.0

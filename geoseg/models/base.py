@@ -140,6 +140,14 @@ class ProvenanceSource(Segmenter, Protocol):
     def provenance(self, query_index: int) -> dict: ...
 
 
+@runtime_checkable
+class TorchBacked(Protocol):
+    """Keeps its weights in one torch module, `model` (the dry run reports their memory). Not a
+    capability a wrapper forwards: the dry run reads it from a model it loaded itself."""
+
+    model: torch.nn.Module
+
+
 CAPABILITIES: tuple[type, ...] = (ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource)
 
 

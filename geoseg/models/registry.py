@@ -11,7 +11,6 @@ from the checkpoint: `trust_remote_code` is never used, and pickled weights need
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +158,3 @@ def load_segmenter(
     path = resolve_model_dir(spec)
     family = family_of(path)
     return family.load_dir(path, device=resolve_device(device), allow_pickle=allow_pickle)
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")

@@ -29,15 +29,3 @@ def value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.nda
     # interpolation shrinks the variance unevenly; divide it back out so it is 1 everywhere
     out /= np.outer(np.sqrt((1 - fy) ** 2 + fy**2), np.sqrt((1 - fx) ** 2 + fx**2))
     return out
-
-
-def fractal_noise(rng: np.random.Generator, h: int, w: int, cell: float, octaves: int = 3) -> np.ndarray:
-    """Sum of value noises at halving scales (roughly unit variance)."""
-    total = np.zeros((h, w), dtype=np.float32)
-    weight = 0.0
-    amp = 1.0
-    for k in range(octaves):
-        total += amp * value_noise(rng, h, w, cell / (2**k))
-        weight += amp * amp
-        amp *= 0.5
-    return total / np.float32(np.sqrt(weight))

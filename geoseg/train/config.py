@@ -35,7 +35,6 @@ class DataConfig:
     refresh_every: int = 50  # steps between replacing one pooled scene by a fresh render
     queries_per_image: int = 3
     empty_share: float = 0.25  # share of queries whose target is absent from the crop
-    workers: int = 0  # background render processes (0: render in the training process)
     real: tuple[str, ...] = ()  # manifests of real labelled imagery (their area-split:val lines are never used)
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range

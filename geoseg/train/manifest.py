@@ -81,10 +81,6 @@ def _samples_of(rec: dict, root: Path) -> Iterator[ManifestSample]:
         )
 
 
-def write_manifest_line(f, record: dict) -> None:
-    f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 def percentile_stretch(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
     """H x W x C -> float32 in [0, 1], each band stretched between its 2nd and 98th percentile
     (the same normalisation the pipeline applies per scene)."""

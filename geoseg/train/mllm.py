@@ -154,11 +154,6 @@ def parse_settings(model: dict, where: str = "config [model]") -> MLLMSettings:
     return settings
 
 
-def is_mllm_config(model: dict | None) -> bool:
-    """True when a training config's `model:` section names a SegEarth MLLM type."""
-    return str((model or {}).get("type", "")) in MLLM_TYPES
-
-
 # ------------------------------------------------------------------ samples
 @dataclass
 class MLLMSample:

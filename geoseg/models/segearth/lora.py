@@ -56,10 +56,6 @@ def apply_lora(net: nn.Module, settings: LoraSettings):
     return LoraModel(net, config, "default")
 
 
-def lora_parameter_names(net: nn.Module) -> list[str]:
-    return [n for n, _ in net.named_parameters() if ".lora_" in n]
-
-
 def merge_lora(lora_model) -> nn.Module:
     """Fold the adapters into the base weights and remove the wrappers; returns the plain network."""
     return lora_model.merge_and_unload()

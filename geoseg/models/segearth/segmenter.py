@@ -62,7 +62,7 @@ class SegEarthSegmenter:
         compile: bool = False,
     ):
         self.net = net
-        self.model = net  # the name geoseg's dry run reads to report parameter memory
+        self.model = net  # base.TorchBacked: the dry run reports its parameter memory
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.info = info
