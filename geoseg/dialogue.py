@@ -82,7 +82,7 @@ class ChatSession:
             self.options, layer=layer,
             overwrite=self.options.overwrite and first, append=self.options.append or not first,
         )  # fmt: skip
-        summary = pipeline.segment([self.scene_path], [query], self.output, opts, segmenter=grounded)
+        summary = pipeline.segment([self.scene], [query], self.output, opts, segmenter=grounded)  # opened once per session
         self.history.append(answer.turn)
         self.layers.append(layer)
         return TurnResult(number, query, answer.text, list(answer.phrases), layer, summary.layers[0].features)

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -141,7 +141,7 @@ class NullJournal:
 
 
 def segment(
-    scenes: Sequence[str | Path],
+    scenes: Sequence[str | Path | raster.Scene],
     queries: Sequence[str],
     output: str | Path,
     options: RunOptions | None = None,
@@ -151,16 +151,19 @@ def segment(
 ) -> RunSummary:
     """Segment one or more scenes for one or more queries into one GeoPackage (a layer per query).
 
-    With `checkpoints` (geoseg.batch), work files persist and an interrupted run can continue."""
+    A scene already opened (a raster.Scene, e.g. a chat session's) is used as it is, statistics
+    included. With `checkpoints` (geoseg.batch), work files persist and an interrupted run can
+    continue."""
     opts = options or RunOptions()
     started = time.perf_counter()
     queries = validate_queries(queries)
     output = Path(output)
     check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(queries))
     for path in scenes:  # every input is validated before the (possibly large) model loads
-        raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
+        if not isinstance(path, raster.Scene):
+            raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
     model = segmenter or load_model("segment", opts)
-    opened = [open_scene(p, model, opts) for p in scenes]
+    opened = [s if isinstance(s, raster.Scene) else open_scene(s, model, opts) for s in scenes]
     run_id = provenance.new_run_id()
     summary = RunSummary("segment", str(output), run_id, model.info.name)
     per_query: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
@@ -183,12 +186,12 @@ def segment(
             if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
+        inputs = {str(s.paths[0]): input_record(s) for s in opened}  # each file hashed once per run
         layers = []
         for qi, query in enumerate(queries):
             gdf = merge_scenes(per_query[qi], opts.dst_crs)
             record = provenance.run_record(
-                run_id=run_id, command="segment", query=query,
-                inputs={str(s.paths[0]): input_record(s) for s in opened},
+                run_id=run_id, command="segment", query=query, inputs=inputs,
                 model=model.info.to_dict(), parameters=opts.record(),
                 scene={"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in opened]},
                 extra=answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else None),
@@ -214,10 +217,10 @@ def change(
     queries = validate_queries(queries)
     output = Path(output)
     check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
-    raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata,
-                     align_to=opts.align_to, resampling=opts.resampling)  # validate before loading
+    # The pair is validated (and its statistics computed) before the (possibly large) model loads.
+    scene = open_pair(before, after, opts, segmenter.info.bands if segmenter else None)
     model = segmenter or load_model("change", opts)
-    scene = open_pair(before, after, model, opts)
+    scene = fit_to_model(scene, model, opts, lambda: open_pair(before, after, opts, model.info.bands))
     # A partial overlap is worth a warning: change outside it cannot be seen.
     log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
             "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
@@ -234,6 +237,7 @@ def change(
         journal = checkpoints.journal(0) if checkpoints else None
         infer_scene(scene, model, queries, channels, plan, prob_paths, opts, summary, journal)
         before_path, after_path = (str(p) for p in scene.paths)
+        inputs = {p: input_record_path(p) for p in (before_path, after_path)}  # each file hashed once per run
         layers = []
         for qi, query in enumerate(queries):
             parts = []
@@ -245,8 +249,7 @@ def change(
                 gdf["before"], gdf["after"], gdf["change_type"] = before_path, after_path, c.change_type
                 parts.append(gdf)
             record = provenance.run_record(
-                run_id=run_id, command="change", query=query,
-                inputs={p: input_record_path(p) for p in (before_path, after_path)},
+                run_id=run_id, command="change", query=query, inputs=inputs,
                 model=model.info.to_dict(), parameters=opts.record(),
                 scene={"plan": plan.summary(), "stats": scene.stats.to_dict(),
                        "overlap_fraction": scene.overlap_fraction, "align_to": opts.align_to,
@@ -296,7 +299,7 @@ def dry_run(
     """The tile plan and a memory estimate, without running the model."""
     opts = options or RunOptions()
     model = segmenter or load_model("change" if pair else "segment", opts)
-    opened = [open_pair(scenes[0], scenes[1], model, opts)] if pair else [open_scene(p, model, opts) for p in scenes]
+    opened = [open_pair(scenes[0], scenes[1], opts, model.info.bands)] if pair else [open_scene(p, model, opts) for p in scenes]
     out = []
     for scene in opened:
         plan = plan_for(scene, model, opts)
@@ -331,9 +334,23 @@ def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.S
                              model_bands=model.info.bands)
 
 
-def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
-    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
-                            align_to=opts.align_to, resampling=opts.resampling)
+def open_pair(before: str | Path, after: str | Path, opts: RunOptions, model_bands: int | None) -> raster.Scene:
+    """The aligned pair; `model_bands` None (no model loaded yet): raster's default band count."""
+    fit = {} if model_bands is None else {"model_bands": model_bands}
+    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, align_to=opts.align_to,
+                            resampling=opts.resampling, **fit)
+
+
+def fit_to_model(scene: raster.Scene, model: Segmenter, opts: RunOptions,
+                 reopen: Callable[[], raster.Scene]) -> raster.Scene:
+    """A scene opened before its model loaded, made to fit the model without recomputing its
+    statistics unless the bands read change: only a model of another band count, with the bands
+    left to the default (-b not given), reads other bands and needs the scene opened again."""
+    if scene.model_bands == model.info.bands:
+        return scene
+    if opts.bands:
+        return replace(scene, model_bands=model.info.bands)
+    return reopen()
 
 
 def validate_queries(queries: Iterable[str]) -> list[str]:

@@ -4,6 +4,7 @@
   probability, so the pipeline's georeferencing can be checked to the pixel.
 - ConvOracle: a deterministic convolution with a 31 px receptive field and zero padding, so tile
   edges change its output the way a real network's do; seams show unless tiles are blended.
+- count_calls: wraps a library function so a test can count how often a run calls it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from geoseg.models.base import ModelInfo, Prediction
+
+
+def count_calls(monkeypatch, module: object, name: str) -> list:
+    """Replace module.name by a wrapper that records each call's arguments (and still calls it)."""
+    calls: list = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
 
 
 class BandOracle:

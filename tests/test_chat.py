@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from mllm_helpers import shapes_image, write_tiny_checkpoint
 
 from conftest import write_rgb
-from geoseg import gpkg
+from doubles import count_calls
+from geoseg import gpkg, raster
 from geoseg.models.segearth import generate
 from geoseg_cli.main import cli
 
@@ -56,8 +57,9 @@ def scene(tmp_path):
     return path
 
 
-def test_three_piped_turns_write_three_layers_with_their_provenance(tmp_path, scene, scripted):
+def test_three_piped_turns_write_three_layers_with_their_provenance(tmp_path, scene, scripted, monkeypatch):
     tok, prompts = scripted
+    stats = count_calls(monkeypatch, raster, "compute_stats")
     model = write_tiny_checkpoint(tmp_path / "gen")
     out = tmp_path / "chat.gpkg"
     result = CliRunner().invoke(
@@ -68,6 +70,7 @@ def test_three_piped_turns_write_three_layers_with_their_provenance(tmp_path, sc
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 3
+    assert len(stats) == 1  # the scene's normalisation is computed once per session, not per turn
     layers = [name for name, geom in pyogrio.list_layers(out) if geom is not None]
     assert layers == ["turn_1_red_square_and_blue_circle", "turn_2_only_the_red_one", "turn_3_the_green_one"]
 

@@ -13,9 +13,11 @@ from shapely.geometry import Polygon, box
 from shapely.ops import unary_union
 
 from conftest import write_truth_scene
-from doubles import BandOracle
-from geoseg import pipeline
+from doubles import BandOracle, count_calls
+from geoseg import gpkg, pipeline, provenance, raster
 from geoseg.errors import InputError, OutputExistsError
+
+T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
 
 
 def opts(**kw):
@@ -297,3 +299,31 @@ def test_dry_run_reports_the_weights_of_torch_backed_models_only():
 
     assert pipeline.parameter_megabytes(Backed()) == 1.0
     assert pipeline.parameter_megabytes(BandOracle(tile_size=128)) == 0.0
+
+
+def test_each_input_is_hashed_once_per_run_whatever_the_number_of_queries(tmp_path, monkeypatch):
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, [box(500020, 5000020, 500060, 5000080)], width=128, height=128, transform=T)
+    hashed = count_calls(monkeypatch, provenance, "sha256_file")
+    queries = [f"query {n}" for n in range(5)]
+    summary = pipeline.segment([scene], queries, tmp_path / "o.gpkg", opts(), segmenter=BandOracle(tile_size=128))
+    assert len(summary.layers) == 5 and hashed == [(scene,)]
+    for layer in summary.layers:  # every layer still carries the hash
+        assert gpkg.read_provenance(tmp_path / "o.gpkg", layer.name)["inputs"][str(scene)]["sha256"]
+
+
+@pytest.mark.parametrize("model_bands,bands,expected", [
+    (3, None, 1),  # the model reads what the pre-load check read: its statistics are kept
+    (4, "1,2,3", 1),  # -b fixes the bands: only the band count given to the model changes
+    (4, None, 2),  # default bands of a 4-band model differ from the check's three: read again
+])
+def test_change_computes_the_statistics_once(tmp_path, monkeypatch, model_bands, bands, expected):
+    before, after = tmp_path / "b.tif", tmp_path / "a.tif"
+    write_truth_scene(before, [], width=128, height=128, transform=T)
+    write_truth_scene(after, [box(500020, 5000020, 500060, 5000080)], width=128, height=128, transform=T)
+    stats = count_calls(monkeypatch, raster, "compute_stats")
+    hashed = count_calls(monkeypatch, provenance, "sha256_file")
+    model = BandOracle(bands=model_bands, tile_size=128)
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
+    pipeline.change(before, after, ["new buildings", "changed roads"], tmp_path / "c.gpkg", opts(bands=bands))
+    assert len(stats) == expected and len(hashed) == 2
