@@ -24,6 +24,7 @@ from geoseg.errors import InputError
 from geoseg.grounding import answer_scene
 from geoseg.models.base import Dialogue
 from geoseg.options import RunOptions
+from geoseg.queries import validate_queries
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ChatSession:
     def turn(self, query: str) -> TurnResult:
         from geoseg import pipeline
 
-        query = pipeline.validate_queries([query])[0]
+        query = validate_queries([query])[0]
         number = len(self.history) + 1
         view = self.model.with_history(self.history)
         grounded = answer_scene(view, self.scene, [query])

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,13 +43,11 @@ from geoseg.models.base import (
 )
 from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
+from geoseg.queries import change_direction, validate_queries
 
 log = logging.getLogger("geoseg")
 
-MAX_QUERY_CHARS = 100_000
 DEFAULT_CPU_BATCH = 4
-APPEARED_WORDS = r"new|newly|built|constructed|appeared|appearing|added|emerging|expanded|flooded|flooding"
-DISAPPEARED_WORDS = r"demolished|removed|destroyed|lost|cleared|disappeared|razed|torn|vanished|felled"
 
 
 @dataclass
@@ -351,30 +348,6 @@ def fit_to_model(scene: raster.Scene, model: Segmenter, opts: RunOptions,
     if opts.bands:
         return replace(scene, model_bands=model.info.bands)
     return reopen()
-
-
-def validate_queries(queries: Iterable[str]) -> list[str]:
-    """Queries are stored verbatim; only what no database or model can carry is refused."""
-    out = []
-    for q in queries:
-        if not isinstance(q, str) or not q.strip():
-            raise InputError("the query is empty; say what to find, e.g. \"buildings\"")
-        if "\x00" in q:
-            raise InputError("the query contains a NUL character; remove it")
-        if len(q) > MAX_QUERY_CHARS:
-            raise InputError(f"the query has {len(q)} characters; keep it under {MAX_QUERY_CHARS}")
-        out.append(q)
-    return out
-
-
-def change_direction(query: str) -> str:
-    """appeared | disappeared | both, read from the words of a change query."""
-    words = query.lower()
-    appeared = re.search(rf"\b({APPEARED_WORDS})\b", words) is not None
-    disappeared = re.search(rf"\b({DISAPPEARED_WORDS})\b", words) is not None
-    if appeared == disappeared:
-        return "both"
-    return "appeared" if appeared else "disappeared"
 
 
 def vector_options(opts: RunOptions) -> vectorize.VectorizeOptions:

@@ -14,7 +14,7 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle, count_calls
-from geoseg import gpkg, pipeline, provenance, raster
+from geoseg import gpkg, pipeline, provenance, queries, raster
 from geoseg.errors import InputError, OutputExistsError
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
@@ -95,9 +95,9 @@ def test_change_pair_on_different_grids(tmp_path):
 
 
 def test_change_direction_words():
-    assert pipeline.change_direction("new roads") == "appeared"
-    assert pipeline.change_direction("Demolished buildings") == "disappeared"
-    assert pipeline.change_direction("changed buildings") == "both"
+    assert queries.change_direction("new roads") == "appeared"
+    assert queries.change_direction("Demolished buildings") == "disappeared"
+    assert queries.change_direction("changed buildings") == "both"
 
 
 def test_single_date_model_change_both_directions(tmp_path):
@@ -199,7 +199,7 @@ def test_existing_output_untouched_without_overwrite(tmp_path):
 
 def test_empty_query_refused():
     with pytest.raises(InputError, match="query is empty"):
-        pipeline.validate_queries(["  "])
+        queries.validate_queries(["  "])
 
 
 def test_found_nothing_is_an_empty_layer(tmp_path):
@@ -305,8 +305,8 @@ def test_each_input_is_hashed_once_per_run_whatever_the_number_of_queries(tmp_pa
     scene = tmp_path / "s.tif"
     write_truth_scene(scene, [box(500020, 5000020, 500060, 5000080)], width=128, height=128, transform=T)
     hashed = count_calls(monkeypatch, provenance, "sha256_file")
-    queries = [f"query {n}" for n in range(5)]
-    summary = pipeline.segment([scene], queries, tmp_path / "o.gpkg", opts(), segmenter=BandOracle(tile_size=128))
+    five = [f"query {n}" for n in range(5)]
+    summary = pipeline.segment([scene], five, tmp_path / "o.gpkg", opts(), segmenter=BandOracle(tile_size=128))
     assert len(summary.layers) == 5 and hashed == [(scene,)]
     for layer in summary.layers:  # every layer still carries the hash
         assert gpkg.read_provenance(tmp_path / "o.gpkg", layer.name)["inputs"][str(scene)]["sha256"]
