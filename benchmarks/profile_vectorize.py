@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/profile_vectorize.py --mask clean --side 10k
     .venv/bin/python benchmarks/profile_vectorize.py --mask noisy --side 4k
 
-1. cProfile of `pipeline.vectorize_raster` (what the command runs after its imports) on a cached
+1. cProfile of `revectorize.vectorize_raster` (what the command runs after its imports) on a cached
    benchmark mask: the share of the run spent in polygonising, labelling, the GeoPackage's
    per-feature MultiPolygon conversion, the rest of the GeoPackage writing.
 2. The per-feature conversion `gpkg._as_multipolygon` against one vectorised shapely call on the
@@ -34,13 +34,14 @@ STEPS = {  # label: (file suffix, function name) whose cumulative time is report
 
 
 def profile(mask: Path) -> dict[str, float]:
-    from geoseg import pipeline
+    from geoseg import revectorize
+    from geoseg.options import RunOptions
 
-    opts = pipeline.RunOptions(progress=False, overwrite=True)
+    opts = RunOptions(progress=False, overwrite=True)
     with tempfile.TemporaryDirectory(prefix="geoseg-prof-") as tmp:
         prof = cProfile.Profile()
         prof.enable()
-        pipeline.vectorize_raster(mask, Path(tmp) / "out.gpkg", opts)
+        revectorize.vectorize_raster(mask, Path(tmp) / "out.gpkg", opts)
         prof.disable()
     stats = pstats.Stats(prof).stats
     total = sum(tt for (_, _, tt, _, _) in stats.values())

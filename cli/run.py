@@ -13,7 +13,7 @@ from geoseg.options import RunOptions
 from geoseg_cli.options import command_options
 
 if TYPE_CHECKING:  # imported when a command runs: `geoseg --help` and completion need no torch
-    from geoseg import pipeline
+    from geoseg.outputs import RunSummary
 
 
 def build_options(ctx: click.Context, kw: dict) -> RunOptions:
@@ -21,7 +21,7 @@ def build_options(ctx: click.Context, kw: dict) -> RunOptions:
     return RunOptions(**kw, progress=not ctx.obj.get("quiet"))
 
 
-def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> None:
+def report(summary: RunSummary, as_json: bool, fail_on_empty: bool) -> None:
     """stdout: the JSON summary (--json) or one line per layer; exit 3 on empty with --fail-on-empty."""
     if as_json:
         click.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
@@ -34,7 +34,7 @@ def report(summary: pipeline.RunSummary, as_json: bool, fail_on_empty: bool) -> 
 
 
 
-def write_preview(png: Path | None, rasters: list, summary: pipeline.RunSummary, opts, titles=None) -> None:
+def write_preview(png: Path | None, rasters: list, summary: RunSummary, opts, titles=None) -> None:
     """The quick-look PNG, drawn from the GeoPackage the run just wrote."""
     if png is not None:
         from geoseg import preview
@@ -112,10 +112,10 @@ def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output,
     \b
       geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
     """
-    from geoseg import pipeline, preview
+    from geoseg import preview, revectorize  # torch-free: this command never loads a model
 
     opts = build_options(ctx, kw)
     preview.check_output(preview_png, overwrite=opts.overwrite)
-    summary = pipeline.vectorize_raster(probabilities, output, opts, query=query)
+    summary = revectorize.vectorize_raster(probabilities, output, opts, query=query)
     write_preview(preview_png, [probabilities], summary, opts)
     report(summary, as_json, fail_on_empty)

@@ -33,6 +33,7 @@ from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
 from geoseg.models.registry import default_model
 from geoseg.options import RunOptions, find_option, parse_options
+from geoseg.outputs import RunSummary
 
 log = logging.getLogger("geoseg")
 
@@ -442,7 +443,7 @@ def _job_spec(job: Job) -> dict:
     return {"mode": job.mode, "inputs": job.inputs, "queries": job.queries, "output": job.output, "options": job.options}
 
 
-def _run_pipeline(job: Job, opts: RunOptions, model, checkpoints: resume.JobCheckpoints) -> pipeline.RunSummary:
+def _run_pipeline(job: Job, opts: RunOptions, model, checkpoints: resume.JobCheckpoints) -> RunSummary:
     if job.mode == "change":
         before, after = job.inputs
         return pipeline.change(before, after, job.queries, job.output, opts, segmenter=model, checkpoints=checkpoints)

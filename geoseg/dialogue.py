@@ -24,6 +24,7 @@ from geoseg.errors import InputError
 from geoseg.grounding import answer_scene
 from geoseg.models.base import Dialogue
 from geoseg.options import RunOptions
+from geoseg.outputs import check_outputs
 from geoseg.queries import validate_queries
 
 
@@ -44,7 +45,6 @@ class ChatSession:
     """A conversation about one scene, written turn by turn into one GeoPackage."""
 
     def __init__(self, scene: str | Path, output: str | Path, options=None, *, segmenter=None):
-        from geoseg import pipeline
         from geoseg.models.registry import load_segmenter
 
         self.options = options or RunOptions()
@@ -52,7 +52,7 @@ class ChatSession:
         self.output = Path(output)
         if self.options.layer:
             raise InputError("--layer does not apply to chat: each turn gets its own layer (turn_N_...)")
-        pipeline.check_outputs(self.output, self.options, n_scenes=1, n_queries=1)
+        check_outputs(self.output, self.options, n_scenes=1, n_queries=1)
         # the input is validated before the (possibly large) model loads
         raster.open_input(self.scene_path, bands=self.options.bands, nodata=self.options.nodata,
                           pixel_coords=self.options.pixel_coords)  # fmt: skip

@@ -13,25 +13,21 @@ previous outputs untouched and no partial file behind.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import rasterio
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from geoseg import gpkg, provenance, raster, stitch, tiling, vectorize
-from geoseg.errors import InputError, OutputExistsError
+from geoseg import provenance, raster, stitch, tiling, vectorize
 from geoseg.grounding import answer_scene
 from geoseg.models.base import (
     ChangeAware,
@@ -43,39 +39,25 @@ from geoseg.models.base import (
 )
 from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
+from geoseg.outputs import (
+    RunSummary,
+    check_outputs,
+    commit_outputs,
+    concat,
+    finish,
+    input_record,
+    input_record_path,
+    layer_for,
+    merge_scenes,
+    vector_options,
+    with_fields,
+    work_directory,
+)
 from geoseg.queries import change_direction, validate_queries
 
 log = logging.getLogger("geoseg")
 
 DEFAULT_CPU_BATCH = 4
-
-
-@dataclass
-class LayerSummary:
-    name: str
-    query: str
-    features: int
-    change_type: str | None = None
-
-
-@dataclass
-class RunSummary:
-    command: str
-    output: str
-    run_id: str
-    model: str
-    layers: list[LayerSummary] = field(default_factory=list)
-    tiles: int = 0
-    tiles_skipped_nodata: int = 0
-    seconds: float = 0.0
-    overlap_fraction: float | None = None
-
-    @property
-    def status(self) -> str:
-        return "ok" if any(layer.features for layer in self.layers) else "empty"
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -176,10 +158,10 @@ def segment(
             infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal)
             for c, path in zip(channels, prob_paths, strict=True):
                 gdf = vectorize.vectorize_probabilities(path, vector_options(opts), progress=False)
-                per_query[c.query_index].append(
-                    with_fields(gdf, query=queries[c.query_index], model=model, run_id=run_id,
-                                source=str(scene.paths[0]), target=c.phrase)
-                )
+                per_query[c.query_index].append(with_fields(
+                    gdf, query=queries[c.query_index], model=(model.info.name, model.info.version), run_id=run_id,
+                    source=str(scene.paths[0]), target=c.phrase,
+                ))
             if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
@@ -242,7 +224,8 @@ def change(
                 if c.query_index != qi:
                     continue
                 gdf = vectorize.vectorize_probabilities(path, vector_options(opts), progress=False)
-                gdf = with_fields(gdf, query=query, model=model, run_id=run_id, source=after_path)
+                gdf = with_fields(gdf, query=query, model=(model.info.name, model.info.version), run_id=run_id,
+                                  source=after_path)
                 gdf["before"], gdf["after"], gdf["change_type"] = before_path, after_path, c.change_type
                 parts.append(gdf)
             record = provenance.run_record(
@@ -254,38 +237,6 @@ def change(
             )
             layers.append(layer_for(query, concat(parts), record, opts.layer, change_direction(query)))
         commit_outputs(output, layers, opts, prob_paths[:1], summary)
-    return finish(summary, started)
-
-
-def vectorize_raster(
-    probabilities: str | Path,
-    output: str | Path,
-    options: RunOptions | None = None,
-    *,
-    query: str | None = None,
-) -> RunSummary:
-    """Re-vectorise a saved probability raster (from --probabilities) without running a model."""
-    opts = options or RunOptions()
-    started = time.perf_counter()
-    probabilities, output = Path(probabilities), Path(output)
-    source = raster.open_input(probabilities, pixel_coords=opts.pixel_coords)  # validates the file
-    check_outputs(output, opts, n_scenes=1, n_queries=1)
-    with rasterio.open(probabilities) as src:
-        tags = src.tags()
-    query = validate_queries([query or tags.get("geoseg_query") or probabilities.stem])[0]
-    run_id = provenance.new_run_id()
-    summary = RunSummary("vectorize", str(output), run_id, tags.get("geoseg_model", "none"))
-    gdf = vectorize.vectorize_probabilities(probabilities, vector_options(opts), progress=opts.progress)
-    gdf["query"], gdf["target"] = query, query
-    gdf["model"], gdf["model_version"] = summary.model, tags.get("geoseg_model_version", "")
-    gdf["run_id"], gdf["source"] = run_id, str(probabilities)
-    record = provenance.run_record(
-        run_id=run_id, command="vectorize", query=query,
-        inputs={str(probabilities): input_record_path(probabilities)},
-        model={"name": summary.model, "from_raster_tags": tags}, parameters=opts.record(),
-        scene={"width": source.native.width, "height": source.native.height},
-    )
-    commit_outputs(output, [layer_for(query, gdf, record, opts.layer, None)], opts, [], summary)
     return finish(summary, started)
 
 
@@ -348,31 +299,6 @@ def fit_to_model(scene: raster.Scene, model: Segmenter, opts: RunOptions,
     if opts.bands:
         return replace(scene, model_bands=model.info.bands)
     return reopen()
-
-
-def vector_options(opts: RunOptions) -> vectorize.VectorizeOptions:
-    return vectorize.VectorizeOptions(
-        threshold=opts.threshold, min_area_px=opts.min_area.px, min_area_m2=opts.min_area.m2,
-        fill_holes=opts.fill_holes, simplify=opts.simplify,
-    )
-
-
-def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: int) -> None:
-    """Refuse bad output settings before any heavy work."""
-    if opts.overwrite and opts.append:
-        raise InputError("--overwrite and --append exclude each other; choose one")
-    gpkg.check_output_path(output, overwrite=opts.overwrite, append=opts.append)
-    if opts.layer and n_queries > 1:
-        raise InputError("--layer names one layer but several queries were given; drop --layer")
-    for extra in (opts.probabilities, opts.mask_out):
-        if extra is None:
-            continue
-        if n_scenes > 1 or n_queries > 1:
-            raise InputError(f"{extra}: --probabilities/--mask-out take one scene and one query")
-        if Path(extra).exists() and not opts.overwrite:
-            raise OutputExistsError(f"{extra} exists; pass --overwrite to replace it")
-        if not Path(extra).parent.is_dir():
-            raise InputError(f"{extra}: its directory does not exist; create it first")
 
 
 def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) -> tuple[Segmenter, list[Channel]]:
@@ -529,95 +455,6 @@ def dilate(prob: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return prob
     return F.max_pool2d(prob[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
-
-
-def work_directory(output: Path, checkpoints: Checkpoints | None) -> AbstractContextManager[str]:
-    """A temporary directory beside the output, or the persistent one of a resumable run."""
-    if checkpoints is None:
-        return tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-")
-    checkpoints.workdir.mkdir(parents=True, exist_ok=True)
-    return nullcontext(str(checkpoints.workdir))
-
-
-def with_fields(
-    gdf: gpd.GeoDataFrame, *, query: str, model: Segmenter, run_id: str, source: str, target: str | None = None
-) -> gpd.GeoDataFrame:
-    gdf = gdf.copy()
-    gdf["query"], gdf["target"] = query, target or query
-    gdf["model"], gdf["model_version"] = model.info.name, model.info.version
-    gdf["run_id"], gdf["source"] = run_id, source
-    return gdf
-
-
-def merge_scenes(parts: list[gpd.GeoDataFrame], dst_crs: str | None) -> gpd.GeoDataFrame:
-    """One layer from several scenes: reprojected to `dst_crs` or to the first scene's CRS."""
-    target = dst_crs or parts[0].crs
-    if target is not None:
-        parts = [p.to_crs(target) if p.crs is not None and p.crs != target else p for p in parts]
-    return concat(parts)
-
-
-def concat(parts: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
-    if len(parts) == 1:
-        return parts[0].reset_index(drop=True)
-    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs)
-
-
-def layer_for(query: str, gdf: gpd.GeoDataFrame, record: dict, layer: str | None, direction: str | None) -> gpkg.LayerData:
-    name = layer or gpkg.layer_name_for(query)
-    record = {**record, "layer": name}
-    if direction is not None:
-        record["change_direction"] = direction
-    return gpkg.LayerData(name=name, gdf=gdf, description=query, provenance=record)
-
-
-def input_record(scene: raster.Scene) -> dict:
-    return input_record_path(scene.paths[0]) | {
-        "bands": list(scene.inputs[0].bands), "nodata": scene.inputs[0].nodata,
-        "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
-        "width": scene.grid.width, "height": scene.grid.height,
-    }
-
-
-def input_record_path(path: str | Path) -> dict:
-    return {"sha256": provenance.sha256_file(path), "bytes": os.path.getsize(path)}
-
-
-def commit_outputs(
-    output: Path, layers: list[gpkg.LayerData], opts: RunOptions, prob_paths: list[Path], summary: RunSummary
-) -> None:
-    """Write the optional COGs beside their targets, then the GeoPackage atomically, then rename."""
-    # Two queries can slug to the same layer name ("Roads", "roads!"): suffix _2, _3 ...
-    names = gpkg.unique_layer_names(layer.name for layer in layers)
-    layers = [replace(layer, name=n, provenance={**layer.provenance, "layer": n}) for layer, n in zip(layers, names, strict=True)]
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, write in (
-            (opts.probabilities, stitch.write_cog),
-            (opts.mask_out, lambda src, dst: vectorize.write_mask(src, dst, threshold=opts.threshold)),
-        ):
-            if target is not None:
-                part = Path(target).with_name(f".{Path(target).name}.geoseg-part")
-                staged.append((part, Path(target)))
-                write(prob_paths[0], part)
-        gpkg.write_geopackage(output, layers, overwrite=opts.overwrite, append=opts.append)
-        for part, target in staged:
-            os.replace(part, target)
-    finally:
-        for part, _ in staged:
-            part.unlink(missing_ok=True)
-    summary.layers = [
-        LayerSummary(layer.name, layer.description, len(layer.gdf),
-                     layer.provenance.get("change_direction")) for layer in layers
-    ]
-
-
-def finish(summary: RunSummary, started: float) -> RunSummary:
-    summary.seconds = round(time.perf_counter() - started, 3)
-    for layer in summary.layers:
-        if layer.features == 0:
-            log.warning("found nothing for %r: wrote an empty layer %r", layer.query, layer.name)
-    return summary
 
 
 def parameter_megabytes(model: Segmenter) -> float:

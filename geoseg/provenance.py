@@ -28,20 +28,21 @@ def software_versions() -> dict[str, str]:
     import pyogrio
     import rasterio
     import shapely
-    import torch
 
     versions = {
         "geoseg": geoseg.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "rasterio": rasterio.__version__,
         "gdal": rasterio.__gdal_version__,
         "shapely": shapely.__version__,
         "geos": ".".join(map(str, shapely.geos_version)),
         "pyogrio": pyogrio.__version__,
     }
-    if "transformers" in sys.modules:
-        versions["transformers"] = sys.modules["transformers"].__version__
+    # Only what the run used: `geoseg vectorize` never imports torch, and importing it here
+    # would cost that command seconds.
+    for used in ("torch", "transformers"):
+        if used in sys.modules:
+            versions[used] = sys.modules[used].__version__
     return versions
 
 

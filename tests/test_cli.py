@@ -189,3 +189,24 @@ def test_default_threads_depend_on_the_machine_not_its_load(monkeypatch, load):
     assert main.machine_cores() == 4
     main.set_model_threads(None)
     assert os.environ["OMP_NUM_THREADS"] == "4"
+
+
+def test_vectorize_never_imports_torch_or_the_models(tmp_path):
+    """`geoseg vectorize` (probability raster -> GeoPackage) runs without the model stack."""
+    import subprocess
+
+    probs = tmp_path / "p.tif"
+    data = np.zeros((1, 64, 64), np.float32)
+    data[0, 10:30, 20:40] = 0.9
+    with rasterio.open(probs, "w", driver="GTiff", width=64, height=64, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(data)
+    out = tmp_path / "o.gpkg"
+    code = ("import sys, json; from click.testing import CliRunner; from geoseg_cli.main import cli; "
+            f"r = CliRunner().invoke(cli, ['-q', 'vectorize', {str(probs)!r}, '-o', {str(out)!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(json.dumps([json.loads(r.stdout)['layers'][0]['features'], "
+            "sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'geoseg.models', 'geoseg.pipeline')))]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [1, []]

@@ -14,7 +14,7 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle, count_calls
-from geoseg import gpkg, pipeline, provenance, queries, raster
+from geoseg import gpkg, pipeline, provenance, queries, raster, revectorize
 from geoseg.errors import InputError, OutputExistsError
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
@@ -151,7 +151,7 @@ def test_probability_and_mask_cogs_and_revectorize(tmp_path):
         assert p.scales[0] == pytest.approx(1 / 254)
         assert set(np.unique(m.read(1))) <= {0, 1}
     again = tmp_path / "again.gpkg"
-    summary = pipeline.vectorize_raster(probs, again, opts(threshold=0.6))
+    summary = revectorize.vectorize_raster(probs, again, opts(threshold=0.6))
     got = gpd.read_file(again, layer=0)
     assert summary.layers[0].features == 4 and set(got["query"]) == {"buildings"}
     assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98

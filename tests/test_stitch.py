@@ -7,7 +7,7 @@ from affine import Affine
 
 from conftest import smooth_field, write_rgb
 from doubles import ConvOracle
-from geoseg import pipeline, raster, stitch, tiling
+from geoseg import outputs, pipeline, raster, stitch, tiling
 
 
 def test_cosine_weights_partition_of_unity_in_regular_overlap():
@@ -30,7 +30,7 @@ def run_probabilities(tmp_path, image_path, tile, overlap, blend):
     opts = pipeline.RunOptions(blend=blend, progress=False)
     plan = tiling.plan_tiles(scene.grid.height, scene.grid.width, tile, overlap)
     out = tmp_path / f"p_{tile}_{overlap}_{blend}.tif"
-    summary = pipeline.RunSummary("test", "-", "run", "conv")
+    summary = outputs.RunSummary("test", "-", "run", "conv")
     pipeline.infer_scene(scene, model, ["q"], [pipeline.Channel(0)], plan, [out], opts, summary)
     with rasterio.open(out) as src:
         return src.read(1).astype(np.float32) / stitch.PROB_SCALE, plan

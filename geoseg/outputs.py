@@ -1,0 +1,169 @@
+"""The steps every command shares around the model, none of which needs torch: refusing bad
+output settings early, the vectorising options, the fields and provenance of each layer, the
+work directory, committing the outputs atomically and the run's summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import geopandas as gpd
+import pandas as pd
+
+from geoseg import gpkg, provenance, raster, stitch, vectorize
+from geoseg.errors import InputError, OutputExistsError
+from geoseg.options import RunOptions
+
+if TYPE_CHECKING:
+    from geoseg.pipeline import Checkpoints
+
+log = logging.getLogger("geoseg")
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    query: str
+    features: int
+    change_type: str | None = None
+
+
+@dataclass
+class RunSummary:
+    command: str
+    output: str
+    run_id: str
+    model: str
+    layers: list[LayerSummary] = field(default_factory=list)
+    tiles: int = 0
+    tiles_skipped_nodata: int = 0
+    seconds: float = 0.0
+    overlap_fraction: float | None = None
+
+    @property
+    def status(self) -> str:
+        return "ok" if any(layer.features for layer in self.layers) else "empty"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, **asdict(self)}
+
+
+def vector_options(opts: RunOptions) -> vectorize.VectorizeOptions:
+    return vectorize.VectorizeOptions(
+        threshold=opts.threshold, min_area_px=opts.min_area.px, min_area_m2=opts.min_area.m2,
+        fill_holes=opts.fill_holes, simplify=opts.simplify,
+    )
+
+
+def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: int) -> None:
+    """Refuse bad output settings before any heavy work."""
+    if opts.overwrite and opts.append:
+        raise InputError("--overwrite and --append exclude each other; choose one")
+    gpkg.check_output_path(output, overwrite=opts.overwrite, append=opts.append)
+    if opts.layer and n_queries > 1:
+        raise InputError("--layer names one layer but several queries were given; drop --layer")
+    for extra in (opts.probabilities, opts.mask_out):
+        if extra is None:
+            continue
+        if n_scenes > 1 or n_queries > 1:
+            raise InputError(f"{extra}: --probabilities/--mask-out take one scene and one query")
+        if Path(extra).exists() and not opts.overwrite:
+            raise OutputExistsError(f"{extra} exists; pass --overwrite to replace it")
+        if not Path(extra).parent.is_dir():
+            raise InputError(f"{extra}: its directory does not exist; create it first")
+
+
+def work_directory(output: Path, checkpoints: Checkpoints | None) -> AbstractContextManager[str]:
+    """A temporary directory beside the output, or the persistent one of a resumable run."""
+    if checkpoints is None:
+        return tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-")
+    checkpoints.workdir.mkdir(parents=True, exist_ok=True)
+    return nullcontext(str(checkpoints.workdir))
+
+
+def with_fields(
+    gdf: gpd.GeoDataFrame, *, query: str, model: tuple[str, str], run_id: str, source: str, target: str | None = None
+) -> gpd.GeoDataFrame:
+    """The fields every layer carries; `model` is (name, version)."""
+    gdf = gdf.copy()
+    gdf["query"], gdf["target"] = query, target or query
+    gdf["model"], gdf["model_version"] = model
+    gdf["run_id"], gdf["source"] = run_id, source
+    return gdf
+
+
+def merge_scenes(parts: list[gpd.GeoDataFrame], dst_crs: str | None) -> gpd.GeoDataFrame:
+    """One layer from several scenes: reprojected to `dst_crs` or to the first scene's CRS."""
+    target = dst_crs or parts[0].crs
+    if target is not None:
+        parts = [p.to_crs(target) if p.crs is not None and p.crs != target else p for p in parts]
+    return concat(parts)
+
+
+def concat(parts: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    if len(parts) == 1:
+        return parts[0].reset_index(drop=True)
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs)
+
+
+def layer_for(query: str, gdf: gpd.GeoDataFrame, record: dict, layer: str | None, direction: str | None) -> gpkg.LayerData:
+    name = layer or gpkg.layer_name_for(query)
+    record = {**record, "layer": name}
+    if direction is not None:
+        record["change_direction"] = direction
+    return gpkg.LayerData(name=name, gdf=gdf, description=query, provenance=record)
+
+
+def input_record(scene: raster.Scene) -> dict:
+    return input_record_path(scene.paths[0]) | {
+        "bands": list(scene.inputs[0].bands), "nodata": scene.inputs[0].nodata,
+        "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
+        "width": scene.grid.width, "height": scene.grid.height,
+    }
+
+
+def input_record_path(path: str | Path) -> dict:
+    return {"sha256": provenance.sha256_file(path), "bytes": os.path.getsize(path)}
+
+
+def commit_outputs(
+    output: Path, layers: list[gpkg.LayerData], opts: RunOptions, prob_paths: list[Path], summary: RunSummary
+) -> None:
+    """Write the optional COGs beside their targets, then the GeoPackage atomically, then rename."""
+    # Two queries can slug to the same layer name ("Roads", "roads!"): suffix _2, _3 ...
+    names = gpkg.unique_layer_names(layer.name for layer in layers)
+    layers = [replace(layer, name=n, provenance={**layer.provenance, "layer": n}) for layer, n in zip(layers, names, strict=True)]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, write in (
+            (opts.probabilities, stitch.write_cog),
+            (opts.mask_out, lambda src, dst: vectorize.write_mask(src, dst, threshold=opts.threshold)),
+        ):
+            if target is not None:
+                part = Path(target).with_name(f".{Path(target).name}.geoseg-part")
+                staged.append((part, Path(target)))
+                write(prob_paths[0], part)
+        gpkg.write_geopackage(output, layers, overwrite=opts.overwrite, append=opts.append)
+        for part, target in staged:
+            os.replace(part, target)
+    finally:
+        for part, _ in staged:
+            part.unlink(missing_ok=True)
+    summary.layers = [
+        LayerSummary(layer.name, layer.description, len(layer.gdf),
+                     layer.provenance.get("change_direction")) for layer in layers
+    ]
+
+
+def finish(summary: RunSummary, started: float) -> RunSummary:
+    summary.seconds = round(time.perf_counter() - started, 3)
+    for layer in summary.layers:
+        if layer.features == 0:
+            log.warning("found nothing for %r: wrote an empty layer %r", layer.query, layer.name)
+    return summary
