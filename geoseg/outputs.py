@@ -11,7 +11,6 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import pandas as pd
@@ -19,9 +18,6 @@ import pandas as pd
 from geoseg import gpkg, provenance, raster, stitch, vectorize
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.options import RunOptions
-
-if TYPE_CHECKING:
-    from geoseg.pipeline import Checkpoints
 
 log = logging.getLogger("geoseg")
 
@@ -79,12 +75,12 @@ def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: i
             raise InputError(f"{extra}: its directory does not exist; create it first")
 
 
-def work_directory(output: Path, checkpoints: Checkpoints | None) -> AbstractContextManager[str]:
+def work_directory(output: Path, persistent: Path | None) -> AbstractContextManager[str]:
     """A temporary directory beside the output, or the persistent one of a resumable run."""
-    if checkpoints is None:
+    if persistent is None:
         return tempfile.TemporaryDirectory(dir=output.parent, prefix=".geoseg-")
-    checkpoints.workdir.mkdir(parents=True, exist_ok=True)
-    return nullcontext(str(checkpoints.workdir))
+    persistent.mkdir(parents=True, exist_ok=True)
+    return nullcontext(str(persistent))
 
 
 def with_fields(
@@ -120,11 +116,12 @@ def layer_for(query: str, gdf: gpd.GeoDataFrame, record: dict, layer: str | None
     return gpkg.LayerData(name=name, gdf=gdf, description=query, provenance=record)
 
 
-def input_record(scene: raster.Scene) -> dict:
-    return input_record_path(scene.paths[0]) | {
-        "bands": list(scene.inputs[0].bands), "nodata": scene.inputs[0].nodata,
-        "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
-        "width": scene.grid.width, "height": scene.grid.height,
+def input_record(source: raster.RasterInput) -> dict:
+    """What the provenance says about one input file (its sha256 read here, once per run)."""
+    return input_record_path(source.path) | {
+        "bands": list(source.bands), "nodata": source.nodata,
+        "crs": source.native.crs.to_string() if source.native.crs else None,
+        "width": source.native.width, "height": source.native.height,
     }
 
 

@@ -190,7 +190,7 @@ class Sidecar:
 
 
 class JobCheckpoints:
-    """`pipeline.Checkpoints` for one job: its persistent work directory and a journal per scene."""
+    """`engine.Checkpoints` for one job: its persistent work directory and a journal per scene."""
 
     def __init__(self, sidecar: Sidecar, key: str):
         self.sidecar, self.key = sidecar, key
@@ -204,7 +204,7 @@ class JobCheckpoints:
 
 
 class SceneJournal:
-    """`pipeline.TileJournal` for one scene of one job."""
+    """`engine.TileJournal` for one scene of one job."""
 
     def __init__(self, job: JobCheckpoints, scene: int):
         self.job, self.scene = job, scene

@@ -14,7 +14,7 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle, count_calls
-from geoseg import gpkg, pipeline, provenance, queries, raster, revectorize
+from geoseg import engine, gpkg, pipeline, provenance, queries, raster, revectorize
 from geoseg.errors import InputError, OutputExistsError
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
@@ -297,8 +297,8 @@ def test_dry_run_reports_the_weights_of_torch_backed_models_only():
             super().__init__(tile_size=128)
             self.model = torch.nn.Linear(256, 1024)  # (256 * 1024 + 1024) float32 = 1.0 MiB
 
-    assert pipeline.parameter_megabytes(Backed()) == 1.0
-    assert pipeline.parameter_megabytes(BandOracle(tile_size=128)) == 0.0
+    assert engine.parameter_megabytes(Backed()) == 1.0
+    assert engine.parameter_megabytes(BandOracle(tile_size=128)) == 0.0
 
 
 def test_each_input_is_hashed_once_per_run_whatever_the_number_of_queries(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ from affine import Affine
 
 from conftest import smooth_field, write_rgb
 from doubles import ConvOracle
-from geoseg import outputs, pipeline, raster, stitch, tiling
+from geoseg import engine, outputs, raster, stitch, tiling
+from geoseg.options import RunOptions
 
 
 def test_cosine_weights_partition_of_unity_in_regular_overlap():
@@ -27,11 +28,11 @@ def test_edge_tiles_keep_full_weight_on_scene_border():
 def run_probabilities(tmp_path, image_path, tile, overlap, blend):
     scene = raster.open_scene(image_path)
     model = ConvOracle(tile_size=tile, overlap=overlap)
-    opts = pipeline.RunOptions(blend=blend, progress=False)
+    opts = RunOptions(blend=blend, progress=False)
     plan = tiling.plan_tiles(scene.grid.height, scene.grid.width, tile, overlap)
     out = tmp_path / f"p_{tile}_{overlap}_{blend}.tif"
     summary = outputs.RunSummary("test", "-", "run", "conv")
-    pipeline.infer_scene(scene, model, ["q"], [pipeline.Channel(0)], plan, [out], opts, summary)
+    engine.infer_scene(scene, model, ["q"], [engine.Channel(0)], plan, [out], opts, summary)
     with rasterio.open(out) as src:
         return src.read(1).astype(np.float32) / stitch.PROB_SCALE, plan
 

@@ -72,8 +72,8 @@ class ModelHost:
 
     def describe(self, key: tuple, views: Views = ()) -> Description:
         """Load the model if needed; its description (or its view's)."""
+        from geoseg.engine import batch_size_for
         from geoseg.options import RunOptions
-        from geoseg.pipeline import batch_size_for
 
         model = self._target(key, views)
         caps = capabilities(model)

@@ -1,0 +1,259 @@
+"""The tile engine every model run shares: which probability rasters a run produces (channels),
+the tile plan and batch size, predicting batches of tiles and blending them into rasters on disk,
+with the resume hooks of a batch job (journal).
+
+    Scene + channels -> tiling.plan_tiles -> tiling.read_tiles (threads) -> Segmenter.predict
+        (batched; change: per date or change-aware) -> stitch.RollingBlender -> one raster per channel
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from geoseg import raster, stitch, tiling
+from geoseg.grounding import answer_scene
+from geoseg.models.base import ChangeAware, Generative, Grounded, Segmenter, TorchBacked
+from geoseg.options import RunOptions
+from geoseg.outputs import RunSummary
+from geoseg.queries import change_direction
+
+DEFAULT_CPU_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One probability raster the inference produces: a query, and in change mode a direction;
+    for a generative model one per target its answer names (`target` indexes Prediction.targets)."""
+
+    query_index: int
+    change_type: str | None = None  # appeared | disappeared (change mode only)
+    target: int | None = None  # index of the named target in the query's answer
+    phrase: str | None = None  # that target's phrase -> the polygons' `target` field
+
+    def file_stem(self) -> str:
+        return (f"q{self.query_index}" + (f"_t{self.target}" if self.target is not None else "")
+                + (f"_{self.change_type}" if self.change_type else ""))
+
+
+class TileJournal(Protocol):
+    """Per-scene resume hooks: the pipeline reports what became durable, the journal gives back
+    what an interrupted run left (geoseg.resume implements it; a plain run has none)."""
+
+    def finished(self) -> bool: ...  # the scene's probability rasters are complete
+    def blender_state(self) -> stitch.BlenderState | None: ...
+    def replay(self, blender: stitch.RollingBlender, plan: tiling.TilePlan) -> int: ...  # -> first tile to read
+    def batch_predicted(self, batch: Sequence[tiling.TileData], probabilities: np.ndarray) -> None: ...
+    def rows_flushed(self, blender: stitch.RollingBlender, next_tile: tiling.Tile) -> None: ...
+    def scene_finished(self) -> None: ...
+
+
+class Checkpoints(Protocol):
+    """A resumable run: a persistent work directory and a journal per scene."""
+
+    workdir: Path
+
+    def journal(self, scene_index: int) -> TileJournal: ...
+
+
+class NullJournal:
+    """No resume: nothing recorded, nothing to replay."""
+
+    def finished(self) -> bool:
+        return False
+
+    def blender_state(self) -> None:
+        return None
+
+    def replay(self, blender: stitch.RollingBlender, plan: tiling.TilePlan) -> int:
+        return 0
+
+    def batch_predicted(self, batch, probabilities) -> None:
+        pass
+
+    def rows_flushed(self, blender, next_tile) -> None:
+        pass
+
+    def scene_finished(self) -> None:
+        pass
+
+
+def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) -> tuple[Segmenter, list[Channel]]:
+    """One channel per query; for a pair of dates, one per direction the query's words ask for
+    (geoseg.queries); a generative model first answers each query once for the scene and then gets
+    one channel per target its answer names (geoseg.grounding). A query whose answer names nothing
+    keeps one (empty) channel, so its layer exists and says "found nothing"."""
+    if len(scene.inputs) == 2:
+        return model, [Channel(qi, kind) for qi, q in enumerate(queries) for kind in directions(q)]
+    if isinstance(model, Generative):
+        model = answer_scene(model, scene, queries)
+    if not isinstance(model, Grounded):
+        return model, [Channel(i) for i in range(len(queries))]
+    channels = []
+    for qi, answer in enumerate(model.answers):
+        named = [Channel(qi, target=t, phrase=p) for t, p in enumerate(answer.phrases)]
+        channels.extend(named or [Channel(qi)])
+    return model, channels
+
+
+def directions(query: str) -> tuple[str, ...]:
+    """The change types a change query asks for: appeared, disappeared, or both."""
+    direction = change_direction(query)
+    return ("appeared", "disappeared") if direction == "both" else (direction,)
+
+
+def plan_for(scene: raster.Scene, model: Segmenter, opts: RunOptions) -> tiling.TilePlan:
+    tile = opts.tile_size or model.info.tile_size
+    overlap = model.info.overlap if opts.overlap is None else opts.overlap
+    overlap = min(overlap, tile // 2)
+    return tiling.plan_tiles(scene.grid.height, scene.grid.width, tile, overlap)
+
+
+def batch_size_for(model: Segmenter, opts: RunOptions) -> int:
+    if opts.batch_size:
+        return opts.batch_size
+    if model.device.type != "cuda":
+        return DEFAULT_CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(model.device)
+    per_tile = model.info.extra.get("bytes_per_tile", 1 << 30)
+    return int(max(1, min(16, free * 0.7 // per_tile)))
+
+
+def infer_scene(
+    scene: raster.Scene,
+    model: Segmenter,
+    queries: Sequence[str],
+    channels: Sequence[Channel],
+    plan: tiling.TilePlan,
+    prob_paths: Sequence[Path],
+    opts: RunOptions,
+    summary: RunSummary,
+    journal: TileJournal | None = None,
+) -> None:
+    """Run the model over every tile and blend the results into one probability raster per channel."""
+    journal = journal or NullJournal()
+    if not journal.finished():
+        blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal)
+    summary.tiles += len(plan.tiles)
+    for path, c in zip(prob_paths, channels, strict=True):
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(
+                geoseg_query=queries[c.query_index], geoseg_model=model.info.name,
+                geoseg_model_version=model.info.version, geoseg_run_id=summary.run_id,
+                geoseg_change_type=c.change_type or "",
+            )
+    journal.scene_finished()
+
+
+def blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal: TileJournal) -> None:
+    """Predict tiles in batches and blend them, continuing after the tiles the journal replays."""
+    batch_size = batch_size_for(model, opts)
+    blender = stitch.RollingBlender(scene.grid, list(prob_paths), plan.tile_size, plan.overlap, opts.blend,
+                                    state=journal.blender_state(), on_rows_flushed=journal.rows_flushed)
+    with ExitStack() as stack:
+        stack.callback(blender.close)
+        start = journal.replay(blender, plan)
+        bar = stack.enter_context(tqdm(total=len(plan.tiles), initial=start, unit="tile", disable=not opts.progress,
+                                       desc=scene.paths[-1].name, leave=False))
+        batch: list[tiling.TileData] = []
+        for data in tiling.read_tiles(scene, replace(plan, tiles=plan.tiles[start:]), workers=opts.workers):
+            if data.empty:
+                summary.tiles_skipped_nodata += 1
+                _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+                batch = []
+                blender.add(data.tile, None, data.valid)
+            else:
+                batch.append(data)
+                if len(batch) == batch_size:
+                    _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+                    batch = []
+            bar.update(1)
+        _flush_batch(batch, model, queries, channels, plan, blender, opts, journal)
+
+
+def _flush_batch(batch, model, queries, channels, plan, blender, opts, journal: TileJournal) -> None:
+    """Predict a batch of tiles and hand each tile's channel probabilities to the blender."""
+    if not batch:
+        return
+    probs = predict_channels(model, batch, queries, channels, plan.tile_size, opts.dilate_px)
+    journal.batch_predicted(batch, probs)  # recorded before blending: a checkpoint never runs ahead of it
+    for data, p in zip(batch, probs, strict=True):
+        h, w = data.tile.height, data.tile.width
+        blender.add(data.tile, p[:, :h, :w], data.valid)
+
+
+def predict_channels(
+    model: Segmenter,
+    batch: Sequence[tiling.TileData],
+    queries: Sequence[str],
+    channels: Sequence[Channel],
+    tile_size: int,
+    dilate_px: int,
+) -> np.ndarray:
+    """B x channels x T x T probabilities for a batch (tiles zero-padded to the model size)."""
+    dates = len(batch[0].arrays)
+    stacked = [
+        torch.from_numpy(np.stack([tiling.pad_to(d.arrays[i], tile_size) for d in batch])).to(model.device)
+        for i in range(dates)
+    ]
+    if dates == 1:
+        pred = model.predict(stacked[0], queries)
+        if all(c.target is None for c in channels):
+            return pred.probabilities.float().cpu().numpy()
+        # Named targets of a generative answer: each is its own channel.
+        per_tile = [
+            torch.stack([
+                pred.targets[b][c.query_index][c.target].probabilities if c.target is not None
+                else pred.probabilities[b, c.query_index]
+                for c in channels
+            ])
+            for b in range(len(batch))
+        ]
+        return torch.stack(per_tile).float().cpu().numpy()
+    before, after = stacked
+    if model.info.change_native:
+        # A change-native model reads the direction from the query itself.
+        p = model.predict(after, queries, before=before).probabilities.float()
+        return torch.stack([p[:, c.query_index] for c in channels], dim=1).cpu().numpy()
+    if isinstance(model, ChangeAware):
+        # The model combines the dates itself (e.g. with a feature-change test against
+        # misregistration and lighting); one call per direction present in the channels.
+        by_direction = {
+            kind: model.predict_change(after, before, queries, direction=kind).probabilities.float()
+            for kind in {c.change_type for c in channels}
+        }
+        return torch.stack([by_direction[c.change_type][:, c.query_index] for c in channels], dim=1).cpu().numpy()
+    # A single-date model: segment both dates (each image encoded once for all queries), then
+    # appeared = after AND NOT dilate(before), disappeared = before AND NOT dilate(after).
+    p_before = model.predict(before, queries).probabilities.float()
+    p_after = model.predict(after, queries).probabilities.float()
+    out = []
+    for c in channels:
+        a, b = p_after[:, c.query_index], p_before[:, c.query_index]
+        if c.change_type == "disappeared":
+            a, b = b, a
+        out.append(a * (1 - dilate(b, dilate_px)))
+    return torch.stack(out, dim=1).cpu().numpy()
+
+
+def dilate(prob: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey dilation (max filter) that forgives a misregistration of `radius` pixels."""
+    if radius <= 0:
+        return prob
+    return F.max_pool2d(prob[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+
+
+def parameter_megabytes(model: Segmenter) -> float:
+    """Memory of the model's weights; 0 for a model that keeps none in torch (a test double)."""
+    if not isinstance(model, TorchBacked):
+        return 0.0
+    return round(sum(p.numel() * p.element_size() for p in model.model.parameters()) / 2**20, 1)
