@@ -42,6 +42,7 @@ class CompactSegmenter:
         # channels-last weights: the layout in which the encoder's depthwise convolutions ran
         # fastest on a 2-core CPU (outputs equal to 2e-7; docs/models/compact.md, "Speed")
         self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.model.fold_batch_norms()
         self.text = text
         self.info = info
         self.device = device
