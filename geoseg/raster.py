@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, InputError
@@ -42,7 +43,24 @@ class Grid:
 
     @property
     def pixel_size(self) -> tuple[float, float]:
-        return abs(self.transform.a), abs(self.transform.e)
+        """Side lengths of one pixel in CRS units (column step, row step). They are the lengths of
+        the affine's columns, so a rotated or sheared grid reports its true pixel size."""
+        t = self.transform
+        return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+
+    def footprint(self, crs: CRS | None = None, *, densify: int = 21) -> shapely.Polygon:
+        """The grid's outline in map coordinates (in `crs` when given and different): a
+        parallelogram for any affine, rotated or not; edges are densified so that a
+        reprojected outline stays close to the true curved one."""
+        t = np.linspace(0.0, 1.0, densify, endpoint=False)
+        w, h = self.width, self.height
+        cols = np.concatenate([t * w, np.full(densify, w), (1 - t) * w, np.zeros(densify)])
+        rows = np.concatenate([np.zeros(densify), t * h, np.full(densify, h), (1 - t) * h])
+        a, b, c, d, e, f = self.transform[:6]
+        xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
+        if crs is not None and self.crs is not None and crs != self.crs:
+            xs, ys = transform_coords(self.crs, crs, list(xs), list(ys))
+        return shapely.Polygon(np.column_stack([xs, ys]))
 
 
 @dataclass(frozen=True)
@@ -204,10 +222,10 @@ def open_input(
             f"{path}: has no CRS or geotransform, so polygons cannot be georeferenced; assign one "
             "(gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...) or pass --pixel-coords"
         )
-    if not georef_missing and (transform.b != 0 or transform.d != 0):
+    if not georef_missing and transform.determinant == 0:
         raise InputError(
-            f"{path}: has a rotated/sheared geotransform; warp it north-up first "
-            f"(gdalwarp -t_srs {crs.to_string() if crs else 'EPSG:XXXX'} {path.name} north_up.tif)"
+            f"{path}: its geotransform is degenerate (zero pixel area); fix it with "
+            "gdal_edit.py -a_ullr ... or re-georeference the file"
         )
     if georef_missing:
         transform, crs = Affine.identity(), None
@@ -308,15 +326,15 @@ def _count(path: Path) -> int:
 
 
 def overlap_fraction(ref: Grid, other: Grid) -> float:
-    """Share of the reference grid's footprint that the other grid covers."""
-    rl, rb, rr, rt = rasterio.transform.array_bounds(ref.height, ref.width, ref.transform)
-    ob = rasterio.transform.array_bounds(other.height, other.width, other.transform)
-    if ref.crs and other.crs and ref.crs != other.crs:
-        ob = transform_bounds(other.crs, ref.crs, *ob, densify_pts=21)
-    ol, obb, orr, ot = ob
-    w = max(0.0, min(rr, orr) - max(rl, ol))
-    h = max(0.0, min(rt, ot) - max(rb, obb))
-    return (w * h) / ((rr - rl) * (rt - rb))
+    """Share of the reference grid's footprint that the other grid covers.
+
+    Footprints are the true (possibly rotated) outlines, not their bounding boxes, which for a
+    rotated scene would count the empty corners of the box as covered."""
+    ref_outline = ref.footprint()
+    other_outline = other.footprint(ref.crs)
+    if not other_outline.is_valid:  # a reprojection that folds the outline (antimeridian, poles)
+        other_outline = shapely.make_valid(other_outline)
+    return float(ref_outline.intersection(other_outline).area / ref_outline.area)
 
 
 # ---------------------------------------------------------------- normalisation
