@@ -8,6 +8,7 @@ between tiles (samgeo, geoai), never happens here.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -25,7 +26,10 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
+from geoseg import gsd as gsd_
 from geoseg.errors import GeosegError, InputError
+
+log = logging.getLogger("geoseg")
 
 STATS_MAX_SIDE = 1024  # longest side of the decimated read used for normalisation statistics
 PERCENTILES = (2.0, 98.0)
@@ -47,6 +51,14 @@ class Grid:
         the affine's columns, so a rotated or sheared grid reports its true pixel size."""
         t = self.transform
         return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+
+    def resized(self, width: int, height: int) -> Grid:
+        """The grid of `width` x `height` pixels over the same footprint: the affine scaled, so
+        rotation and shear are kept and map coordinates of the outline do not move."""
+        if (width, height) == (self.width, self.height):
+            return self
+        scale = Affine.scale(self.width / width, self.height / height)
+        return Grid(width, height, self.transform @ scale, self.crs)
 
     def footprint(self, crs: CRS | None = None, *, densify: int = 21) -> shapely.Polygon:
         """The grid's outline in map coordinates (in `crs` when given and different): a
@@ -82,7 +94,7 @@ class RasterInput:
     bands: tuple[int, ...]  # 1-based band indexes read from the file
     nodata: float | None
     native: Grid
-    warp_to: Grid | None = None  # set for a second date that is not on the reference grid
+    warp_to: Grid | None = None  # set when read on another grid: the other date's, or a resampled one
     resampling: Resampling = Resampling.bilinear
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
@@ -169,6 +181,7 @@ class Scene:
     stats: BandStats
     model_bands: int
     overlap_fraction: float = 1.0  # of the reference grid covered by both dates (pairs)
+    gsd: gsd_.GsdChoice | None = None  # the ground resolution `grid` reads the files at
 
     @property
     def paths(self) -> list[Path]:
@@ -270,12 +283,43 @@ def open_scene(
     nodata: float | None = None,
     model_bands: int = 3,
     pixel_coords: bool = False,
+    gsd: gsd_.GsdSetting = "native",
+    gsd_range: tuple[float, float] | None = None,
 ) -> Scene:
-    """Open one scene and compute its normalisation statistics."""
+    """Open one scene and compute its normalisation statistics.
+
+    `gsd` ("native", "auto" or metres) with the model's `gsd_range` decides the grid the scene is
+    read at (see geoseg.gsd); the choice is logged once and kept in `Scene.gsd`."""
     source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands)
-    grid = source.native
+    choice, grid = read_grid(source, gsd, gsd_range)
+    read_on(source, grid, decimating=choice.coarsens)
     stats = compute_stats([source], grid)
-    return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands)
+    return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands, gsd=choice)
+
+
+def read_grid(
+    source: RasterInput, setting: gsd_.GsdSetting, model_range: tuple[float, float] | None
+) -> tuple[gsd_.GsdChoice, Grid]:
+    """The ground resolution to read `source` at and the grid that gives it (its own grid, or
+    the same footprint in fewer/more pixels); the choice is logged once, on stderr by the CLI."""
+    native = source.native
+    sides = gsd_.pixel_sides_m(native.transform, native.crs, native.width, native.height)
+    choice = gsd_.choose_gsd(source.path, sides, setting, model_range)
+    grid = native.resized(*choice.read_shape(native.width, native.height))
+    # A resampled read changes what the model sees: worth saying at the default log level.
+    log.log(logging.WARNING if grid != native else logging.INFO, "%s", choice.describe(source.path))
+    return choice, grid
+
+
+def read_on(source: RasterInput, grid: Grid, *, decimating: bool, resampling: Resampling = Resampling.bilinear) -> None:
+    """Make `source` read its pixels on `grid` (a warped view when that is not its own grid).
+
+    Decimation uses area averaging: every native pixel counts, so fine texture does not alias
+    into the coarser grid as it would with nearest or bilinear sampling."""
+    if source.native == grid:
+        return
+    source.warp_to = grid
+    source.resampling = Resampling.average if decimating else resampling
 
 
 def open_pair(
@@ -287,8 +331,13 @@ def open_pair(
     model_bands: int = 3,
     align_to: str = "before",
     resampling: str = "bilinear",
+    gsd: gsd_.GsdSetting = "native",
+    gsd_range: tuple[float, float] | None = None,
 ) -> Scene:
-    """Open a bi-temporal pair and warp the other date onto the reference date's grid."""
+    """Open a bi-temporal pair and warp the other date onto the reference date's grid.
+
+    With `gsd`/`gsd_range` (see open_scene) the reference date's resolution decides the read
+    grid, and both dates are read on it."""
     first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands)
     second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands)
     n_first = _count(first.path)
@@ -303,20 +352,20 @@ def open_pair(
     if resampling not in RESAMPLING:
         raise InputError(f"--resampling must be one of {', '.join(RESAMPLING)}, not {resampling!r}")
     ref, other = (first, second) if align_to == "before" else (second, first)
-    grid = ref.native
-    fraction = overlap_fraction(grid, other.native)
+    fraction = overlap_fraction(ref.native, other.native)
     if fraction <= 0:
+        crs = ref.native.crs
         raise InputError(
             f"{other.path} does not overlap {ref.path} (their footprints are disjoint in "
-            f"{grid.crs.to_string() if grid.crs else 'pixel space'}); give two images of the same place"
+            f"{crs.to_string() if crs else 'pixel space'}); give two images of the same place"
         )
-    if other.native != grid:
-        other.warp_to = grid
-        other.resampling = RESAMPLING[resampling]
+    choice, grid = read_grid(ref, gsd, gsd_range)
+    read_on(ref, grid, decimating=choice.coarsens)
+    read_on(other, grid, decimating=choice.coarsens, resampling=RESAMPLING[resampling])
     stats = compute_stats([first, second], grid)
     return Scene(
         grid=grid, inputs=[first, second], stats=stats, model_bands=model_bands,
-        overlap_fraction=fraction,
+        overlap_fraction=fraction, gsd=choice,
     )
 
 
