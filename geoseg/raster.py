@@ -139,10 +139,18 @@ class RasterInput:
 
     def decimated(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """A small read of the whole grid (for statistics): bands x h x w and validity."""
+        if self.warp_to is not None and self.warp_to == self.native.resized(self.warp_to.width, self.warp_to.height):
+            # A resized read grid (geoseg.gsd) covers the file's own pixels: sample the file
+            # itself, which GDAL decimates from blocks or overviews, rather than have the warped
+            # view resample the whole scene once just for a sample.
+            with rasterio.open(self.path) as ds:
+                return self._sample(ds, self.native)
+        return self._sample(self._dataset(), grid)
+
+    def _sample(self, ds, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         scale = max(grid.width, grid.height) / STATS_MAX_SIDE
         out_h = max(1, round(grid.height / max(scale, 1)))
         out_w = max(1, round(grid.width / max(scale, 1)))
-        ds = self._dataset()
         window = Window(0, 0, grid.width, grid.height)
         try:
             data = ds.read(

@@ -5,6 +5,7 @@ where the objects are, and the choice shows in the log, the dry-run and the prov
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import geopandas as gpd
 import pytest
@@ -19,6 +20,7 @@ from doubles import BandOracle
 from geoseg import batch, gsd, pipeline, raster
 from geoseg.errors import InputError
 from geoseg.gpkg import read_provenance
+from geoseg.models.compact import config as compact_config
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.segmenter import model_info
 from geoseg_cli.main import cli
@@ -125,7 +127,9 @@ def test_auto_never_upsamples_either_side_of_an_oblong_pixel():
 
 
 def test_models_expose_their_gsd_range():
-    assert model_info(CompactConfig(), "compact", None).gsd_range == (0.07, 2.0)
+    shipped = Path(compact_config.__file__).parent / "weights"
+    for name in ("compact", "compact-change"):  # the embedded checkpoints' own config.json
+        assert model_info(CompactConfig.load(shipped / name), name, None).gsd_range == (0.07, 2.0)
     assert BandOracle().info.gsd_range is None  # no declared range: no constraint
     with pytest.raises(ValueError, match="gsd_range"):
         dataclasses.replace(BandOracle().info, gsd_range=(2.0, 0.07))
@@ -137,8 +141,9 @@ def test_models_expose_their_gsd_range():
 def test_scene_read_on_the_coarser_grid_keeps_its_footprint(fine_scene):
     scene = raster.open_scene(fine_scene, model_bands=4, gsd="auto", gsd_range=(0.07, 2.0))
     assert (scene.grid.width, scene.grid.height) == (500, 400)
-    native = raster.open_scene(fine_scene, model_bands=4).grid
-    assert scene.grid.footprint().equals_exact(native.footprint(), 1e-6)
+    native = raster.open_scene(fine_scene, model_bands=4)
+    assert scene.grid.footprint().equals_exact(native.grid.footprint(), 1e-6)
+    assert scene.stats == native.stats  # sampled from the file itself, not from a whole-scene warp
     data, valid = scene.read_tile(rasterio.windows.Window(0, 0, 500, 400))
     assert data[0].shape == (4, 400, 500) and valid.all()
 
