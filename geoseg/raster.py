@@ -314,8 +314,10 @@ def read_grid(
     sides = gsd_.pixel_sides_m(native.transform, native.crs, native.width, native.height)
     choice = gsd_.choose_gsd(source.path, sides, setting, model_range)
     grid = native.resized(*choice.read_shape(native.width, native.height))
-    # A resampled read changes what the model sees: worth saying at the default log level.
-    log.log(logging.WARNING if grid != native else logging.INFO, "%s", choice.describe(source.path))
+    # A resampled read changes what the model sees: worth saying at the default log level; an
+    # auto choice to keep the pixels is worth -v; reading natively because told to, only -vv.
+    level = logging.WARNING if grid != native else logging.INFO if choice.mode != "native" else logging.DEBUG
+    log.log(level, "%s", choice.describe(source.path))
     return choice, grid
 
 

@@ -23,6 +23,7 @@ from geoseg.gpkg import read_provenance
 from geoseg.models.compact import config as compact_config
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.segmenter import model_info
+from geoseg.models.segearth.config import parse_config
 from geoseg_cli.main import cli
 
 X0, Y0 = 500000.0, 5000000.0
@@ -131,6 +132,9 @@ def test_models_expose_their_gsd_range():
     for name in ("compact", "compact-change"):  # the embedded checkpoints' own config.json
         assert model_info(CompactConfig.load(shipped / name), name, None).gsd_range == (0.07, 2.0)
     assert BandOracle().info.gsd_range is None  # no declared range: no constraint
+    segearth = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 128}
+    assert parse_config(segearth).options.gsd_range is None
+    assert parse_config({**segearth, "geoseg": {"gsd_range": [0.3, 1.0]}}).options.gsd_range == (0.3, 1.0)
     with pytest.raises(ValueError, match="gsd_range"):
         dataclasses.replace(BandOracle().info, gsd_range=(2.0, 0.07))
 
