@@ -266,3 +266,13 @@ def test_batch_option_table_knows_gsd():
     assert options.gsd == 0.3
     with pytest.raises(InputError, match="jobs.jsonl:1: option gsd='x'"):
         batch.apply_option(options, "gsd", "x", "jobs.jsonl:1")
+
+
+def test_the_embedded_compact_model_reads_a_5cm_scene_at_7cm(fine_scene):
+    from geoseg.models.registry import load_segmenter
+
+    model = load_segmenter("compact", device="cpu")
+    assert model.info.gsd_range == (0.07, 2.0)
+    plan = pipeline.dry_run([fine_scene], pipeline.RunOptions(progress=False), segmenter=model)["scenes"][0]
+    assert (plan["width"], plan["height"], plan["gsd"]["read_m"]) == (500, 400, 0.07)
+    assert plan["tile_size"] == model.info.tile_size

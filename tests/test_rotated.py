@@ -193,3 +193,25 @@ def test_rotated_pair_aligns(tmp_path, rotated):
     assert summary.overlap_fraction == pytest.approx(expected, rel=1e-6)
     assert set(got["change_type"]) == {"appeared"}
     assert iou(unary_union(got.geometry), new) >= 0.95
+
+
+def test_cli_preview_and_dry_run_on_a_rotated_scene(rotated_scene, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from geoseg_cli.main import cli
+
+    path, t, houses, outline = rotated_scene
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: BandOracle(tile_size=128, overlap=16))
+    out, png = tmp_path / "o.gpkg", tmp_path / "p.png"
+    r = CliRunner().invoke(cli, ["segment", str(path), "houses", "-o", str(out), "--preview", str(png), "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["layers"][0]["features"] == 3
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    # the panel is the raster's own (rotated) pixel grid, scaled to 1024 px along its longest side
+    assert image.shape[:2] == (round(400 * 1024 / 500) + preview.LEGEND_HEIGHT, 1024)
+    r = CliRunner().invoke(cli, ["segment", str(path), "houses", "-o", str(out), "--dry-run", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout)["scenes"][0]["width"] == 500
