@@ -52,8 +52,11 @@ def parse_gsd(value: object) -> GsdSetting:
 class GsdChoice:
     """The resolution a scene is read at and why.
 
-    native_m/read_m: ground size of a pixel in metres (geometric mean of its two sides; None
-    without a CRS); scale: how many native pixels one read pixel spans along columns and rows.
+    native_m: ground size of a native pixel in metres (geometric mean of its two sides; None
+    without a CRS). read_m: the resolution the scene is read at; the read grid covers exactly the
+    scene's footprint in whole pixels, so its pixels match read_m to within one pixel over the
+    scene's width (and `auto` leaves a side that is already coarser than read_m as it is).
+    scale: how many native pixels one read pixel spans along columns and rows.
     """
 
     mode: str  # auto | native | metres (a number was given)
@@ -90,13 +93,14 @@ class GsdChoice:
         if self.native_m is None:
             return f"{path}: no CRS, so no ground resolution; read at its own pixels"
         native = f"{path}: {_fmt(self.native_m)} m pixels"
+        option = f"--gsd {_fmt(self.read_m) if self.mode == 'metres' else self.mode}"
         if not self.resampled:
-            return f"{native} read as they are (--gsd {self.mode})"
+            return f"{native} read as they are ({option})"
         if self.mode == "auto":
             low, high = self.model_range_m or (math.nan, math.nan)
             return (f"{native} read at {_fmt(self.read_m)} m (model range {_fmt(low)}-{_fmt(high)} m); "
                     "--gsd native keeps them")
-        return f"{native} read at {_fmt(self.read_m)} m (--gsd {_fmt(self.read_m)})"
+        return f"{native} read at {_fmt(self.read_m)} m ({option})"
 
 
 def pixel_sides_m(transform: Affine, crs, width: int, height: int) -> tuple[float, float] | None:

@@ -72,7 +72,9 @@ class Grid:
         xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
         if crs is not None and self.crs is not None and crs != self.crs:
             xs, ys = transform_coords(self.crs, crs, list(xs), list(ys))
-        return shapely.Polygon(np.column_stack([xs, ys]))
+        points = np.column_stack([xs, ys])
+        points = points[np.isfinite(points).all(axis=1)]  # corners outside the target CRS's domain
+        return shapely.Polygon(points) if len(points) >= 3 else shapely.Polygon()
 
 
 @dataclass(frozen=True)
@@ -391,6 +393,8 @@ def overlap_fraction(ref: Grid, other: Grid) -> float:
     rotated scene would count the empty corners of the box as covered."""
     ref_outline = ref.footprint()
     other_outline = other.footprint(ref.crs)
+    if other_outline.is_empty:
+        return 0.0
     if not other_outline.is_valid:  # a reprojection that folds the outline (antimeridian, poles)
         other_outline = shapely.make_valid(other_outline)
     return float(ref_outline.intersection(other_outline).area / ref_outline.area)
