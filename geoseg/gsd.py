@@ -32,6 +32,10 @@ GSD_MODES = ("auto", "native")
 # blurs every pixel and changes nothing the model would notice.
 AUTO_TOLERANCE = 0.05
 
+# A forced resolution more than 10x finer than the file's pixels invents 100x the pixels (and
+# blending memory grows with the read width): almost surely a typo (0.03 for 0.3), so refused.
+MAX_UPSAMPLING = 10.0
+
 GsdSetting = str | float  # "auto" | "native" | metres > 0
 
 
@@ -152,6 +156,11 @@ def choose_gsd(
         target, upsample = None, False
     if target is None:
         return GsdChoice(mode, native, native, model_range_m=model_range)
+    if native / target > MAX_UPSAMPLING:
+        raise InputError(
+            f"{path}: --gsd {_fmt(target)} is over {MAX_UPSAMPLING:g}x finer than its {_fmt(native)} m pixels "
+            "and would invent detail; give a resolution near the file's own, or --gsd native"
+        )
     scale = [target / side if upsample else max(1.0, target / side) for side in sides_m]
     scale = [1.0 if abs(s - 1.0) < 1e-9 else s for s in scale]  # float noise is not a resampling
     return GsdChoice(mode, native, target, (scale[0], scale[1]), model_range)

@@ -113,6 +113,12 @@ def test_choose_gsd(setting, sides, expect_read, expect_scale):
     assert choice.read_m == pytest.approx(expect_read) and choice.scale == pytest.approx(expect_scale)
 
 
+def test_a_forced_gsd_far_finer_than_the_pixels_is_refused():
+    assert gsd.choose_gsd("s.tif", (1.0, 1.0), 0.1, None).scale == pytest.approx((10.0 ** -1,) * 2)
+    with pytest.raises(InputError, match=r"s\.tif: --gsd 0\.03 is over 10x finer than its 1 m pixels"):
+        gsd.choose_gsd("s.tif", (1.0, 1.0), 0.03, None)
+
+
 def test_auto_without_a_model_range_or_a_crs_reads_natively():
     assert not gsd.choose_gsd("s.tif", (0.05, 0.05), "auto", None).resampled
     assert not gsd.choose_gsd("s.tif", None, "auto", (0.07, 2.0)).resampled
