@@ -28,6 +28,16 @@ def _nodata(ctx, param, value: str | None) -> float | None:
         raise click.BadParameter(f"{value!r}: give a number or 'nan'") from None
 
 
+def _gsd(ctx, param, value: str) -> str | float:
+    from geoseg.errors import InputError
+    from geoseg.gsd import parse_gsd
+
+    try:
+        return parse_gsd(value)
+    except InputError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--gsd {value!r}: ")) from None
+
+
 def _stack(*decorators: Callable) -> Callable:
     def apply(f: Callable) -> Callable:
         for d in reversed(decorators):
@@ -64,6 +74,9 @@ vector_opts = _stack(
 raster_opts = _stack(
     click.option("-b", "--bands", callback=_bands, help="1-based bands to read, in model order (e.g. 3,2,1). Default: the first three."),
     click.option("--nodata", callback=_nodata, help="Override the input nodata value."),
+    click.option("--gsd", default="auto", show_default=True, callback=_gsd, metavar="auto|native|METRES",
+                 help="Ground resolution to read at: auto reads scenes much finer than the model's range at its "
+                      "finest resolution; native keeps the file's pixels; a number forces that many metres."),
     click.option("--tile-size", type=click.IntRange(16), help="Tile size in pixels (default: the model's native size)."),
     click.option("--overlap", type=click.IntRange(0), help="Overlap between tiles in pixels (default: the model's)."),
     click.option("--batch-size", type=click.IntRange(1), help="Tiles per model call (default: from device memory)."),

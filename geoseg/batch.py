@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from geoseg import gpkg, pipeline, resume, stitch
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
+from geoseg.gsd import parse_gsd
 
 log = logging.getLogger("geoseg")
 
@@ -274,7 +275,7 @@ def _choice(choices: Iterable[str]):
 OPTIONS: dict[str, tuple[str, Any]] = {
     "model": ("model", str), "device": ("device", str), "allow_pickle": ("allow_pickle", _bool),
     "bands": ("bands", _bands), "b": ("bands", _bands), "nodata": ("nodata", _float),
-    "pixel_coords": ("pixel_coords", _bool), "tile_size": ("tile_size", _int), "overlap": ("overlap", _int),
+    "pixel_coords": ("pixel_coords", _bool), "gsd": ("gsd", parse_gsd), "tile_size": ("tile_size", _int), "overlap": ("overlap", _int),
     "batch_size": ("batch_size", _int), "blend": ("blend", _choice(stitch.BLEND_MODES)),
     "workers": ("workers", _int), "threshold": ("threshold", _float), "simplify": ("simplify", _float),
     "fill_holes": ("fill_holes", _bool), "layer": ("layer", str), "overwrite": ("overwrite", _bool),

@@ -55,6 +55,7 @@ class RunOptions:
     bands: tuple[int, ...] | None = None
     nodata: float | None = None
     pixel_coords: bool = False
+    gsd: str | float = "auto"  # auto | native | metres: the ground resolution to read at (geoseg.gsd)
     tile_size: int | None = None  # default: the model's native size
     overlap: int | None = None  # default: the model's declared overlap
     batch_size: int | None = None
@@ -223,7 +224,8 @@ def segment(
                 run_id=run_id, command="segment", query=query,
                 inputs={str(s.paths[0]): input_record(s) for s in opened},
                 model=model.info.to_dict(), parameters=opts.record(),
-                scene={"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in opened]},
+                scene={"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in opened],
+                       "gsd": [s.gsd.to_dict() for s in opened]},
                 extra=answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else None),
             )
             layers.append(layer_for(query, gdf, record, opts.layer, None))
@@ -281,7 +283,7 @@ def change(
                 run_id=run_id, command="change", query=query,
                 inputs={p: input_record_path(p) for p in (before_path, after_path)},
                 model=model.info.to_dict(), parameters=opts.record(),
-                scene={"plan": plan.summary(), "stats": scene.stats.to_dict(),
+                scene={"plan": plan.summary(), "stats": scene.stats.to_dict(), "gsd": scene.gsd.to_dict(),
                        "overlap_fraction": scene.overlap_fraction, "align_to": opts.align_to,
                        "direction": change_direction(query)},
             )
@@ -340,6 +342,7 @@ def dry_run(
             "inputs": [str(p) for p in scene.paths],
             "width": scene.grid.width, "height": scene.grid.height,
             "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
+            "gsd": scene.gsd.to_dict(),  # width/height and the plan are on the grid read at this resolution
             **plan.summary(), "batch_size": batch, "batches": -(-len(plan.tiles) // batch),
             "memory_estimate_mb": {
                 "blend_window_per_query": round(blender_bytes / 2**20, 1),
@@ -356,12 +359,13 @@ def dry_run(
 
 def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
     return raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
-                             model_bands=model.info.bands)
+                             model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range)
 
 
 def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
     return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
-                            align_to=opts.align_to, resampling=opts.resampling)
+                            align_to=opts.align_to, resampling=opts.resampling,
+                            gsd=opts.gsd, gsd_range=model.info.gsd_range)
 
 
 def validate_queries(queries: Iterable[str]) -> list[str]:

@@ -97,12 +97,12 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
         weights_sha256=sha256,
         license=LICENSE,
         change_native=config.change,
+        gsd_range=config.gsd_range,
         extra={
             "family": "compact",
             "encoder": config.encoder,
             "text_encoder": config.text_encoder,
             "model_type": config.model_type,
-            "gsd_range_m": list(config.gsd_range),
         },
     )
 
