@@ -12,7 +12,6 @@ This module imports neither torch nor click nor GDAL: the CLI imports it to buil
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,7 +29,6 @@ MODEL_RUNS = (SEGMENT, CHANGE, CHAT)
 BLEND_MODES = ("cosine", "average", "none")  # geoseg.stitch implements them
 ALIGN_TO = ("before", "after")
 RESAMPLING = ("nearest", "bilinear", "cubic")
-GSD_MODES = ("auto", "native")
 
 
 # ---------------------------------------------------------------- value parsers
@@ -110,16 +108,13 @@ class MinArea:
 
 
 def to_gsd(value: Any) -> str | float:
-    """auto | native | a positive number of metres."""
-    if isinstance(value, str) and value.strip().lower() in GSD_MODES:
-        return value.strip().lower()
+    """auto | native | a positive number of metres (geoseg.gsd parses it)."""
+    from geoseg.gsd import parse_gsd  # imported here: pyproj is not needed to build --help
+
     try:
-        metres = to_float(value)
-    except ValueError:
-        raise ValueError(f"give {' or '.join(GSD_MODES)} or a number of metres, e.g. 0.5") from None
-    if not (metres > 0 and math.isfinite(metres)):
-        raise ValueError("a ground resolution is a positive number of metres")
-    return metres
+        return parse_gsd(value)
+    except InputError as e:  # its message starts with "--gsd VALUE: "; the callers name the option
+        raise ValueError(str(e).partition(": ")[2]) from None
 
 
 # ---------------------------------------------------------------- declarations

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -104,10 +103,12 @@ def change(
     started = time.perf_counter()
     queries, output = validate_queries(queries), Path(output)
     check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
-    # The pair is validated (and its statistics computed) before the (possibly large) model loads.
-    scene = open_pair(before, after, opts, segmenter.info.bands if segmenter else None)
+    for path in (before, after):  # each input is validated before the (possibly large) model loads
+        raster.open_input(path, bands=opts.bands, nodata=opts.nodata)
+    # Aligned and normalised once, after the model is known: its bands and ground resolution
+    # range decide which bands are read and on which grid.
     model = segmenter or load_model("change", opts)
-    scene = fit_to_model(scene, model, opts, lambda: open_pair(before, after, opts, model.info.bands))
+    scene = open_pair(before, after, model, opts)
     # A partial overlap is worth a warning: change outside it cannot be seen.
     log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
             "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
@@ -147,7 +148,8 @@ def run(
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
         inputs = {str(i.path): input_record(i) for s in scenes for i in s.inputs}  # each file hashed once per run
-        scene_record = {"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in scenes]}
+        scene_record = {"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in scenes],
+                        "gsd": [s.gsd.to_dict() for s in scenes]}
         if pair:
             scene_record |= {"overlap_fraction": scenes[0].overlap_fraction, "align_to": opts.align_to}
         layers = []
@@ -170,7 +172,7 @@ def dry_run(
     """The tile plan and a memory estimate, without running the model."""
     opts = options or RunOptions()
     model = segmenter or load_model("change" if pair else "segment", opts)
-    opened = [open_pair(scenes[0], scenes[1], opts, model.info.bands)] if pair else [open_scene(p, model, opts) for p in scenes]
+    opened = [open_pair(scenes[0], scenes[1], model, opts)] if pair else [open_scene(p, model, opts) for p in scenes]
     out = []
     for scene in opened:
         plan = plan_for(scene, model, opts)
@@ -181,6 +183,7 @@ def dry_run(
             "inputs": [str(p) for p in scene.paths],
             "width": scene.grid.width, "height": scene.grid.height,
             "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
+            "gsd": scene.gsd.to_dict(),  # width/height and the plan are on the grid read at this resolution
             **plan.summary(), "batch_size": batch, "batches": -(-len(plan.tiles) // batch),
             "memory_estimate_mb": {
                 "blend_window_per_query": round(blender_bytes / 2**20, 1),
@@ -201,15 +204,16 @@ def load_model(command: str, opts: RunOptions) -> Segmenter:
 
 
 def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
+    """One scene read as the model needs it: its bands, at a resolution inside its range (--gsd)."""
     return raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
-                             model_bands=model.info.bands)
+                             model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range)
 
 
-def open_pair(before: str | Path, after: str | Path, opts: RunOptions, model_bands: int | None) -> raster.Scene:
-    """The aligned pair; `model_bands` None (no model loaded yet): raster's default band count."""
-    fit = {} if model_bands is None else {"model_bands": model_bands}
-    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, align_to=opts.align_to,
-                            resampling=opts.resampling, **fit)
+def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
+    """The two dates on one grid, read as the model needs them (see open_scene)."""
+    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
+                            align_to=opts.align_to, resampling=opts.resampling,
+                            gsd=opts.gsd, gsd_range=model.info.gsd_range)
 
 
 def channel_polygons(path: Path, channel: Channel, scene: raster.Scene, queries: Sequence[str], model: Segmenter,
@@ -222,17 +226,3 @@ def channel_polygons(path: Path, channel: Channel, scene: raster.Scene, queries:
     if channel.change_type is not None:
         gdf["before"], gdf["after"], gdf["change_type"] = str(scene.paths[0]), str(scene.paths[-1]), channel.change_type
     return gdf
-
-
-def fit_to_model(scene: raster.Scene, model: Segmenter, opts: RunOptions,
-                 reopen: Callable[[], raster.Scene]) -> raster.Scene:
-    """A scene opened before its model loaded, made to fit the model without recomputing its
-    statistics unless the bands read change: only a model of another band count, with the bands
-    left to the default (-b not given), reads other bands and needs the scene opened again."""
-    if scene.model_bands == model.info.bands:
-        return scene
-    if opts.bands:
-        return replace(scene, model_bands=model.info.bands)
-    return reopen()
-
-

@@ -8,6 +8,7 @@ between tiles (samgeo, geoai), never happens here.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -16,15 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
+from geoseg import gsd as gsd_
 from geoseg.errors import GeosegError, InputError
+
+log = logging.getLogger("geoseg")
 
 STATS_MAX_SIDE = 1024  # longest side of the decimated read used for normalisation statistics
 PERCENTILES = (2.0, 98.0)
@@ -42,7 +47,34 @@ class Grid:
 
     @property
     def pixel_size(self) -> tuple[float, float]:
-        return abs(self.transform.a), abs(self.transform.e)
+        """Side lengths of one pixel in CRS units (column step, row step). They are the lengths of
+        the affine's columns, so a rotated or sheared grid reports its true pixel size."""
+        t = self.transform
+        return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+
+    def resized(self, width: int, height: int) -> Grid:
+        """The grid of `width` x `height` pixels over the same footprint: the affine scaled, so
+        rotation and shear are kept and map coordinates of the outline do not move."""
+        if (width, height) == (self.width, self.height):
+            return self
+        scale = Affine.scale(self.width / width, self.height / height)
+        return Grid(width, height, self.transform @ scale, self.crs)
+
+    def footprint(self, crs: CRS | None = None, *, densify: int = 21) -> shapely.Polygon:
+        """The grid's outline in map coordinates (in `crs` when given and different): a
+        parallelogram for any affine, rotated or not; edges are densified so that a
+        reprojected outline stays close to the true curved one."""
+        t = np.linspace(0.0, 1.0, densify, endpoint=False)
+        w, h = self.width, self.height
+        cols = np.concatenate([t * w, np.full(densify, w), (1 - t) * w, np.zeros(densify)])
+        rows = np.concatenate([np.zeros(densify), t * h, np.full(densify, h), (1 - t) * h])
+        a, b, c, d, e, f = self.transform[:6]
+        xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
+        if crs is not None and self.crs is not None and crs != self.crs:
+            xs, ys = transform_coords(self.crs, crs, list(xs), list(ys))
+        points = np.column_stack([xs, ys])
+        points = points[np.isfinite(points).all(axis=1)]  # corners outside the target CRS's domain
+        return shapely.Polygon(points) if len(points) >= 3 else shapely.Polygon()
 
 
 @dataclass(frozen=True)
@@ -64,7 +96,7 @@ class RasterInput:
     bands: tuple[int, ...]  # 1-based band indexes read from the file
     nodata: float | None
     native: Grid
-    warp_to: Grid | None = None  # set for a second date that is not on the reference grid
+    warp_to: Grid | None = None  # set when read on another grid: the other date's, or a resampled one
     resampling: Resampling = Resampling.bilinear
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
@@ -109,10 +141,18 @@ class RasterInput:
 
     def decimated(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """A small read of the whole grid (for statistics): bands x h x w and validity."""
+        if self.warp_to is not None and self.warp_to == self.native.resized(self.warp_to.width, self.warp_to.height):
+            # A resized read grid (geoseg.gsd) covers the file's own pixels: sample the file
+            # itself, which GDAL decimates from blocks or overviews, rather than have the warped
+            # view resample the whole scene once just for a sample.
+            with rasterio.open(self.path) as ds:
+                return self._sample(ds, self.native)
+        return self._sample(self._dataset(), grid)
+
+    def _sample(self, ds, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         scale = max(grid.width, grid.height) / STATS_MAX_SIDE
         out_h = max(1, round(grid.height / max(scale, 1)))
         out_w = max(1, round(grid.width / max(scale, 1)))
-        ds = self._dataset()
         window = Window(0, 0, grid.width, grid.height)
         try:
             data = ds.read(
@@ -151,6 +191,7 @@ class Scene:
     stats: BandStats
     model_bands: int
     overlap_fraction: float = 1.0  # of the reference grid covered by both dates (pairs)
+    gsd: gsd_.GsdChoice | None = None  # the ground resolution `grid` reads the files at
 
     @property
     def paths(self) -> list[Path]:
@@ -204,10 +245,10 @@ def open_input(
             f"{path}: has no CRS or geotransform, so polygons cannot be georeferenced; assign one "
             "(gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...) or pass --pixel-coords"
         )
-    if not georef_missing and (transform.b != 0 or transform.d != 0):
+    if not georef_missing and transform.determinant == 0:
         raise InputError(
-            f"{path}: has a rotated/sheared geotransform; warp it north-up first "
-            f"(gdalwarp -t_srs {crs.to_string() if crs else 'EPSG:XXXX'} {path.name} north_up.tif)"
+            f"{path}: its geotransform is degenerate (zero pixel area); fix it with "
+            "gdal_edit.py -a_ullr ... or re-georeference the file"
         )
     if georef_missing:
         transform, crs = Affine.identity(), None
@@ -252,12 +293,45 @@ def open_scene(
     nodata: float | None = None,
     model_bands: int = 3,
     pixel_coords: bool = False,
+    gsd: gsd_.GsdSetting = "native",
+    gsd_range: tuple[float, float] | None = None,
 ) -> Scene:
-    """Open one scene and compute its normalisation statistics."""
+    """Open one scene and compute its normalisation statistics.
+
+    `gsd` ("native", "auto" or metres) with the model's `gsd_range` decides the grid the scene is
+    read at (see geoseg.gsd); the choice is logged once and kept in `Scene.gsd`."""
     source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands)
-    grid = source.native
+    choice, grid = read_grid(source, gsd, gsd_range)
+    read_on(source, grid, decimating=choice.coarsens)
     stats = compute_stats([source], grid)
-    return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands)
+    return Scene(grid=grid, inputs=[source], stats=stats, model_bands=model_bands, gsd=choice)
+
+
+def read_grid(
+    source: RasterInput, setting: gsd_.GsdSetting, model_range: tuple[float, float] | None
+) -> tuple[gsd_.GsdChoice, Grid]:
+    """The ground resolution to read `source` at and the grid that gives it (its own grid, or
+    the same footprint in fewer/more pixels); the choice is logged once, on stderr by the CLI."""
+    native = source.native
+    sides = gsd_.pixel_sides_m(native.transform, native.crs, native.width, native.height)
+    choice = gsd_.choose_gsd(source.path, sides, setting, model_range)
+    grid = native.resized(*choice.read_shape(native.width, native.height))
+    # A resampled read changes what the model sees: worth saying at the default log level; an
+    # auto choice to keep the pixels is worth -v; reading natively because told to, only -vv.
+    level = logging.WARNING if grid != native else logging.INFO if choice.mode != "native" else logging.DEBUG
+    log.log(level, "%s", choice.describe(source.path))
+    return choice, grid
+
+
+def read_on(source: RasterInput, grid: Grid, *, decimating: bool, resampling: Resampling = Resampling.bilinear) -> None:
+    """Make `source` read its pixels on `grid` (a warped view when that is not its own grid).
+
+    Decimation uses area averaging: every native pixel counts, so fine texture does not alias
+    into the coarser grid as it would with nearest or bilinear sampling."""
+    if source.native == grid:
+        return
+    source.warp_to = grid
+    source.resampling = Resampling.average if decimating else resampling
 
 
 def open_pair(
@@ -269,8 +343,13 @@ def open_pair(
     model_bands: int = 3,
     align_to: str = "before",
     resampling: str = "bilinear",
+    gsd: gsd_.GsdSetting = "native",
+    gsd_range: tuple[float, float] | None = None,
 ) -> Scene:
-    """Open a bi-temporal pair and warp the other date onto the reference date's grid."""
+    """Open a bi-temporal pair and warp the other date onto the reference date's grid.
+
+    With `gsd`/`gsd_range` (see open_scene) the reference date's resolution decides the read
+    grid, and both dates are read on it."""
     first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands)
     second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands)
     n_first = _count(first.path)
@@ -285,20 +364,20 @@ def open_pair(
     if resampling not in RESAMPLING:
         raise InputError(f"--resampling must be one of {', '.join(RESAMPLING)}, not {resampling!r}")
     ref, other = (first, second) if align_to == "before" else (second, first)
-    grid = ref.native
-    fraction = overlap_fraction(grid, other.native)
+    fraction = overlap_fraction(ref.native, other.native)
     if fraction <= 0:
+        crs = ref.native.crs
         raise InputError(
             f"{other.path} does not overlap {ref.path} (their footprints are disjoint in "
-            f"{grid.crs.to_string() if grid.crs else 'pixel space'}); give two images of the same place"
+            f"{crs.to_string() if crs else 'pixel space'}); give two images of the same place"
         )
-    if other.native != grid:
-        other.warp_to = grid
-        other.resampling = RESAMPLING[resampling]
+    choice, grid = read_grid(ref, gsd, gsd_range)
+    read_on(ref, grid, decimating=choice.coarsens)
+    read_on(other, grid, decimating=choice.coarsens, resampling=RESAMPLING[resampling])
     stats = compute_stats([first, second], grid)
     return Scene(
         grid=grid, inputs=[first, second], stats=stats, model_bands=model_bands,
-        overlap_fraction=fraction,
+        overlap_fraction=fraction, gsd=choice,
     )
 
 
@@ -308,15 +387,17 @@ def _count(path: Path) -> int:
 
 
 def overlap_fraction(ref: Grid, other: Grid) -> float:
-    """Share of the reference grid's footprint that the other grid covers."""
-    rl, rb, rr, rt = rasterio.transform.array_bounds(ref.height, ref.width, ref.transform)
-    ob = rasterio.transform.array_bounds(other.height, other.width, other.transform)
-    if ref.crs and other.crs and ref.crs != other.crs:
-        ob = transform_bounds(other.crs, ref.crs, *ob, densify_pts=21)
-    ol, obb, orr, ot = ob
-    w = max(0.0, min(rr, orr) - max(rl, ol))
-    h = max(0.0, min(rt, ot) - max(rb, obb))
-    return (w * h) / ((rr - rl) * (rt - rb))
+    """Share of the reference grid's footprint that the other grid covers.
+
+    Footprints are the true (possibly rotated) outlines, not their bounding boxes, which for a
+    rotated scene would count the empty corners of the box as covered."""
+    ref_outline = ref.footprint()
+    other_outline = other.footprint(ref.crs)
+    if other_outline.is_empty:
+        return 0.0
+    if not other_outline.is_valid:  # a reprojection that folds the outline (antimeridian, poles)
+        other_outline = shapely.make_valid(other_outline)
+    return float(ref_outline.intersection(other_outline).area / ref_outline.area)
 
 
 # ---------------------------------------------------------------- normalisation

@@ -128,7 +128,7 @@ def test_options_use_cli_names():
     ({"colour": "red"}, "jobs.jsonl:1: unknown option 'colour'; options are: bands, "),
     ({"tile-size": 8}, "jobs.jsonl:1: option tile-size=8: must be at least 16"),
     ({"threshold": 1.5}, "jobs.jsonl:1: option threshold=1.5: must be at most 1"),
-    ({"gsd": "-2"}, "jobs.jsonl:1: option gsd='-2': a ground resolution is a positive number of metres"),
+    ({"gsd": "-2"}, "jobs.jsonl:1: option gsd='-2': give auto, native or a ground resolution in metres > 0"),
     ({"min-area": "-5"}, "jobs.jsonl:1: option min-area='-5': an area cannot be negative"),
 ])
 def test_bad_job_option_is_one_error_naming_line_and_key(options, message):

@@ -102,3 +102,27 @@ def test_segmenter_encodes_each_image_once(tmp_path):
     seg.model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     seg.predict(torch.rand(2, 3, 64, 64), ["a", "b", "c", "d"])
     assert calls == [2]
+
+
+@pytest.mark.parametrize("change", [False, True])
+def test_folding_batch_norms_keeps_the_outputs(change):
+    torch.manual_seed(0)
+    model = CompactModel(tiny_config(change=change))
+    for m in model.modules():  # non-trivial statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    images = torch.rand(2, 3, 64, 96)
+    before = torch.rand(2, 3, 64, 96) if change else None
+    index = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        reference = model(images, _text(3), index, before)
+        n = model.fold_batch_norms()
+        folded = model(images, _text(3), index, before)
+    assert n > 10
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(folded.mask_logits, reference.mask_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(folded.exist_logits, reference.exist_logits, atol=1e-4, rtol=1e-4)

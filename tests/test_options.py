@@ -57,7 +57,7 @@ def test_gsd_values(value, expect):
 
 @pytest.mark.parametrize("args,message", [
     (["--gsd", "fine"], "Invalid value for '--gsd'"),
-    (["--gsd", "0"], "positive number of metres"),
+    (["--gsd", "0"], "a ground resolution in metres > 0"),
     (["--tile-size", "8"], "Invalid value for '--tile-size'"),
     (["--min-area", "lots"], "Invalid value for '--min-area'"),
     (["-b", "3,x"], "1-based band numbers"),

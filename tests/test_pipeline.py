@@ -312,12 +312,8 @@ def test_each_input_is_hashed_once_per_run_whatever_the_number_of_queries(tmp_pa
         assert gpkg.read_provenance(tmp_path / "o.gpkg", layer.name)["inputs"][str(scene)]["sha256"]
 
 
-@pytest.mark.parametrize("model_bands,bands,expected", [
-    (3, None, 1),  # the model reads what the pre-load check read: its statistics are kept
-    (4, "1,2,3", 1),  # -b fixes the bands: only the band count given to the model changes
-    (4, None, 2),  # default bands of a 4-band model differ from the check's three: read again
-])
-def test_change_computes_the_statistics_once(tmp_path, monkeypatch, model_bands, bands, expected):
+@pytest.mark.parametrize("model_bands,bands", [(3, None), (4, "1,2,3"), (4, None)])
+def test_change_computes_the_statistics_once(tmp_path, monkeypatch, model_bands, bands):
     before, after = tmp_path / "b.tif", tmp_path / "a.tif"
     write_truth_scene(before, [], width=128, height=128, transform=T)
     write_truth_scene(after, [box(500020, 5000020, 500060, 5000080)], width=128, height=128, transform=T)
@@ -326,4 +322,4 @@ def test_change_computes_the_statistics_once(tmp_path, monkeypatch, model_bands,
     model = BandOracle(bands=model_bands, tile_size=128)
     monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
     pipeline.change(before, after, ["new buildings", "changed roads"], tmp_path / "c.gpkg", opts(bands=bands))
-    assert len(stats) == expected and len(hashed) == 2
+    assert len(stats) == 1 and len(hashed) == 2

@@ -32,7 +32,17 @@ class ModelInfo:
     weights_sha256: str | None = None
     license: str = "unknown"
     change_native: bool = False  # True: predict(after, before=before) returns change probabilities
+    # Ground resolutions (metres per pixel, finest, coarsest) the weights were trained on; scenes
+    # far finer are read at the finest (geoseg.gsd). None: no declared range, scenes read as they are.
+    gsd_range: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)  # family-specific facts for provenance
+
+    def __post_init__(self) -> None:
+        if self.gsd_range is not None:
+            low, high = (float(v) for v in self.gsd_range)
+            if not 0 < low <= high:
+                raise ValueError(f"{self.name}: gsd_range {self.gsd_range} must be (finest, coarsest) metres > 0")
+            object.__setattr__(self, "gsd_range", (low, high))  # frozen: normalise lists from JSON
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -42,6 +42,7 @@ class CompactSegmenter:
         # channels-last weights: the layout in which the encoder's depthwise convolutions ran
         # fastest on a 2-core CPU (outputs equal to 2e-7; docs/models/compact.md, "Speed")
         self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.model.fold_batch_norms()
         self.text = text
         self.info = info
         self.device = device
@@ -96,12 +97,12 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
         weights_sha256=sha256,
         license=LICENSE,
         change_native=config.change,
+        gsd_range=config.gsd_range,
         extra={
             "family": "compact",
             "encoder": config.encoder,
             "text_encoder": config.text_encoder,
             "model_type": config.model_type,
-            "gsd_range_m": list(config.gsd_range),
         },
     )
 

@@ -211,6 +211,7 @@ def load_segearth_segmenter(
         weights_sha256=sha,
         license=LICENSE,
         change_native=loaded.variant == "bitemporal",
+        gsd_range=options.gsd_range,
         extra={
             "family": "segearth-r1",
             "variant": loaded.variant,

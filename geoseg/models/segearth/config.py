@@ -93,6 +93,9 @@ class GeosegOptions:
     overlap: int = 128  # default tile overlap the pipeline should use
     max_new_tokens: int = 128  # generative checkpoints: longest answer (greedy decoding)
     fusion: str = "full"  # bi-temporal checkpoints: temporal fusion variant (see bitemporal.py)
+    # ground resolutions (m/px, finest, coarsest) the checkpoint was trained for; the published
+    # checkpoints declare none (None: scenes are read at their own resolution)
+    gsd_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
