@@ -262,9 +262,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         for option in OPTIONS.values():
             given = getattr(self, option.field)
-            if given is None and option.default is None:
-                continue  # "not set": the model or the scene decides
-            setattr(self, option.field, checked(option, given, ""))
+            if given is None:  # not set: the default (None: the model or the scene decides)
+                setattr(self, option.field, option.default)
+            else:
+                setattr(self, option.field, checked(option, given, ""))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "", **fixed: Any) -> RunOptions:

@@ -24,6 +24,8 @@ log = logging.getLogger("geoseg")
 
 @dataclass
 class LayerSummary:
+    """One layer a run wrote: its name, query, feature count and (change) direction."""
+
     name: str
     query: str
     features: int
@@ -32,6 +34,8 @@ class LayerSummary:
 
 @dataclass
 class RunSummary:
+    """What a run did (the CLI's --json object): its layers, tiles, time; status ok or empty."""
+
     command: str
     output: str
     run_id: str
@@ -51,6 +55,7 @@ class RunSummary:
 
 
 def vector_options(opts: RunOptions) -> vectorize.VectorizeOptions:
+    """The vectorising step's share of the run's options."""
     return vectorize.VectorizeOptions(
         threshold=opts.threshold, min_area_px=opts.min_area.px, min_area_m2=opts.min_area.m2,
         fill_holes=opts.fill_holes, simplify=opts.simplify,

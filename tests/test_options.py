@@ -48,6 +48,7 @@ def test_run_options_check_what_python_callers_pass():
     with pytest.raises(InputError, match="option blend='max': expected one of cosine"):
         RunOptions(blend="max")
     assert RunOptions(tile_size=None).tile_size is None  # None: the model decides
+    assert RunOptions(device=None, threshold=None).device == "auto"  # None: the default
 
 
 @pytest.mark.parametrize("value,expect", [("auto", "auto"), ("NATIVE", "native"), ("0.3", 0.3), (2, 2.0)])
