@@ -45,6 +45,7 @@ GROUPS = {
     "geoseg/vectorize.py:_coding_of": "Reading input rasters",
     "geoseg/vectorize.py:vectorize_probabilities": "Reading input rasters",
     "geoseg/pipeline.py": "Options and queries",
+    "geoseg/pipeline.py:check_outputs": "Outputs",
     "geoseg/tiling.py": "Options and queries",
     "geoseg/vectorize.py": "Options and queries",
     "geoseg/stitch.py": "Options and queries",

@@ -109,3 +109,27 @@ def test_common_problems_quote_real_messages():
             fragments = [f.strip() for f in re.split(r"\.\.\.|'x'|\b[A-Z]\b", quoted) if len(f.strip()) > 3]
             pattern = ".*".join(map(re.escape, fragments))
             assert any(re.search(pattern, m) for m in messages), quoted
+
+
+# ---------------------------------------------------------------- concepts.md
+
+
+def test_geographic_areas_use_the_crs_ellipsoid_as_concepts_says():
+    """concepts.md: geodesic on the CRS's own ellipsoid, not always WGS84."""
+    import pytest
+    from pyproj import Geod
+    from shapely.geometry import box
+
+    from geoseg.vectorize import polygon_metrics
+
+    concepts = " ".join((DOCS / "concepts.md").read_text().split())
+    assert "geodesic on the CRS's own ellipsoid when the CRS is geographic" in concepts
+    square = box(10.0, 45.0, 10.01, 45.01)
+    lons, lats = (list(c) for c in square.exterior.xy)
+    sphere = "+proj=longlat +R=6371000 +no_defs"
+    area, perimeter = polygon_metrics([square], sphere)
+    expected_area, expected_perimeter = Geod(a=6371000, b=6371000).polygon_area_perimeter(lons, lats)
+    assert area[0] == pytest.approx(abs(expected_area), rel=1e-9)
+    assert perimeter[0] == pytest.approx(expected_perimeter, rel=1e-9)
+    wgs84_area, _ = Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)
+    assert abs(area[0] - abs(wgs84_area)) > 1e-3 * abs(wgs84_area)  # the two really differ here
