@@ -112,7 +112,7 @@ def literal(node: ast.AST, consts: dict) -> object:
 
 
 def constants(mods: dict[str, tuple[Path, ast.Module]]) -> dict[str, dict]:
-    """Module-level NAME = <constant>, and constants imported from another geoseg module. Two
+    """Module-level NAME = <constant>, and such constants imported from another module. Two
     passes, so a tuple of imported names (MLLM_TYPES = (REFER_TYPE, ...)) resolves too."""
     consts: dict[str, dict] = {name: {} for name in mods}
     for _ in range(2):
@@ -124,7 +124,8 @@ def constants(mods: dict[str, tuple[Path, ast.Module]]) -> dict[str, dict]:
                             consts[name][alias.asname or alias.name] = consts[node.module][alias.name]
                 target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
                     node.target if isinstance(node, ast.AnnAssign) and node.value else None)
-                if isinstance(target, ast.Name):
+                # UPPER_CASE only: a lowercase module-level name may be shadowed by a local
+                if isinstance(target, ast.Name) and target.id.isupper():
                     with contextlib.suppress(ValueError):  # not a constant: a placeholder then
                         consts[name][target.id] = literal(node.value, consts[name])
     return consts

@@ -108,7 +108,8 @@ def test_common_problems_quote_real_messages():
             # X, N, 'x', ... abridge a run-time value or a cut part of the message
             fragments = [f.strip() for f in re.split(r"\.\.\.|'x'|\b[A-Z]\b", quoted) if len(f.strip()) > 3]
             pattern = ".*".join(map(re.escape, fragments))
-            assert any(re.search(pattern, m) for m in messages), quoted
+            assert any(re.search(pattern, m) for m in messages), \
+                f"{quoted!r} matches no message of the code: fix its row under 'Common problems'"
 
 
 # ---------------------------------------------------------------- concepts.md
