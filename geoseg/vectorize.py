@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,10 +114,10 @@ class _Coding:
     scale: float
     offset: float
 
-    def probability_sum(self, value_sum: float, count: int) -> float:
-        """Mean probability of a component from the sum of its stored values."""
+    def mean_probability(self, value_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """Mean probability of each component from the sum of its stored values."""
         if self.is_mask:
-            return 1.0
+            return np.ones(len(count))
         return (value_sum * self.scale + count * self.offset) / count
 
 
@@ -213,13 +214,6 @@ def _canonical(parts: list[shapely.Polygon], connectivity: int) -> shapely.Geome
     return shapely.normalize(geom)
 
 
-def _sort_key(geom: shapely.Geometry) -> tuple[float, float]:
-    """(row, col) of the component's first pixel in raster order: unique per component."""
-    coords = shapely.get_coordinates(geom)
-    top = coords[:, 1].min()
-    return float(top), float(coords[coords[:, 1] == top, 0].min())
-
-
 def _to_world(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     a, b, c, d, e, f = transform[:6]
 
@@ -247,17 +241,36 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry | None:
 
 
 @dataclass
-class _Component:
-    geom: shapely.Geometry  # canonical, pixel coordinates
-    pixel_count: int
-    value_sum: float
+class _Components:
+    """Connected components as parallel arrays, one row per component."""
+
+    geoms: np.ndarray  # object: canonical (Multi)Polygon in pixel coordinates
+    pixel_count: np.ndarray  # int64: foreground pixels
+    value_sum: np.ndarray  # float64: stored values summed over them (unused for masks)
+    first: np.ndarray  # int64: raster index (row * width + col) of the first pixel in raster order
+
+    def __len__(self) -> int:
+        return len(self.geoms)
+
+    def take(self, index: np.ndarray) -> _Components:
+        return _Components(self.geoms[index], self.pixel_count[index], self.value_sum[index], self.first[index])
+
+    @staticmethod
+    def concat(chunks: list[_Components]) -> _Components:
+        if not chunks:
+            return _Components(np.empty(0, dtype=object), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+        return _Components(*(np.concatenate(column) for column in zip(
+            *((c.geoms, c.pixel_count, c.value_sum, c.first) for c in chunks), strict=True)))
 
 
 @dataclass
 class _Part:
-    geoms: list[shapely.Geometry]
+    """The pieces of one block's component that touches a seam, waiting for its neighbours."""
+
+    geoms: list[shapely.Polygon]
     pixel_count: int
     value_sum: float
+    first: int
     block_row: int
     touches_bottom: bool
 
@@ -315,36 +328,74 @@ def _seam_pairs(
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
-def _block_polygons(labels: np.ndarray, col0: int, row0: int) -> dict[int, list[shapely.Polygon]]:
-    """Polygons of every label in a block, in pixel coordinates of the whole raster.
+def _polygonise(foreground: np.ndarray, col0: int, row0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4-connected polygons of a block's foreground in pixel coordinates of the whole raster.
 
+    Returns the polygons and, per polygon, the (row, col) of its first pixel in raster order.
     Built in one vectorised call: per-polygon construction dominates for noisy masks.
     """
-    coords: list[tuple[float, float]] = []
-    ring_of_point: list[int] = []
-    polygon_of_ring: list[int] = []
-    values: list[int] = []
+    rings: list[list[tuple[float, float]]] = []
+    rings_per_polygon: list[int] = []
     transform = Affine.translation(col0, row0)
-    for geojson, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-        for ring in geojson["coordinates"]:
-            ring_of_point.extend([len(polygon_of_ring)] * len(ring))
-            polygon_of_ring.append(len(values))
-            coords.extend(ring)
-        values.append(int(value))
-    out: dict[int, list[shapely.Polygon]] = {}
-    if not values:
-        return out
-    rings = shapely.linearrings(np.asarray(coords, dtype=np.float64), indices=np.asarray(ring_of_point))
-    polygons = shapely.polygons(rings, indices=np.asarray(polygon_of_ring))
-    for value, polygon in zip(values, polygons, strict=True):
-        out.setdefault(value, []).append(polygon)
-    return out
+    # GDAL's polygoniser is about twice as fast on the byte foreground as on int32 labels.
+    for geojson, _ in shapes(foreground.view(np.uint8), mask=foreground, connectivity=4, transform=transform):
+        rings.extend(geojson["coordinates"])
+        rings_per_polygon.append(len(geojson["coordinates"]))
+    if not rings:
+        return np.empty(0, dtype=object), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ring_length = np.fromiter(map(len, rings), dtype=np.intp, count=len(rings))
+    flat = chain.from_iterable(chain.from_iterable(rings))
+    xy = np.fromiter(flat, dtype=np.float64, count=2 * int(ring_length.sum())).reshape(-1, 2)
+    ring_of_point = np.repeat(np.arange(len(rings)), ring_length)
+    polygon_of_ring = np.repeat(np.arange(len(rings_per_polygon)), rings_per_polygon)
+    polygons = shapely.polygons(shapely.linearrings(xy, indices=ring_of_point), indices=polygon_of_ring)
+    rows, cols = _first_pixels(xy, polygon_of_ring[ring_of_point])
+    return polygons, rows, cols
+
+
+def _first_pixels(xy: np.ndarray, polygon_of_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of each polygon's first pixel in raster order.
+
+    That pixel's top-left corner is the polygon's top-most, then left-most vertex: vertices on
+    the top line y = row are the corners of the top edges of that row's pixels (holes lie lower).
+    A polygon's points are contiguous, so per-polygon minima are `reduceat`s.
+    """
+    starts = np.flatnonzero(np.r_[True, polygon_of_point[1:] != polygon_of_point[:-1]])
+    x, y = xy[:, 0], xy[:, 1]
+    top = np.minimum.reduceat(y, starts)
+    left = np.minimum.reduceat(np.where(y == top[polygon_of_point], x, np.inf), starts)
+    return top.astype(np.int64), left.astype(np.int64)
+
+
+def _group_by_label(piece_label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pieces ordered by label: the order, each group's label, and its [start, end) in the order."""
+    order = np.argsort(piece_label, kind="stable")
+    labels, starts = np.unique(piece_label[order], return_index=True)
+    ends = np.append(starts[1:], len(order)) if len(order) else starts
+    return order, labels, starts, ends
+
+
+def _complete_components(
+    pieces: np.ndarray, first: np.ndarray, piece_label: np.ndarray, counts: np.ndarray, sums: np.ndarray,
+    connectivity: int,
+) -> _Components:
+    """Components that lie wholly inside one block, from their pieces.
+
+    With 4-connectivity a label is exactly one polygon, already canonical but for ring start and
+    orientation (normalised later, in one call); with 8-connectivity a label may be several
+    corner-touching polygons, which go through `_canonical`.
+    """
+    order, labels, starts, ends = _group_by_label(piece_label)
+    geoms = pieces[order[starts]]
+    for k in np.flatnonzero(ends - starts > 1):
+        geoms[k] = _canonical(list(pieces[order[starts[k]:ends[k]]]), connectivity)
+    return _Components(geoms, counts[labels], sums[labels], np.minimum.reduceat(first[order], starts))
 
 
 def _components(
     src: rasterio.DatasetReader, options: VectorizeOptions, coding: _Coding, progress: bool
-) -> Iterator[_Component]:
-    """Every connected foreground component of the raster, each exactly once."""
+) -> Iterator[_Components]:
+    """Every connected foreground component of the raster, each exactly once, in chunks."""
     height, width, size = src.height, src.width, options.block_size
     structure = _structure(options.connectivity)
     uf = _UnionFind()
@@ -366,10 +417,10 @@ def _components(
             if n == 0:
                 prev_right[:] = 0
                 continue
-            fg_labels = labels[foreground]
-            counts = np.bincount(fg_labels, minlength=n + 1)
-            sums = np.bincount(fg_labels, weights=values[foreground].astype(np.float64), minlength=n + 1)
-            del fg_labels, values
+            # Background and nodata fall into bin 0, which is never used.
+            counts = np.bincount(labels.ravel(), minlength=n + 1)
+            sums = np.zeros(n + 1) if coding.is_mask else np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
+            del values
 
             edges = {
                 "top": labels[0, :] if row0 > 0 else None,
@@ -391,15 +442,21 @@ def _components(
             gid_of[seam_labels] = np.arange(next_gid, next_gid + seam_labels.size)
             next_gid += seam_labels.size
 
-            polygons = _block_polygons(labels, col0, row0)
-            for label, geoms in polygons.items():
-                if on_seam[label]:
-                    gid = int(gid_of[label])
-                    uf.add(gid)
-                    pending[gid] = _Part(geoms, int(counts[label]), float(sums[label]), bi, bool(on_bottom[label]))
-                else:
-                    yield _Component(_canonical(geoms, options.connectivity), int(counts[label]), float(sums[label]))
-            del polygons
+            pieces, rows, cols = _polygonise(foreground, col0, row0)
+            # Different labels are never 4-adjacent, so each polygon lies within one label.
+            piece_label = labels[rows - row0, cols - col0]
+            first = rows * width + cols
+            del labels, foreground
+            inside = ~on_seam[piece_label]
+            yield _complete_components(pieces[inside], first[inside], piece_label[inside], counts, sums,
+                                       options.connectivity)
+            order, seam_groups, starts, ends = _group_by_label(piece_label[~inside])
+            seam_pieces, seam_first = pieces[~inside][order], first[~inside][order]
+            for label, begin, end in zip(seam_groups, starts, ends, strict=True):
+                gid = int(gid_of[label])
+                uf.add(gid)
+                pending[gid] = _Part(list(seam_pieces[begin:end]), int(counts[label]), float(sums[label]),
+                                     int(seam_first[begin:end].min()), bi, bool(on_bottom[label]))
 
             if edges["top"] is not None:
                 for lab, gid in _seam_pairs(edges["top"], prev_bottom, col0, options.connectivity):
@@ -412,67 +469,63 @@ def _components(
             if edges["right"] is not None:
                 prev_right = gid_of[edges["right"]]
         prev_bottom = cur_bottom
-        yield from _flush_complete(pending, uf, bi, options.connectivity)
+        yield _flush_complete(pending, uf, bi, options.connectivity)
     bar.close()
 
 
-def _flush_complete(
-    pending: dict[int, _Part], uf: _UnionFind, block_row: int, connectivity: int
-) -> Iterator[_Component]:
+def _flush_complete(pending: dict[int, _Part], uf: _UnionFind, block_row: int, connectivity: int) -> _Components:
     """Emit pending groups that the next block row cannot extend; keep the others."""
     groups: dict[int, list[int]] = {}
     for gid in pending:
         groups.setdefault(uf.find(gid), []).append(gid)
+    done: list[list[_Part]] = []
     for members in groups.values():
         if any(pending[g].block_row == block_row and pending[g].touches_bottom for g in members):
             continue
-        parts = [pending[g] for g in members]
-        geoms = [geom for part in parts for geom in part.geoms]
-        yield _Component(
-            _canonical(geoms, connectivity),
-            sum(p.pixel_count for p in parts),
-            math.fsum(p.value_sum for p in parts),
-        )
-        for g in members:
-            del pending[g]
+        done.append([pending.pop(g) for g in members])
         uf.remove(members)
+    geoms = np.empty(len(done), dtype=object)
+    geoms[:] = [_canonical([geom for part in parts for geom in part.geoms], connectivity) for parts in done]
+    return _Components(
+        geoms,
+        np.array([sum(p.pixel_count for p in parts) for parts in done], dtype=np.int64),
+        np.array([math.fsum(p.value_sum for p in parts) for parts in done], dtype=np.float64),
+        np.array([min(p.first for p in parts) for parts in done], dtype=np.int64),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Post-processing
 
 
-def _fill_holes(
-    comps: list[_Component], limit_m2: float, transform: Affine, crs
-) -> list[_Component]:
+def _fill_holes(comps: _Components, limit_m2: float, transform: Affine, crs) -> _Components:
     """Fill holes smaller than limit_m2; absorb components lying inside a filled hole."""
+    geoms = comps.geoms.copy()
+    parts, owner_of_part = shapely.get_parts(geoms, return_index=True)
     filled_holes: list[tuple[int, shapely.Geometry]] = []
-    for i, comp in enumerate(comps):
-        polys = shapely.get_parts(comp.geom)
+    for i in np.unique(owner_of_part[shapely.get_num_interior_rings(parts) > 0]):
         new_polys = []
-        changed = False
-        for poly in polys:
+        for poly in shapely.get_parts(geoms[i]):
             holes = [shapely.Polygon(ring) for ring in poly.interiors]
             if not holes:
                 new_polys.append(poly)
                 continue
-            changed = True
             if math.isinf(limit_m2):
                 fill = np.ones(len(holes), dtype=bool)
             else:
-                area, _ = polygon_metrics(gpd.GeoSeries(_to_world(np.array(holes), transform)), crs)
+                area, _ = polygon_metrics(_to_world(np.array(holes), transform), crs)
                 fill = area < limit_m2
             keep = [poly.interiors[k] for k in range(len(holes)) if not fill[k]]
-            filled_holes.extend((i, holes[k]) for k in range(len(holes)) if fill[k])
+            filled_holes.extend((int(i), holes[k]) for k in range(len(holes)) if fill[k])
             new_polys.append(shapely.Polygon(poly.exterior, keep))
-        if changed:
-            comp.geom = shapely.normalize(shapely.union_all(new_polys))
+        geoms[i] = shapely.normalize(shapely.union_all(new_polys))
+    comps = _Components(geoms, comps.pixel_count.copy(), comps.value_sum.copy(), comps.first)
     if not filled_holes:
         return comps
 
-    tree = shapely.STRtree([c.geom for c in comps])
+    tree = shapely.STRtree(geoms)
     container_of: dict[int, int] = {}
-    container_area = np.array([c.geom.area for c in comps])
+    container_area = shapely.area(geoms)
     for owner, hole in filled_holes:
         for j in tree.query(hole, predicate="contains"):
             j = int(j)
@@ -480,15 +533,25 @@ def _fill_holes(
             if best is None or container_area[owner] > container_area[best]:
                 container_of[j] = owner
     for island, owner in container_of.items():
-        comps[owner].pixel_count += comps[island].pixel_count
-        comps[owner].value_sum += comps[island].value_sum
-    return [c for i, c in enumerate(comps) if i not in container_of]
+        comps.pixel_count[owner] += comps.pixel_count[island]
+        comps.value_sum[owner] += comps.value_sum[island]
+    return comps.take(np.setdiff1d(np.arange(len(comps)), list(container_of)))
 
 
 def _simplify(geoms: np.ndarray, tolerance: float) -> np.ndarray:
-    if tolerance <= 0 or geoms.size == 0:
-        return geoms
-    return shapely.coverage_simplify(geoms, tolerance)
+    """Topology-preserving simplification; None where nothing polygonal is left.
+
+    Rings are normalised first so that the result does not depend on where a ring starts (which
+    differs between a component polygonised in one piece and one dissolved across seams).
+    Polygonised and dissolved geometries are valid by construction; only simplified ones that
+    are not valid polygons are repaired, one by one.
+    """
+    simplified = shapely.coverage_simplify(shapely.normalize(geoms), tolerance)
+    fine = (shapely.is_valid(simplified) & ~shapely.is_empty(simplified)
+            & np.isin(shapely.get_type_id(simplified), (3, 6)))
+    for i in np.flatnonzero(~fine):
+        simplified[i] = _polygonal(simplified[i])
+    return simplified
 
 
 def _unit_factor(crs) -> float:
@@ -562,37 +625,31 @@ def vectorize_probabilities(
     with src:
         coding = _coding_of(src)
         transform, crs = src.transform, src.crs
-        comps = list(_components(src, options, coding, progress))
+        comps = _Components.concat(list(_components(src, options, coding, progress)))
 
-    comps.sort(key=lambda c: _sort_key(c.geom))
+    comps = comps.take(np.argsort(comps.first, kind="stable"))
     if options.hole_area_limit_m2 > 0:
         comps = _fill_holes(comps, options.hole_area_limit_m2, transform, crs)
-    comps = [c for c in comps if c.pixel_count >= options.min_area_px]
-    if not comps:
+    comps = comps.take(np.flatnonzero(comps.pixel_count >= options.min_area_px))
+    geoms = _simplify(comps.geoms, options.simplify) if options.simplify > 0 else comps.geoms
+    kept = np.flatnonzero(shapely.is_geometry(geoms))
+    if kept.size == 0:
         return _empty_frame(crs)
-
-    geoms = np.array([c.geom for c in comps], dtype=object)
-    if options.simplify > 0:
-        # Polygonised and dissolved geometries are valid by construction (and validating a
-        # polygon with thousands of holes costs seconds); simplified ones are checked.
-        geoms = np.array([_polygonal(g) for g in _simplify(geoms, options.simplify)], dtype=object)
-    kept = [(g, c) for g, c in zip(geoms, comps, strict=True) if g is not None]
-    if not kept:
-        return _empty_frame(crs)
-    world = shapely.normalize(_to_world(np.array([g for g, _ in kept], dtype=object), transform))
+    comps, geoms = comps.take(kept), geoms[kept]
+    # One normal form per component whatever the block layout: ring start, orientation, hole order.
+    world = shapely.normalize(_to_world(geoms, transform))
     area, perimeter = polygon_metrics(world, crs)
     frame = gpd.GeoDataFrame(
         {
-            "score": np.array([coding.probability_sum(c.value_sum, c.pixel_count) for _, c in kept]),
-            "pixel_count": np.array([c.pixel_count for _, c in kept], dtype=np.int64),
+            "score": coding.mean_probability(comps.value_sum, comps.pixel_count),
+            "pixel_count": comps.pixel_count.astype(np.int64),
             "area_m2": area,
             "perimeter_m": perimeter,
         },
         geometry=gpd.GeoSeries(world, crs=crs),
         crs=crs,
     )
-    frame = frame[frame["area_m2"] >= options.min_area_m2].reset_index(drop=True)
-    return frame
+    return frame[frame["area_m2"] >= options.min_area_m2].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
