@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import geopandas as gpd
