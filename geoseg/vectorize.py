@@ -42,7 +42,6 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.features import shapes
 from rasterio.windows import Window
-from scipy import ndimage
 from tqdm import tqdm
 
 from geoseg.errors import InputError
@@ -300,10 +299,6 @@ class _UnionFind:
             del self.parent[item]
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-
-
 def _seam_pairs(
     local: np.ndarray, neighbour: np.ndarray, neighbour_offset: int, connectivity: int
 ) -> np.ndarray:
@@ -328,10 +323,20 @@ def _seam_pairs(
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
-def _polygonise(foreground: np.ndarray, col0: int, row0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """4-connected polygons of a block's foreground in pixel coordinates of the whole raster.
+@dataclass
+class _Polygonised:
+    """4-connected polygons of a block's foreground and the vertices they were built from."""
 
-    Returns the polygons and, per polygon, the (row, col) of its first pixel in raster order.
+    polygons: np.ndarray  # object, pixel coordinates of the whole raster
+    first: np.ndarray  # (n, 2) int64: (row, col) of each polygon's first pixel in raster order
+    xy: np.ndarray  # (points, 2): every ring's vertices, closed, polygon after polygon
+    ring_of_point: np.ndarray
+    polygon_of_point: np.ndarray
+
+
+def _polygonise(foreground: np.ndarray, col0: int, row0: int) -> _Polygonised:
+    """Polygonise a block's foreground (4-connectivity) in pixel coordinates of the whole raster.
+
     Built in one vectorised call: per-polygon construction dominates for noisy masks.
     """
     rings: list[list[tuple[float, float]]] = []
@@ -341,30 +346,122 @@ def _polygonise(foreground: np.ndarray, col0: int, row0: int) -> tuple[np.ndarra
     for geojson, _ in shapes(foreground.view(np.uint8), mask=foreground, connectivity=4, transform=transform):
         rings.extend(geojson["coordinates"])
         rings_per_polygon.append(len(geojson["coordinates"]))
-    if not rings:
-        return np.empty(0, dtype=object), np.zeros(0, np.int64), np.zeros(0, np.int64)
     ring_length = np.fromiter(map(len, rings), dtype=np.intp, count=len(rings))
     flat = chain.from_iterable(chain.from_iterable(rings))
     xy = np.fromiter(flat, dtype=np.float64, count=2 * int(ring_length.sum())).reshape(-1, 2)
     ring_of_point = np.repeat(np.arange(len(rings)), ring_length)
     polygon_of_ring = np.repeat(np.arange(len(rings_per_polygon)), rings_per_polygon)
-    polygons = shapely.polygons(shapely.linearrings(xy, indices=ring_of_point), indices=polygon_of_ring)
-    rows, cols = _first_pixels(xy, polygon_of_ring[ring_of_point])
-    return polygons, rows, cols
+    polygon_of_point = polygon_of_ring[ring_of_point]
+    if rings:
+        polygons = shapely.polygons(shapely.linearrings(xy, indices=ring_of_point), indices=polygon_of_ring)
+    else:
+        polygons = np.empty(0, dtype=object)
+    return _Polygonised(polygons, _first_pixels(xy, polygon_of_point), xy, ring_of_point, polygon_of_point)
 
 
-def _first_pixels(xy: np.ndarray, polygon_of_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_pixels(xy: np.ndarray, polygon_of_point: np.ndarray) -> np.ndarray:
     """(row, col) of each polygon's first pixel in raster order.
 
     That pixel's top-left corner is the polygon's top-most, then left-most vertex: vertices on
     the top line y = row are the corners of the top edges of that row's pixels (holes lie lower).
     A polygon's points are contiguous, so per-polygon minima are `reduceat`s.
     """
+    if not len(xy):
+        return np.zeros((0, 2), dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, polygon_of_point[1:] != polygon_of_point[:-1]])
     x, y = xy[:, 0], xy[:, 1]
     top = np.minimum.reduceat(y, starts)
     left = np.minimum.reduceat(np.where(y == top[polygon_of_point], x, np.inf), starts)
-    return top.astype(np.int64), left.astype(np.int64)
+    return np.column_stack([top, left]).astype(np.int64)
+
+
+EDGES = ("top", "bottom", "left", "right")
+
+
+@dataclass
+class _Block:
+    """One block's pieces and its components, labelled 1..n (index 0 of the arrays is unused)."""
+
+    pieces: np.ndarray  # 4-connected polygons, pixel coordinates of the whole raster
+    first: np.ndarray  # raster index (row * width + col) of each piece's first pixel
+    piece_label: np.ndarray  # the component each piece belongs to
+    counts: np.ndarray  # foreground pixels per component
+    sums: np.ndarray  # stored values summed per component (zeros for masks: not needed)
+    edges: dict[str, np.ndarray]  # component labels along the block's edges (EDGES)
+
+    @property
+    def n(self) -> int:
+        return len(self.counts) - 1
+
+
+def _labelled_block(
+    foreground: np.ndarray, values: np.ndarray, coding: _Coding, connectivity: int, origin: tuple[int, int],
+    width: int,
+) -> _Block:
+    """Components by connected-component labelling: needed for scores and for 8-connectivity.
+
+    Each 4-connected polygon lies within one label (different labels are never 4-adjacent),
+    the one at its first pixel.
+    """
+    from scipy import ndimage  # ~0.4 s to import; masks with 4-connectivity never need it
+
+    row0, col0 = origin
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels, n = ndimage.label(foreground, structure=structure)
+    # Background and nodata fall into bin 0, which is never used.
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    if coding.is_mask:
+        sums = np.zeros(n + 1)
+    else:
+        sums = np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
+    edges = dict(zip(EDGES, (labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]), strict=True))
+    found = _polygonise(foreground, col0, row0)
+    rows, cols = found.first[:, 0], found.first[:, 1]
+    piece_label = labels[rows - row0, cols - col0]
+    return _Block(found.polygons, rows * width + cols, piece_label, counts, sums, edges)
+
+
+def _mask_block(foreground: np.ndarray, origin: tuple[int, int], width: int) -> _Block:
+    """Components of a mask with 4-connectivity: the polygons themselves, no labelling.
+
+    A polygon's pixel count is its area in pixel units (exact: integer vertices), its score is
+    1, and the pixels it covers along each block edge are read off its boundary segments that
+    lie on that edge.
+    """
+    row0, col0 = origin
+    found = _polygonise(foreground, col0, row0)
+    n = len(found.polygons)
+    counts = np.r_[0, np.rint(shapely.area(found.polygons))].astype(np.int64)
+    rows, cols = found.first[:, 0], found.first[:, 1]
+    h, w = foreground.shape
+    edges = _edge_labels(found, (row0, row0 + h, col0, col0 + w))
+    return _Block(found.polygons, rows * width + cols, np.arange(1, n + 1), counts, np.zeros(n + 1), edges)
+
+
+def _edge_labels(found: _Polygonised, bounds: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """Which polygon (1-based) covers each pixel along the block's four edges (0: none).
+
+    A foreground pixel on an edge has its outer side on the polygon's exterior ring, and those
+    boundary segments cover exactly the polygon's edge pixels (a hole never reaches the block
+    edge). Edge pixels of different polygons never overlap, so a difference array filled with
+    +label at each run's start and -label at its end sums to the labels.
+    """
+    row0, row1, col0, col1 = bounds
+    x, y = found.xy[:, 0], found.xy[:, 1]
+    same_ring = found.ring_of_point[1:] == found.ring_of_point[:-1]
+    label = found.polygon_of_point[:-1] + 1
+    lines = {}
+    for name, along, across, at, start, size in (
+        ("top", x, y, row0, col0, col1 - col0), ("bottom", x, y, row1, col0, col1 - col0),
+        ("left", y, x, col0, row0, row1 - row0), ("right", y, x, col1, row0, row1 - row0),
+    ):
+        on_edge = same_ring & (across[1:] == at) & (across[:-1] == at)
+        a, b = along[:-1][on_edge] - start, along[1:][on_edge] - start
+        delta = np.zeros(size + 1, dtype=np.int64)
+        np.add.at(delta, np.minimum(a, b).astype(np.intp), label[on_edge])
+        np.add.at(delta, np.maximum(a, b).astype(np.intp), -label[on_edge])
+        lines[name] = np.cumsum(delta[:-1])
+    return lines
 
 
 def _group_by_label(piece_label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -375,21 +472,20 @@ def _group_by_label(piece_label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return order, labels, starts, ends
 
 
-def _complete_components(
-    pieces: np.ndarray, first: np.ndarray, piece_label: np.ndarray, counts: np.ndarray, sums: np.ndarray,
-    connectivity: int,
-) -> _Components:
-    """Components that lie wholly inside one block, from their pieces.
+def _complete_components(block: _Block, inside: np.ndarray, connectivity: int) -> _Components:
+    """The block's components that do not reach a seam (`inside` selects their pieces).
 
     With 4-connectivity a label is exactly one polygon, already canonical but for ring start and
     orientation (normalised later, in one call); with 8-connectivity a label may be several
     corner-touching polygons, which go through `_canonical`.
     """
-    order, labels, starts, ends = _group_by_label(piece_label)
+    pieces, first = block.pieces[inside], block.first[inside]
+    order, labels, starts, ends = _group_by_label(block.piece_label[inside])
     geoms = pieces[order[starts]]
     for k in np.flatnonzero(ends - starts > 1):
         geoms[k] = _canonical(list(pieces[order[starts[k]:ends[k]]]), connectivity)
-    return _Components(geoms, counts[labels], sums[labels], np.minimum.reduceat(first[order], starts))
+    first = np.minimum.reduceat(first[order], starts) if len(order) else first
+    return _Components(geoms, block.counts[labels], block.sums[labels], first)
 
 
 def _components(
@@ -397,7 +493,7 @@ def _components(
 ) -> Iterator[_Components]:
     """Every connected foreground component of the raster, each exactly once, in chunks."""
     height, width, size = src.height, src.width, options.block_size
-    structure = _structure(options.connectivity)
+    labelling = not (coding.is_mask and options.connectivity == 4)
     uf = _UnionFind()
     pending: dict[int, _Part] = {}
     next_gid = 1
@@ -412,51 +508,42 @@ def _components(
             col0, col1 = bj * size, min((bj + 1) * size, width)
             window = Window(col0, row0, col1 - col0, row1 - row0)
             foreground, _, values = _read_block(src, window, coding, options.threshold)
-            labels, n = ndimage.label(foreground, structure=structure)
             bar.update(1)
-            if n == 0:
+            if not foreground.any():
                 prev_right[:] = 0
                 continue
-            # Background and nodata fall into bin 0, which is never used.
-            counts = np.bincount(labels.ravel(), minlength=n + 1)
-            sums = np.zeros(n + 1) if coding.is_mask else np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
-            del values
+            if labelling:
+                block = _labelled_block(foreground, values, coding, options.connectivity, (row0, col0), width)
+            else:
+                block = _mask_block(foreground, (row0, col0), width)
+            del foreground, values
 
-            edges = {
-                "top": labels[0, :] if row0 > 0 else None,
-                "bottom": labels[-1, :] if row1 < height else None,
-                "left": labels[:, 0] if col0 > 0 else None,
-                "right": labels[:, -1] if col1 < width else None,
-            }
-            on_seam = np.zeros(n + 1, dtype=bool)
+            seams = {"top": row0 > 0, "bottom": row1 < height, "left": col0 > 0, "right": col1 < width}
+            edges = {name: line if seams[name] else None for name, line in block.edges.items()}
+            on_seam = np.zeros(block.n + 1, dtype=bool)
             for line in edges.values():
                 if line is not None:
                     on_seam[line] = True
             on_seam[0] = False
-            on_bottom = np.zeros(n + 1, dtype=bool)
+            on_bottom = np.zeros(block.n + 1, dtype=bool)
             if edges["bottom"] is not None:
                 on_bottom[edges["bottom"]] = True
 
-            gid_of = np.zeros(n + 1, dtype=np.int64)
+            gid_of = np.zeros(block.n + 1, dtype=np.int64)
             seam_labels = np.flatnonzero(on_seam)
             gid_of[seam_labels] = np.arange(next_gid, next_gid + seam_labels.size)
             next_gid += seam_labels.size
 
-            pieces, rows, cols = _polygonise(foreground, col0, row0)
-            # Different labels are never 4-adjacent, so each polygon lies within one label.
-            piece_label = labels[rows - row0, cols - col0]
-            first = rows * width + cols
-            del labels, foreground
-            inside = ~on_seam[piece_label]
-            yield _complete_components(pieces[inside], first[inside], piece_label[inside], counts, sums,
-                                       options.connectivity)
-            order, seam_groups, starts, ends = _group_by_label(piece_label[~inside])
-            seam_pieces, seam_first = pieces[~inside][order], first[~inside][order]
+            inside = ~on_seam[block.piece_label]
+            yield _complete_components(block, inside, options.connectivity)
+            order, seam_groups, starts, ends = _group_by_label(block.piece_label[~inside])
+            seam_pieces, seam_first = block.pieces[~inside][order], block.first[~inside][order]
             for label, begin, end in zip(seam_groups, starts, ends, strict=True):
                 gid = int(gid_of[label])
                 uf.add(gid)
-                pending[gid] = _Part(list(seam_pieces[begin:end]), int(counts[label]), float(sums[label]),
-                                     int(seam_first[begin:end].min()), bi, bool(on_bottom[label]))
+                pending[gid] = _Part(list(seam_pieces[begin:end]), int(block.counts[label]),
+                                     float(block.sums[label]), int(seam_first[begin:end].min()), bi,
+                                     bool(on_bottom[label]))
 
             if edges["top"] is not None:
                 for lab, gid in _seam_pairs(edges["top"], prev_bottom, col0, options.connectivity):

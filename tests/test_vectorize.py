@@ -197,6 +197,25 @@ def test_blockwise_equals_whole_raster_on_random_masks(tmp_path, connectivity):
             assert same_result(whole, blocked), f"trial {trial}, block {block}"
 
 
+def test_mask_path_equals_labelled_path(tmp_path):
+    """Unscaled masks with 4-connectivity skip the labelling and read the seams off the polygons'
+    edges; a probability raster of the same pixels goes through the labelling: same result."""
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        h, w = (int(v) for v in rng.integers(40, 100, 2))
+        blobs = ndimage.gaussian_filter(rng.random((h, w)), 1.5 + trial)
+        mask = (blobs > np.median(blobs)).astype(np.uint8)
+        mask[rng.random((h, w)) < 0.05] ^= 1  # speckle and pinholes
+        nodata = rng.random((h, w)) < 0.02
+        raw = np.where(nodata, 9, mask).astype(np.uint8)
+        mask_path = write_raw(tmp_path / f"m{trial}.tif", raw, nodata=9)
+        prob_path = write_probabilities(tmp_path / f"p{trial}.tif", mask.astype(float), nodata_mask=nodata)
+        whole = run(prob_path, block_size=4096)
+        assert whole.pixel_count.sum() == (mask.astype(bool) & ~nodata).sum()
+        for block in (16, 23, 4096):
+            assert same_result(whole, run(mask_path, block_size=block)), f"trial {trial}, block {block}"
+
+
 def test_object_spanning_many_blocks_is_one_polygon(tmp_path):
     prob = np.zeros((100, 100))
     yy, xx = np.mgrid[:100, :100]
