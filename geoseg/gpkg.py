@@ -247,12 +247,22 @@ def _typed(values: pd.Series, kind: str | None, layer: str) -> pd.Series:
         return values.astype("int64")
     if kind == "str" or values.dtype == object:
         out = values.astype(object).where(values.notna(), None)
-        out = out.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-        for v in out:
+        # Columns are mostly one value repeated (query, model, run id): convert and check each
+        # distinct value once, not once per feature.
+        if not all(v is None or isinstance(v, str) for v in _distinct(out)):
+            out = out.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        for v in _distinct(out):
             if v is not None:
                 _check_text(v, f"a {values.name!r} value of layer {layer!r}")
         return out
     return values
+
+
+def _distinct(values: pd.Series) -> np.ndarray:
+    try:
+        return pd.unique(values.to_numpy())
+    except TypeError:  # unhashable values (lists, dicts): all of them
+        return values.to_numpy()
 
 
 # ------------------------------------------------------------------------- provenance
