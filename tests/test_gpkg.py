@@ -26,10 +26,10 @@ from geoseg.gpkg import (
     layer_name_for,
     read_description,
     read_provenance,
-    style_colour,
     unique_layer_names,
     write_geopackage,
 )
+from geoseg.qgis_style import style_colour
 
 HOSTILE = [
     "it's a \"quoted\" query",
@@ -357,7 +357,7 @@ def test_failure_mid_write_leaves_old_file_identical(tmp_path, monkeypatch, mode
 
         monkeypatch.setattr(gpkg.pyogrio, "write_dataframe", flaky)
     elif stage == "sqlite":
-        monkeypatch.setattr(gpkg, "_add_style", _boom)
+        monkeypatch.setattr(gpkg.qgis_style, "add_default_style", _boom)
     elif stage == "verify":
         monkeypatch.setattr(gpkg, "_verify", _boom)
     else:
@@ -369,7 +369,7 @@ def test_failure_mid_write_leaves_old_file_identical(tmp_path, monkeypatch, mode
 
 
 def test_failure_with_no_previous_file_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpkg, "_add_style", _boom)
+    monkeypatch.setattr(gpkg.qgis_style, "add_default_style", _boom)
     with pytest.raises(RuntimeError):
         write_geopackage(tmp_path / "out.gpkg", [layer()])
     assert list(tmp_path.iterdir()) == []
