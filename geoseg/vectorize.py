@@ -1,16 +1,19 @@
 """Probability raster -> polygons, block by block, in memory bounded by the block size.
 
-The raster is read in square blocks. In each block the foreground is labelled into connected
-components and polygonised. A component that does not reach an interior block edge is complete
-and is emitted at once; one that does is *pending*: it is joined to the parts it meets across the
-seam (union-find over pixel adjacency along the seam) and emitted when its group can no longer
-grow, i.e. once the block row below has been read. Pending state therefore only ever holds parts
-that touch a seam of the current block row, never the scene.
+The raster is read in square blocks. In each block the foreground is polygonised (GDAL's
+polygoniser, 4-connectivity) and grouped into connected components: by labelling (scipy) when
+scores are needed or with 8-connectivity, or, for a plain mask with 4-connectivity, by taking
+each polygon as its own component, which skips the labelling. A component that does not reach an
+interior block edge is complete and is emitted at once; one that does is *pending*: it is joined
+to the parts it meets across the seam (union-find over pixel adjacency along the seam) and
+emitted when its group can no longer grow, i.e. once the block row below has been read. Pending
+state therefore only ever holds parts that touch a seam of the current block row, never the scene.
 
-All polygon work happens in pixel coordinates (integers, exact in float64) and every component's
-geometry goes through the same canonical form (union, collinear vertices removed, normalised), so
-the result is identical to polygonising the whole raster as one block. The affine transform to the
-raster CRS is applied once, at the end.
+All polygon work happens in pixel coordinates (integers, exact in float64) and per-block arrays,
+not per-component objects. Components dissolved across seams are cleaned of the collinear
+vertices the seams left, so every component has the vertices of polygonising the whole raster as
+one block; one `normalize` after the affine transform to the raster CRS (applied once, at the
+end) then makes the result identical, ring starts and orientation included.
 
 Input rasters (first band is read):
 
@@ -198,19 +201,18 @@ def _merge_parts(polys: list[shapely.Polygon], connectivity: int) -> list[shapel
 
 
 def _canonical(parts: list[shapely.Polygon], connectivity: int) -> shapely.Geometry:
-    """One component's geometry in a form that does not depend on how it was cut into blocks:
-    seams dissolved, collinear vertices removed (all edges are axis-aligned in pixel space),
-    rings normalised (start point, orientation, hole order).
+    """One component's geometry with the vertices it would have had from one block: seams
+    dissolved, collinear vertices removed (all edges are axis-aligned in pixel space). Ring start,
+    orientation and hole order are normalised later, for all components in one call.
 
     GDAL's polygoniser puts vertices only where the boundary turns, so a component that came
     out of one block in one piece is already free of collinear vertices; only merged pieces
     need cleaning (test_blockwise_equals_whole_raster guards this).
     """
     if len(parts) == 1:
-        return shapely.normalize(parts[0])
+        return parts[0]
     polys = [_clean_polygon(p) for p in _merge_parts(parts, connectivity)]
-    geom = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
-    return shapely.normalize(geom)
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
 
 
 def _to_world(geoms: np.ndarray, transform: Affine) -> np.ndarray:
@@ -243,7 +245,7 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry | None:
 class _Components:
     """Connected components as parallel arrays, one row per component."""
 
-    geoms: np.ndarray  # object: canonical (Multi)Polygon in pixel coordinates
+    geoms: np.ndarray  # object: (Multi)Polygon with its final vertices, pixel coordinates
     pixel_count: np.ndarray  # int64: foreground pixels
     value_sum: np.ndarray  # float64: stored values summed over them (unused for masks)
     first: np.ndarray  # int64: raster index (row * width + col) of the first pixel in raster order
@@ -375,7 +377,7 @@ def _first_pixels(xy: np.ndarray, polygon_of_point: np.ndarray) -> np.ndarray:
     return np.column_stack([top, left]).astype(np.int64)
 
 
-EDGES = ("top", "bottom", "left", "right")
+_EDGES = ("top", "bottom", "left", "right")
 
 
 @dataclass
@@ -387,7 +389,7 @@ class _Block:
     piece_label: np.ndarray  # the component each piece belongs to
     counts: np.ndarray  # foreground pixels per component
     sums: np.ndarray  # stored values summed per component (zeros for masks: not needed)
-    edges: dict[str, np.ndarray]  # component labels along the block's edges (EDGES)
+    edges: dict[str, np.ndarray]  # component labels along the block's edges (_EDGES)
 
     @property
     def n(self) -> int:
@@ -414,7 +416,7 @@ def _labelled_block(
         sums = np.zeros(n + 1)
     else:
         sums = np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
-    edges = dict(zip(EDGES, (labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]), strict=True))
+    edges = dict(zip(_EDGES, (labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]), strict=True))
     found = _polygonise(foreground, col0, row0)
     rows, cols = found.first[:, 0], found.first[:, 1]
     piece_label = labels[rows - row0, cols - col0]
@@ -475,8 +477,8 @@ def _group_by_label(piece_label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 def _complete_components(block: _Block, inside: np.ndarray, connectivity: int) -> _Components:
     """The block's components that do not reach a seam (`inside` selects their pieces).
 
-    With 4-connectivity a label is exactly one polygon, already canonical but for ring start and
-    orientation (normalised later, in one call); with 8-connectivity a label may be several
+    With 4-connectivity a label is exactly one polygon, with its final vertices (ring start and
+    orientation are normalised later, in one call); with 8-connectivity a label may be several
     corner-touching polygons, which go through `_canonical`.
     """
     pieces, first = block.pieces[inside], block.first[inside]
