@@ -258,10 +258,14 @@ class _Components:
 
     @staticmethod
     def concat(chunks: list[_Components]) -> _Components:
-        if not chunks:
+        if not chunks:  # a raster without rows
             return _Components(np.empty(0, dtype=object), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
-        return _Components(*(np.concatenate(column) for column in zip(
-            *((c.geoms, c.pixel_count, c.value_sum, c.first) for c in chunks), strict=True)))
+        return _Components(
+            np.concatenate([c.geoms for c in chunks]),
+            np.concatenate([c.pixel_count for c in chunks]),
+            np.concatenate([c.value_sum for c in chunks]),
+            np.concatenate([c.first for c in chunks]),
+        )
 
 
 @dataclass
@@ -607,7 +611,7 @@ def _fill_holes(comps: _Components, limit_m2: float, transform: Affine, crs) -> 
             keep = [poly.interiors[k] for k in range(len(holes)) if not fill[k]]
             filled_holes.extend((int(i), holes[k]) for k in range(len(holes)) if fill[k])
             new_polys.append(shapely.Polygon(poly.exterior, keep))
-        geoms[i] = shapely.normalize(shapely.union_all(new_polys))
+        geoms[i] = shapely.union_all(new_polys)
     comps = _Components(geoms, comps.pixel_count.copy(), comps.value_sum.copy(), comps.first)
     if not filled_holes:
         return comps

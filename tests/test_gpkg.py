@@ -291,6 +291,17 @@ def test_append_to_missing_file_creates_it(tmp_path):
     assert pyogrio.read_info(out, layer="buildings")["features"] == 2
 
 
+def test_append_to_a_foreign_geopackage_without_metadata_tables(tmp_path):
+    """geoseg relies on GDAL creating gpkg_metadata(_reference) when it writes layer metadata."""
+    out = tmp_path / "foreign.gpkg"
+    pyogrio.write_dataframe(frame(1), out, layer="theirs", driver="GPKG")
+    assert sql(out, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'gpkg_metadata%'") == [(0,)]
+    write_geopackage(out, [layer("ours", "our query")], append=True)
+    assert read_provenance(out, "ours")["query"] == "our query"
+    assert read_description(out, "ours") == "our query"
+    assert pyogrio.read_info(out, layer="theirs")["features"] == 1
+
+
 def test_append_same_layer_name_is_an_error_naming_it(tmp_path):
     out = tmp_path / "out.gpkg"
     write_geopackage(out, [layer("roads", "roads")])
