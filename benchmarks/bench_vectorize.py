@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,9 +56,6 @@ def shapes_worker(mask: str, out: str) -> None:
 def library_worker(mask: str, out: str) -> None:
     """What `geoseg vectorize` does with a mask, as library calls: polygons, the command's fields,
     a provenance record, the GeoPackage. No torch, no CLI."""
-    import json as json_module
-    import time
-
     from geoseg import gpkg, vectorize
 
     started = time.perf_counter()
@@ -68,7 +66,7 @@ def library_worker(mask: str, out: str) -> None:
     record = {"command": "vectorize", "query": query, "inputs": [mask], "run_id": "bench"}
     layer = gpkg.LayerData(gpkg.layer_name_for(query), gdf, query, record)
     gpkg.write_geopackage(out, [layer], overwrite=True)
-    print(json_module.dumps({"features": len(gdf), "seconds": round(time.perf_counter() - started, 3)}))
+    print(json.dumps({"features": len(gdf), "seconds": round(time.perf_counter() - started, 3)}))
 
 
 def geoseg_executable() -> Path:
