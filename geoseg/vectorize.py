@@ -160,24 +160,28 @@ def _read_block(
 # Geometry in pixel space
 
 
-def _clean_polygon(poly: shapely.Polygon) -> shapely.Polygon:
-    """Remove the vertices in the middle of straight runs (all edges are axis-aligned here)."""
-    rings = np.array([poly.exterior, *poly.interiors], dtype=object)
+def _clean_polygons(polys: list[shapely.Polygon]) -> np.ndarray:
+    """Remove the vertices in the middle of straight runs (all edges are axis-aligned here).
+
+    All rings of all the polygons in one pass: a dissolved 8-connected component can be tens of
+    thousands of polygons.
+    """
+    rings, polygon_of_ring = shapely.get_rings(np.asarray(polys, dtype=object), return_index=True)
     coords, ring = shapely.get_coordinates(rings, return_index=True)
-    last = np.r_[ring[1:] != ring[:-1], True]  # the closing repeat of each ring
+    last = np.append(ring[1:] != ring[:-1], True)  # the closing repeat of each ring
     pts, ring = coords[~last], ring[~last]
-    first = np.r_[True, ring[1:] != ring[:-1]]
+    first = np.insert(ring[1:] != ring[:-1], 0, True)
     starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(pts)] - 1
+    ends = np.append(starts[1:], len(pts)) - 1
     owner = np.cumsum(first) - 1  # ring number of every vertex, 0-based
     idx = np.arange(len(pts))
     prev = np.where(first, ends[owner], idx - 1)
-    nxt = np.where(np.r_[first[1:], True], starts[owner], idx + 1)
+    nxt = np.where(np.append(first[1:], True), starts[owner], idx + 1)
     x, y = pts[:, 0], pts[:, 1]
     straight = ((x[prev] == x) & (x == x[nxt])) | ((y[prev] == y) & (y == y[nxt]))
     keep = ~straight
     cleaned = shapely.linearrings(pts[keep], indices=ring[keep])
-    return shapely.polygons(cleaned[0], holes=cleaned[1:] if len(cleaned) > 1 else None)
+    return shapely.polygons(cleaned, indices=polygon_of_ring)
 
 
 def _merge_parts(polys: list[shapely.Polygon], connectivity: int) -> list[shapely.Polygon]:
@@ -211,8 +215,8 @@ def _canonical(parts: list[shapely.Polygon], connectivity: int) -> shapely.Geome
     """
     if len(parts) == 1:
         return parts[0]
-    polys = [_clean_polygon(p) for p in _merge_parts(parts, connectivity)]
-    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+    polys = _clean_polygons(_merge_parts(parts, connectivity))
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(list(polys))
 
 
 def _to_world(geoms: np.ndarray, transform: Affine) -> np.ndarray:
