@@ -162,6 +162,23 @@ def test_diagonal_touching_pixels_and_connectivity(tmp_path):
     assert eight.pixel_count.iloc[0] == 8
 
 
+def test_island_touching_its_hole_at_a_corner_with_8_connectivity(tmp_path):
+    """An island inside a hole, touching the ring diagonally: one 8-connected component of two
+    polygons, the same whether it lies in one block or is cut by seams (dissolved by union)."""
+    prob = np.zeros((40, 40))
+    prob[15:22, 15:22] = 1
+    prob[16:21, 16:21] = 0  # 5x5 hole
+    prob[16, 16] = 1  # a notch of the ring into the hole...
+    prob[17, 17] = 1  # ...touched diagonally by a one-pixel island
+    path = write_probabilities(tmp_path / "p.tif", prob)
+    whole = run(path, connectivity=8)
+    assert len(whole) == 1 and whole.pixel_count.iloc[0] == int(prob.sum())
+    geom = whole.geometry.iloc[0]
+    assert geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2 and geom.is_valid
+    for block in (16, 17, 18, 20):  # 17: the seam runs between the notch and the island
+        assert same_result(whole, run(path, connectivity=8, block_size=block)), block
+
+
 def test_output_sorted_by_first_pixel(tmp_path):
     prob = np.zeros((20, 20))
     prob[10:12, 1:3] = 1
