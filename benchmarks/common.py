@@ -180,6 +180,8 @@ def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     def cell(v) -> str:
         if v is None:
             return ""
+        if isinstance(v, bool):  # before int: bool is an int
+            return "yes" if v else "no"
         if isinstance(v, float):
             return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
         if isinstance(v, int):

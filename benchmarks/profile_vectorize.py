@@ -1,13 +1,12 @@
-"""Where `geoseg vectorize` spends its time, and what a vectorised MultiPolygon step would save.
+"""Where the library's vectorising time goes: `vectorize_probabilities` + `write_geopackage`.
 
-    .venv/bin/python benchmarks/profile_vectorize.py --mask clean --side 10k
-    .venv/bin/python benchmarks/profile_vectorize.py --mask noisy --side 4k
+    nice -n 19 .venv/bin/python benchmarks/profile_vectorize.py --mask clean --side 6k
+    nice -n 19 .venv/bin/python benchmarks/profile_vectorize.py --mask noisy --side 6k --top 20
 
-1. cProfile of `revectorize.vectorize_raster` (what the command runs after its imports) on a cached
-   benchmark mask: the share of the run spent in polygonising, labelling, the GeoPackage's
-   per-feature MultiPolygon conversion, the rest of the GeoPackage writing.
-2. The per-feature conversion `gpkg._as_multipolygon` against one vectorised shapely call on the
-   same polygons, with a check that both give the same geometries.
+cProfile, timed in CPU seconds (steadier than wall time on a shared machine), of the two library
+calls `geoseg vectorize` makes, on a cached benchmark mask (benchmarks/common.py). No CLI and no
+torch: start-up is `bench_vectorize.py`'s business. Prints the CPU seconds of a few named steps
+and the functions with the most own time.
 """
 
 from __future__ import annotations
@@ -25,73 +24,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 STEPS = {  # label: (file suffix, function name) whose cumulative time is reported
-    "rasterio.features.shapes (polygonise)": ("rasterio/features.py", "shapes"),
-    "scipy.ndimage.label": ("_measurements.py", "label"),
+    "reading blocks": ("geoseg/vectorize.py", "_read_block"),
+    "labelling (probability rasters, 8-connectivity)": ("_measurements.py", "label"),
+    "rasterio.features.shapes (GDAL's polygoniser)": ("rasterio/features.py", "shapes"),
+    "seam dissolve (_canonical)": ("geoseg/vectorize.py", "_canonical"),
     "vectorize_probabilities (all of it)": ("geoseg/vectorize.py", "vectorize_probabilities"),
-    "gpkg._as_multipolygon (per feature)": ("geoseg/gpkg.py", "_as_multipolygon"),
-    "gpkg.write_geopackage (all of it)": ("geoseg/gpkg.py", "write_geopackage"),
+    "pyogrio write": ("pyogrio/raw.py", "write"),
+    "write_geopackage (all of it)": ("geoseg/gpkg.py", "write_geopackage"),
 }
 
 
-def profile(mask: Path) -> dict[str, float]:
-    from geoseg import revectorize
-    from geoseg.options import RunOptions
-
-    opts = RunOptions(progress=False, overwrite=True)
-    with tempfile.TemporaryDirectory(prefix="geoseg-prof-") as tmp:
-        prof = cProfile.Profile()
-        prof.enable()
-        revectorize.vectorize_raster(mask, Path(tmp) / "out.gpkg", opts)
-        prof.disable()
-    stats = pstats.Stats(prof).stats
-    total = sum(tt for (_, _, tt, _, _) in stats.values())
-    out = {"total (profiled) s": total}
-    for label, (suffix, name) in STEPS.items():
-        cumulative = sum(ct for (file, _, fn), (_, _, _, ct, _) in stats.items() if file.endswith(suffix) and fn == name)
-        out[label] = cumulative
-    return out
-
-
-def multipolygon_comparison(mask: Path) -> tuple[int, float, float, bool]:
-    import numpy as np
-    import shapely
-
+def profile(mask: Path) -> tuple[pstats.Stats, float, int]:
     from geoseg import gpkg, vectorize
 
-    geoms = vectorize.vectorize_probabilities(mask).geometry.values
-    start = time.perf_counter()
-    loop = [gpkg._as_multipolygon(g) for g in geoms]
-    loop_s = time.perf_counter() - start
+    prof = cProfile.Profile(time.process_time)
+    with tempfile.TemporaryDirectory(prefix="geoseg-prof-") as tmp:
+        prof.enable()
+        gdf = vectorize.vectorize_probabilities(mask)
+        gdf["query"] = gdf["target"] = mask.stem
+        layer = gpkg.LayerData(gpkg.layer_name_for(mask.stem), gdf, mask.stem, {"command": "profile"})
+        gpkg.write_geopackage(Path(tmp) / "out.gpkg", [layer])
+        prof.disable()
+    stats = pstats.Stats(prof)
+    total = sum(tt for (_, _, tt, _, _) in stats.stats.values())
+    return stats, total, len(gdf)
 
-    start = time.perf_counter()
-    arr = np.asarray(geoms, dtype=object)
-    invalid = ~shapely.is_valid(arr)
-    if invalid.any():
-        arr[invalid] = shapely.make_valid(arr[invalid])
-    parts, index = shapely.get_parts(arr, return_index=True)
-    areal = (shapely.get_type_id(parts) == 3) & ~shapely.is_empty(parts)
-    vectorised = shapely.multipolygons(parts[areal], indices=index[areal])
-    vec_s = time.perf_counter() - start
-    same = len(vectorised) == len(loop) and all(a.equals(b) for a, b in zip(loop, vectorised, strict=True))
-    return len(geoms), loop_s, vec_s, same
+
+def step_seconds(stats: pstats.Stats) -> dict[str, float]:
+    out = {}
+    for label, (suffix, name) in STEPS.items():
+        out[label] = sum(ct for (file, _, fn), (_, _, _, ct, _) in stats.stats.items()
+                         if file.endswith(suffix) and fn == name)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mask", choices=["clean", "noisy"], default="clean")
-    ap.add_argument("--side", default="10k")
+    ap.add_argument("--side", default="6k")
+    ap.add_argument("--top", type=int, default=12, help="functions listed by own time")
     ap.add_argument("--workdir", help=f"where inputs are cached (default {common.DEFAULT_WORKDIR})")
     args = ap.parse_args()
     side = common.parse_sizes(args.side)[0]
     mask = common.write_mask(common.workdir(args.workdir) / f"mask_{args.mask}_{side}.tif", side, args.mask)
-    shares = profile(mask)
-    total = shares.pop("total (profiled) s")
-    print(f"{args.mask} mask {side}², profiled run {total:.1f} s (cProfile adds overhead; read the shares)")
-    for label, seconds in shares.items():
-        print(f"  {label:<42} {seconds:7.2f} s  {100 * seconds / total:5.1f}%")
-    n, loop_s, vec_s, same = multipolygon_comparison(mask)
-    print(f"MultiPolygon conversion of {n:,} polygons: per feature {loop_s:.2f} s, vectorised {vec_s:.2f} s, "
-          f"same geometries: {same}")
+    stats, total, features = profile(mask)
+    print(f"{args.mask} mask {side}², {features:,} polygons: {total:.2f} CPU s profiled "
+          "(cProfile adds overhead; read the shares)")
+    for label, seconds in step_seconds(stats).items():
+        print(f"  {label:<50} {seconds:7.2f} s  {100 * seconds / total:5.1f}%")
+    print()
+    stats.sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def vectorize_table(result: dict) -> str:
         ("mask", "mask"), ("size", "size"), ("tool", "tool"), ("wall_s", "wall s"),
         ("mpx_per_s", "Mpx/s"), ("x_gdal_throughput", "× GDAL (wall)"), ("cpu_s", "CPU s"),
         ("x_gdal_cpu", "× GDAL (CPU)"), ("peak_rss_mb", "peak RSS MB"), ("features", "polygons"),
-        ("same_count_as_gdal", "same count"), ("in_process_s", "geoseg in-process s"),
+        ("same_count_as_gdal", "same count"), ("area_vs_gdal", "area vs GDAL"),
+        ("in_process_s", "geoseg in-process s"),
     ])
     if startup:
         text += (f"\n\n`geoseg --version` alone (start-up, imports): {fmt(startup['wall_s'])} s wall, "

@@ -22,7 +22,7 @@ MinArea(px=0, m2=50.0)
 >>> geoseg.RunOptions(tile_size=8)
 Traceback (most recent call last):
     ...
-geoseg.errors.InputError: option tile-size=8: must be at least 16
+geoseg.errors.InputError: RunOptions: option tile-size=8: must be at least 16
 >>> summary = geoseg.segment(["sample_tiles/village_4326_1m.tif"], ["buildings"], "village.gpkg", opts)
 >>> summary.status, [layer.name for layer in summary.layers]
 ('ok', ['buildings'])

@@ -9,9 +9,14 @@ What a written file holds (docs/output-format.md has the full description):
   read_info) and a `gpkg_metadata` row (md_standard_uri PROVENANCE_URI, application/json)
   referenced from `gpkg_metadata_reference` at table scope; plus a QGIS metadata record
   (http://mrcc.com/qgis.dtd) whose title is the query, shown in QGIS's Metadata tab;
-- a default style per layer in QGIS's `layer_styles` table, so the layer opens styled;
+- a default style per layer in QGIS's `layer_styles` table, so the layer opens styled
+  (the style itself comes from `geoseg.qgis_style`);
 - GeoPackage 1.2 (application_id GPKG, user_version 10200): QGIS 3.22 LTR ships GDAL 3.6, which
   warns on 1.4 files.
+
+GDAL (through pyogrio) writes the layer, its description (layer creation option DESCRIPTION)
+and its GDAL metadata; SQLite writes only what GDAL cannot: the two metadata records under
+geoseg's and QGIS's own standard URIs, and the styles.
 
 The file is built as a temporary file beside the target and renamed over it at the end; on any
 failure the temporary file is removed and an existing target is left untouched. All text goes
@@ -20,9 +25,7 @@ into SQLite through bound parameters, never through SQL string building.
 
 from __future__ import annotations
 
-import colorsys
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -34,10 +37,9 @@ import sqlite3
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 import geopandas as gpd
 import numpy as np
@@ -45,6 +47,7 @@ import pandas as pd
 import pyogrio
 import shapely
 
+from geoseg import qgis_style
 from geoseg.errors import GeosegError, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,6 @@ FID_COLUMN = "fid"
 LAYER_METADATA_KEY = "GEOSEG_PROVENANCE"
 PROVENANCE_URI = "https://geoseg.dev/provenance"
 QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"
-METADATA_EXTENSION = "http://www.geopackage.org/spec120/#extension_metadata"
 MAX_LAYER_NAME = 63
 RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
 RESERVED_NAMES = ("layer_styles",)
@@ -247,12 +249,22 @@ def _typed(values: pd.Series, kind: str | None, layer: str) -> pd.Series:
         return values.astype("int64")
     if kind == "str" or values.dtype == object:
         out = values.astype(object).where(values.notna(), None)
-        out = out.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-        for v in out:
+        # Columns are mostly one value repeated (query, model, run id): convert and check each
+        # distinct value once, not once per feature.
+        if not all(v is None or isinstance(v, str) for v in _distinct(out)):
+            out = out.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        for v in _distinct(out):
             if v is not None:
                 _check_text(v, f"a {values.name!r} value of layer {layer!r}")
         return out
     return values
+
+
+def _distinct(values: pd.Series) -> np.ndarray:
+    try:
+        return pd.unique(values.to_numpy())
+    except TypeError:  # unhashable values (lists, dicts): all of them
+        return values.to_numpy()
 
 
 # ------------------------------------------------------------------------- provenance
@@ -287,14 +299,6 @@ def provenance_json(record: dict[str, Any]) -> str:
     return text
 
 
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
-def _xml_text(value: str) -> str:
-    """XML 1.0 cannot carry most control characters: replace them (JSON keeps them verbatim)."""
-    return escape(_XML_INVALID.sub("\ufffd", value))
-
-
 def _qgis_metadata_xml(layer: LayerData) -> str:
     """A QGIS layer metadata document: title = the query, for QGIS's Metadata tab."""
     record = layer.provenance
@@ -309,16 +313,16 @@ def _qgis_metadata_xml(layer: LayerData) -> str:
         history.append(f"model: {model_text}")
     if record.get("created_utc"):
         history.append(f"created: {record['created_utc']}")
-    history_xml = "".join(f"  <history>{_xml_text(h)}</history>\n" for h in history)
+    history_xml = "".join(f"  <history>{qgis_style.xml_text(h)}</history>\n" for h in history)
     return (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         '<qgis version="3.22.0">\n'
-        f"  <identifier>{_xml_text(layer.name)}</identifier>\n"
+        f"  <identifier>{qgis_style.xml_text(layer.name)}</identifier>\n"
         "  <parentidentifier></parentidentifier>\n"
         "  <language></language>\n"
         "  <type>dataset</type>\n"
-        f"  <title>{_xml_text(layer.description)}</title>\n"
-        f"  <abstract>{_xml_text(abstract)}</abstract>\n"
+        f"  <title>{qgis_style.xml_text(layer.description)}</title>\n"
+        f"  <abstract>{qgis_style.xml_text(abstract)}</abstract>\n"
         '  <keywords vocabulary="geoseg">\n'
         "    <keyword>segmentation</keyword>\n"
         "    <keyword>geoseg</keyword>\n"
@@ -332,141 +336,7 @@ def _qgis_metadata_xml(layer: LayerData) -> str:
     )
 
 
-# ------------------------------------------------------------------------------ style
-
-
-def style_colour(name: str) -> tuple[int, int, int]:
-    """A saturated colour picked deterministically from the layer name."""
-    hue = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big") / 2**32
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.9)
-    return round(r * 255), round(g * 255), round(b * 255)
-
-
-FILL_ALPHA = 90  # of 255: the image stays visible under the polygons
-OUTLINE_WIDTH_MM = 0.5
-
-
-def _outline_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(round(c * 0.6) for c in rgb)  # type: ignore[return-value]
-
-
-def _style_qml(name: str) -> str:
-    """A QGIS 3 single-symbol style: semi-transparent fill, darker solid outline."""
-    rgb = style_colour(name)
-    fill = ",".join(map(str, (*rgb, FILL_ALPHA)))
-    line = ",".join(map(str, (*_outline_colour(rgb), 255)))
-    props = {
-        "color": fill, "joinstyle": "bevel", "offset": "0,0", "offset_unit": "MM",
-        "outline_color": line, "outline_style": "solid", "outline_width": str(OUTLINE_WIDTH_MM),
-        "outline_width_unit": "MM", "style": "solid",
-    }
-    options = "".join(f'       <Option type="QString" name="{k}" value="{v}"/>\n' for k, v in props.items())
-    legacy = "".join(f'      <prop k="{k}" v="{v}"/>\n' for k, v in props.items())  # read by older QGIS
-    return (
-        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-        '<qgis version="3.22.0" styleCategories="Symbology">\n'
-        ' <renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">\n'
-        "  <symbols>\n"
-        '   <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">\n'
-        '    <layer class="SimpleFill" enabled="1" locked="0" pass="0">\n'
-        '     <Option type="Map">\n'
-        f"{options}"
-        "     </Option>\n"
-        f"{legacy}"
-        "    </layer>\n"
-        "   </symbol>\n"
-        "  </symbols>\n"
-        "  <rotation/>\n"
-        "  <sizescale/>\n"
-        " </renderer-v2>\n"
-        " <blendMode>0</blendMode>\n"
-        " <featureBlendMode>0</featureBlendMode>\n"
-        " <layerOpacity>1</layerOpacity>\n"
-        "</qgis>\n"
-    )
-
-
-def _style_sld(name: str) -> str:
-    """The same style as an OGC SLD 1.1 document (for clients that read SLD)."""
-    rgb = style_colour(name)
-    fill = "#{:02x}{:02x}{:02x}".format(*rgb)
-    line = "#{:02x}{:02x}{:02x}".format(*_outline_colour(rgb))
-    opacity = f"{FILL_ALPHA / 255:.2f}"
-    stroke_px = f"{OUTLINE_WIDTH_MM * 96 / 25.4:.0f}"
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" xmlns:se="http://www.opengis.net/se"'
-        ' xmlns:ogc="http://www.opengis.net/ogc" version="1.1.0">\n'
-        " <NamedLayer>\n"
-        f"  <se:Name>{_xml_text(name)}</se:Name>\n"
-        "  <UserStyle>\n"
-        f"   <se:Name>{_xml_text(name)}</se:Name>\n"
-        "   <se:FeatureTypeStyle>\n"
-        "    <se:Rule>\n"
-        "     <se:Name>Single symbol</se:Name>\n"
-        "     <se:PolygonSymbolizer>\n"
-        "      <se:Fill>\n"
-        f'       <se:SvgParameter name="fill">{fill}</se:SvgParameter>\n'
-        f'       <se:SvgParameter name="fill-opacity">{opacity}</se:SvgParameter>\n'
-        "      </se:Fill>\n"
-        "      <se:Stroke>\n"
-        f'       <se:SvgParameter name="stroke">{line}</se:SvgParameter>\n'
-        f'       <se:SvgParameter name="stroke-width">{stroke_px}</se:SvgParameter>\n'
-        '       <se:SvgParameter name="stroke-linejoin">bevel</se:SvgParameter>\n'
-        "      </se:Stroke>\n"
-        "     </se:PolygonSymbolizer>\n"
-        "    </se:Rule>\n"
-        "   </se:FeatureTypeStyle>\n"
-        "  </UserStyle>\n"
-        " </NamedLayer>\n"
-        "</StyledLayerDescriptor>\n"
-    )
-
-
 # ------------------------------------------------------------------------------ SQL
-
-# The table exactly as QGIS 3.22 creates it through GDAL (QgsOgrProviderMetadata::saveStyle).
-LAYER_STYLES_DDL = (
-    'CREATE TABLE IF NOT EXISTS "layer_styles" ( "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
-    '"f_table_catalog" TEXT(256), "f_table_schema" TEXT(256), "f_table_name" TEXT(256), '
-    '"f_geometry_column" TEXT(256), "styleName" TEXT(30), "styleQML" TEXT, "styleSLD" TEXT, '
-    '"useAsDefault" BOOLEAN, "description" TEXT, "owner" TEXT(30), "ui" TEXT(30), '
-    "\"update_time\" DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
-)
-GPKG_METADATA_DDL = (
-    "CREATE TABLE IF NOT EXISTS gpkg_metadata (id INTEGER CONSTRAINT m_pk PRIMARY KEY ASC NOT NULL, "
-    "md_scope TEXT NOT NULL DEFAULT 'dataset', md_standard_uri TEXT NOT NULL, "
-    "mime_type TEXT NOT NULL DEFAULT 'text/xml', metadata TEXT NOT NULL DEFAULT '')"
-)
-GPKG_METADATA_REFERENCE_DDL = (
-    "CREATE TABLE IF NOT EXISTS gpkg_metadata_reference (reference_scope TEXT NOT NULL, "
-    "table_name TEXT, column_name TEXT, row_id_value INTEGER, "
-    "timestamp DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), "
-    "md_file_id INTEGER NOT NULL, md_parent_id INTEGER, "
-    "CONSTRAINT crmr_mfi_fk FOREIGN KEY (md_file_id) REFERENCES gpkg_metadata(id), "
-    "CONSTRAINT crmr_mpi_fk FOREIGN KEY (md_parent_id) REFERENCES gpkg_metadata(id))"
-)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _table_exists(con: sqlite3.Connection, name: str) -> bool:
-    row = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
-    return row is not None
-
-
-def _ensure_metadata_tables(con: sqlite3.Connection) -> None:
-    con.execute(GPKG_METADATA_DDL)
-    con.execute(GPKG_METADATA_REFERENCE_DDL)
-    for table in ("gpkg_metadata", "gpkg_metadata_reference"):
-        con.execute(
-            "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
-            "SELECT ?, NULL, 'gpkg_metadata', ?, 'read-write' WHERE NOT EXISTS "
-            "(SELECT 1 FROM gpkg_extensions WHERE table_name = ? AND extension_name = 'gpkg_metadata')",
-            (table, METADATA_EXTENSION, table),
-        )
 
 
 def _add_metadata(con: sqlite3.Connection, table: str, uri: str, mime: str, text: str) -> None:
@@ -477,58 +347,24 @@ def _add_metadata(con: sqlite3.Connection, table: str, uri: str, mime: str, text
     con.execute(
         "INSERT INTO gpkg_metadata_reference (reference_scope, table_name, column_name, row_id_value, "
         "timestamp, md_file_id, md_parent_id) VALUES ('table', ?, NULL, NULL, ?, ?, NULL)",
-        (table, _now(), cur.lastrowid),
-    )
-
-
-def _ensure_layer_styles(con: sqlite3.Connection) -> None:
-    if _table_exists(con, "layer_styles"):
-        return
-    con.execute(LAYER_STYLES_DDL)
-    con.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, srs_id) "
-        "VALUES ('layer_styles', 'attributes', 'layer_styles', '', ?, 0)",
-        (_now(),),
-    )
-    if _table_exists(con, "gpkg_ogr_contents"):  # GDAL's feature-count cache
-        con.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES ('layer_styles', 0)")
-        con.execute(
-            'CREATE TRIGGER "trigger_insert_feature_count_layer_styles" AFTER INSERT ON "layer_styles" '
-            "BEGIN UPDATE gpkg_ogr_contents SET feature_count = feature_count + 1 "
-            "WHERE lower(table_name) = lower('layer_styles'); END"
-        )
-        con.execute(
-            'CREATE TRIGGER "trigger_delete_feature_count_layer_styles" AFTER DELETE ON "layer_styles" '
-            "BEGIN UPDATE gpkg_ogr_contents SET feature_count = feature_count - 1 "
-            "WHERE lower(table_name) = lower('layer_styles'); END"
-        )
-
-
-def _add_style(con: sqlite3.Connection, layer: LayerData) -> None:
-    con.execute(
-        "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
-        "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui, update_time) "
-        "VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL, ?)",
-        (
-            layer.name, GEOMETRY_COLUMN, layer.name[:30], _style_qml(layer.name), _style_sld(layer.name),
-            f"geoseg default style for: {layer.description}", _now(),
-        ),
+        (table, qgis_style.timestamp(), cur.lastrowid),
     )
 
 
 def _finish_with_sqlite(path: Path, layers: Sequence[LayerData], records: dict[str, str]) -> None:
-    """Descriptions, metadata rows and styles, in one transaction with bound parameters only."""
+    """What GDAL cannot write, in one transaction with bound parameters only: the metadata rows
+    under geoseg's and QGIS's own standard URIs (GDAL writes its metadata only as one GDAL PAM
+    document, md_standard_uri http://gdal.org) and the QGIS default styles (GDAL has no
+    layer_styles API). GDAL has already created gpkg_metadata and gpkg_metadata_reference and
+    registered the metadata extension, as every layer carries GDAL layer metadata."""
     con = sqlite3.connect(path, isolation_level=None)
     try:
         con.execute("BEGIN")
-        _ensure_metadata_tables(con)
-        _ensure_layer_styles(con)
+        qgis_style.ensure_layer_styles(con)
         for layer in layers:
-            con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?",
-                        (layer.description, layer.name))
             _add_metadata(con, layer.name, PROVENANCE_URI, "application/json", records[layer.name])
             _add_metadata(con, layer.name, QGIS_METADATA_URI, "text/xml", _qgis_metadata_xml(layer))
-            _add_style(con, layer)
+            qgis_style.add_default_style(con, layer.name, GEOMETRY_COLUMN, f"geoseg default style for: {layer.description}")
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
@@ -561,8 +397,11 @@ def _write_layer(tmp: Path, layer: LayerData, frame: gpd.GeoDataFrame, record: s
         promote_to_multi=True,
         append=not create,
         dataset_options={"VERSION": GPKG_VERSION} if create else None,
-        layer_options={"SPATIAL_INDEX": "YES", "GEOMETRY_NAME": GEOMETRY_COLUMN, "FID": FID_COLUMN},
-        layer_metadata={LAYER_METADATA_KEY: record},
+        layer_options={
+            "SPATIAL_INDEX": "YES", "GEOMETRY_NAME": GEOMETRY_COLUMN, "FID": FID_COLUMN,
+            "DESCRIPTION": layer.description,  # -> gpkg_contents.description
+        },
+        layer_metadata={LAYER_METADATA_KEY: record},  # GDAL layer metadata, in gpkg_metadata
     )
 
 
@@ -660,5 +499,5 @@ def read_description(path: str | Path, layer: str) -> str | None:
 __all__ = [
     "FIELD_TYPES", "GEOMETRY_COLUMN", "LAYER_METADATA_KEY", "LayerData", "PROVENANCE_URI",
     "check_output_path", "layer_name_for", "provenance_json", "read_description", "read_provenance",
-    "style_colour", "unique_layer_names", "write_geopackage",
+    "unique_layer_names", "write_geopackage",
 ]

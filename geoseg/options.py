@@ -265,7 +265,7 @@ class RunOptions:
             if given is None:  # not set: the default (None: the model or the scene decides)
                 setattr(self, option.field, option.default)
             else:
-                setattr(self, option.field, checked(option, given, ""))
+                setattr(self, option.field, checked(option, given, "RunOptions"))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "", **fixed: Any) -> RunOptions:
@@ -313,13 +313,13 @@ def find_option(name: str) -> Option | None:
     return found
 
 
-def checked(option: Option, given: Any, where: str) -> Any:
-    """`given` converted and checked, or one InputError naming where, the option and the fix."""
+def checked(option: Option, value: Any, where: str) -> Any:
+    """`value` converted and checked, or one InputError naming where, the option and the fix."""
     try:
-        return option.convert(given)
+        return option.convert(value)
     except (TypeError, ValueError) as e:
-        prefix = f"{where}: " if where else ""
-        raise InputError(f"{prefix}option {option.name}={given!r}: {e}") from None
+        name = option.name
+        raise InputError(f"{where}: option {name}={value!r}: {e}") from None
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:

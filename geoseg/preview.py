@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from geoseg.errors import InputError, OutputExistsError
-from geoseg.gpkg import FILL_ALPHA, style_colour
+from geoseg.qgis_style import FILL_ALPHA, style_colour
 
 GAP = 8
 LEGEND_HEIGHT = 28

@@ -26,10 +26,10 @@ from geoseg.gpkg import (
     layer_name_for,
     read_description,
     read_provenance,
-    style_colour,
     unique_layer_names,
     write_geopackage,
 )
+from geoseg.qgis_style import style_colour
 
 HOSTILE = [
     "it's a \"quoted\" query",
@@ -291,6 +291,17 @@ def test_append_to_missing_file_creates_it(tmp_path):
     assert pyogrio.read_info(out, layer="buildings")["features"] == 2
 
 
+def test_append_to_a_foreign_geopackage_without_metadata_tables(tmp_path):
+    """geoseg relies on GDAL creating gpkg_metadata(_reference) when it writes layer metadata."""
+    out = tmp_path / "foreign.gpkg"
+    pyogrio.write_dataframe(frame(1), out, layer="theirs", driver="GPKG")
+    assert sql(out, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'gpkg_metadata%'") == [(0,)]
+    write_geopackage(out, [layer("ours", "our query")], append=True)
+    assert read_provenance(out, "ours")["query"] == "our query"
+    assert read_description(out, "ours") == "our query"
+    assert pyogrio.read_info(out, layer="theirs")["features"] == 1
+
+
 def test_append_same_layer_name_is_an_error_naming_it(tmp_path):
     out = tmp_path / "out.gpkg"
     write_geopackage(out, [layer("roads", "roads")])
@@ -357,7 +368,7 @@ def test_failure_mid_write_leaves_old_file_identical(tmp_path, monkeypatch, mode
 
         monkeypatch.setattr(gpkg.pyogrio, "write_dataframe", flaky)
     elif stage == "sqlite":
-        monkeypatch.setattr(gpkg, "_add_style", _boom)
+        monkeypatch.setattr(gpkg.qgis_style, "add_default_style", _boom)
     elif stage == "verify":
         monkeypatch.setattr(gpkg, "_verify", _boom)
     else:
@@ -369,7 +380,7 @@ def test_failure_mid_write_leaves_old_file_identical(tmp_path, monkeypatch, mode
 
 
 def test_failure_with_no_previous_file_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpkg, "_add_style", _boom)
+    monkeypatch.setattr(gpkg.qgis_style, "add_default_style", _boom)
     with pytest.raises(RuntimeError):
         write_geopackage(tmp_path / "out.gpkg", [layer()])
     assert list(tmp_path.iterdir()) == []

@@ -44,9 +44,9 @@ def test_run_options_check_what_python_callers_pass():
     opts = RunOptions(min_area="50m2", bands="3,2,1", gsd="native", probabilities="p.tif")
     assert opts.min_area == MinArea(m2=50) and opts.bands == (3, 2, 1) and opts.gsd == "native"
     assert opts.record()["min_area"] == "50m2" and opts.record()["probabilities"] == "p.tif"
-    with pytest.raises(InputError, match=r"^option threshold=2: must be at most 1$"):
+    with pytest.raises(InputError, match=r"^RunOptions: option threshold=2: must be at most 1$"):
         RunOptions(threshold=2)
-    with pytest.raises(InputError, match="option blend='max': expected one of cosine"):
+    with pytest.raises(InputError, match="RunOptions: option blend='max': expected one of cosine"):
         RunOptions(blend="max")
     assert RunOptions(tile_size=None).tile_size is None  # None: the model decides
     assert RunOptions(device=None, threshold=None).device == "auto"  # None: the default

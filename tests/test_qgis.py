@@ -17,7 +17,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from geoseg.gpkg import LayerData, layer_name_for, style_colour, write_geopackage
+from geoseg.gpkg import LayerData, layer_name_for, write_geopackage
+from geoseg.qgis_style import style_colour
 from geoseg.vectorize import VectorizeOptions, vectorize_probabilities
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -162,6 +162,23 @@ def test_diagonal_touching_pixels_and_connectivity(tmp_path):
     assert eight.pixel_count.iloc[0] == 8
 
 
+def test_island_touching_its_hole_at_a_corner_with_8_connectivity(tmp_path):
+    """An island inside a hole, touching the ring diagonally: one 8-connected component of two
+    polygons, the same whether it lies in one block or is cut by seams (dissolved by union)."""
+    prob = np.zeros((40, 40))
+    prob[15:22, 15:22] = 1
+    prob[16:21, 16:21] = 0  # 5x5 hole
+    prob[16, 16] = 1  # a notch of the ring into the hole...
+    prob[17, 17] = 1  # ...touched diagonally by a one-pixel island
+    path = write_probabilities(tmp_path / "p.tif", prob)
+    whole = run(path, connectivity=8)
+    assert len(whole) == 1 and whole.pixel_count.iloc[0] == int(prob.sum())
+    geom = whole.geometry.iloc[0]
+    assert geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2 and geom.is_valid
+    for block in (16, 17, 18, 20):  # 17: the seam runs between the notch and the island
+        assert same_result(whole, run(path, connectivity=8, block_size=block)), block
+
+
 def test_output_sorted_by_first_pixel(tmp_path):
     prob = np.zeros((20, 20))
     prob[10:12, 1:3] = 1
@@ -195,6 +212,25 @@ def test_blockwise_equals_whole_raster_on_random_masks(tmp_path, connectivity):
         for block in (16, 19, 32, 41):
             blocked = run(path, block_size=block, connectivity=connectivity)
             assert same_result(whole, blocked), f"trial {trial}, block {block}"
+
+
+def test_mask_path_equals_labelled_path(tmp_path):
+    """Unscaled masks with 4-connectivity skip the labelling and read the seams off the polygons'
+    edges; a probability raster of the same pixels goes through the labelling: same result."""
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        h, w = (int(v) for v in rng.integers(40, 100, 2))
+        blobs = ndimage.gaussian_filter(rng.random((h, w)), 1.5 + trial)
+        mask = (blobs > np.median(blobs)).astype(np.uint8)
+        mask[rng.random((h, w)) < 0.05] ^= 1  # speckle and pinholes
+        nodata = rng.random((h, w)) < 0.02
+        raw = np.where(nodata, 9, mask).astype(np.uint8)
+        mask_path = write_raw(tmp_path / f"m{trial}.tif", raw, nodata=9)
+        prob_path = write_probabilities(tmp_path / f"p{trial}.tif", mask.astype(float), nodata_mask=nodata)
+        whole = run(prob_path, block_size=4096)
+        assert whole.pixel_count.sum() == (mask.astype(bool) & ~nodata).sum()
+        for block in (16, 23, 4096):
+            assert same_result(whole, run(mask_path, block_size=block)), f"trial {trial}, block {block}"
 
 
 def test_object_spanning_many_blocks_is_one_polygon(tmp_path):
