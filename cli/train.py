@@ -26,7 +26,7 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
     stderr; stdout gets each phase's final checkpoint directory.
 
     \b
-      geoseg train configs/compact-real.yaml
+      geoseg train configs/compact-real.yaml configs/compact-real-2.yaml
       geoseg train configs/segearth-bitemporal-stage1.yaml configs/segearth-bitemporal-stage2.yaml
     """
     from geoseg.train.config import load_train_config
