@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generated_page import write_or_check  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "cli.md"
 WIDTH = 100
 
@@ -139,15 +142,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md differs from the commands")
     args = ap.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run .venv/bin/python docs/make_cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"written: {OUT}")
-    return 0
+    return write_or_check(OUT, render(), "make_cli_reference.py", check=args.check)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import click
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generated_page import write_or_check  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "troubleshooting.md"
 SOURCES = ("geoseg", "cli")
@@ -366,16 +369,7 @@ def main() -> int:
     if args.skipped:
         print("\n".join(collect()[2]))
         return 0
-    page = OUT.read_text()
-    text = rewrite(page, render())
-    if args.check:
-        if text != page:
-            print(f"{OUT} is stale: run .venv/bin/python docs/make_troubleshooting.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"written: {OUT}")
-    return 0
+    return write_or_check(OUT, rewrite(OUT.read_text(), render()), "make_troubleshooting.py", check=args.check)
 
 
 if __name__ == "__main__":
