@@ -199,3 +199,25 @@ def test_train_command_chains_phases_and_keeps_finished_ones(tmp_path, one_threa
 
     refused = CliRunner().invoke(train_command, [*args, "--steps", "5"], obj={"quiet": 1})
     assert refused.exit_code == 2 and "single config" in refused.output
+
+
+def test_export_can_average_the_final_weights_with_an_earlier_phase(tmp_path):
+    from geoseg.train.trainer import export_final
+
+    torch.manual_seed(0)
+    earlier, final = CompactModel(tiny_config()), CompactModel(tiny_config())
+    earlier.save_pretrained(tmp_path / "earlier")
+    final.save_pretrained(tmp_path / "final")
+    cfg = train_config_from_dict(_tiny(tmp_path, export_to=str(tmp_path / "export"),
+                                       export_average_with=str(tmp_path / "earlier"), export_average_share=0.3))
+    exported = CompactModel.from_pretrained(export_final(tmp_path / "final", cfg)).state_dict()
+    a, b = earlier.state_dict(), final.state_dict()
+    for k, v in exported.items():
+        expected = 0.3 * a[k] + 0.7 * b[k] if v.is_floating_point() else b[k]
+        torch.testing.assert_close(v, expected)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["extra"]["average_share"] == 0.3
+    CompactModel(tiny_config(change=True)).save_pretrained(tmp_path / "other")
+    cfg.export_average_with = str(tmp_path / "other")
+    with pytest.raises(InputError, match="not a checkpoint of the model"):
+        export_final(tmp_path / "final", cfg)

@@ -58,6 +58,10 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint directory to start from (weights only)
     pretrained_encoder: str | None = "imagenet"  # without init_from: start the encoder from ImageNet weights
     export_to: str | None = None  # copy the final checkpoint (config + weights) here
+    # Export the average of the final weights and this checkpoint's (e.g. the previous phase's
+    # final), with this share for the latter: chosen on validation sets like any checkpoint.
+    export_average_with: str | None = None
+    export_average_share: float = 0.3
     time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
     model: dict = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

@@ -175,11 +175,34 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
     model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
     save_checkpoint(model.eval(), final)
     if config.export_to:
-        export = Path(config.export_to)
-        export.mkdir(parents=True, exist_ok=True)
+        export_final(final, config)
+    return final
+
+
+def export_final(final: Path, config: TrainConfig) -> Path:
+    """Copy the final checkpoint to `export_to`, or write its average with `export_average_with`
+    there (float tensors averaged; counters such as BatchNorm's batch count kept from `final`)."""
+    export = Path(config.export_to)
+    export.mkdir(parents=True, exist_ok=True)
+    if not config.export_average_with:
         for name in ("config.json", WEIGHTS_NAME):
             shutil.copy2(final / name, export / name)
-    return final
+        return export
+    from safetensors.torch import load_file
+
+    other_dir = Path(config.export_average_with)
+    model = CompactModel.from_pretrained(final)
+    other = load_file(str(other_dir / WEIGHTS_NAME)) if (other_dir / WEIGHTS_NAME).is_file() else {}
+    own = model.state_dict()
+    if other.keys() != own.keys() or any(other[k].shape != v.shape for k, v in own.items()):
+        raise InputError(f"export_average_with: {other_dir} is not a checkpoint of the model in {final}; "
+                         "point it at an earlier phase's checkpoint directory")
+    share = config.export_average_share
+    averaged = {k: (1 - share) * v + share * other[k] if v.is_floating_point() else v for k, v in own.items()}
+    model.load_state_dict(averaged)
+    model.config.extra = {**model.config.extra, "averaged_with": str(other_dir), "average_share": share}
+    save_checkpoint(model, export)
+    return export
 
 
 def _train_steps(model: CompactModel, opt: torch.optim.Optimizer,
