@@ -48,6 +48,9 @@ def cli(ctx: click.Context, verbose: int, quiet: int, threads: int | None) -> No
       geoseg segment scene.tif "damaged buildings" -o damage.gpkg
       geoseg change before.tif after.tif "new roads" -o roads.gpkg
       geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
+
+    Encoded queries are kept in ~/.cache/geoseg (GEOSEG_CACHE_DIR moves it; GEOSEG_CACHE_DIR=off
+    turns it off), so a question asked before starts without loading the text encoder.
     """
     ctx.ensure_object(dict)
     ctx.obj.update(verbose=verbose, quiet=quiet)

