@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import geopandas as gpd
@@ -135,7 +136,11 @@ def run(
     parts: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
     answers: list[list[dict]] = [[] for _ in queries]  # generative models: per query, per scene
     first_raster = None
-    with work_directory(output, checkpoints.workdir if checkpoints else None) as tmp:
+    with ThreadPoolExecutor(1, thread_name_prefix="geoseg-hash") as hasher, \
+            work_directory(output, checkpoints.workdir if checkpoints else None) as tmp:
+        # Each input is hashed once per run, beside the inference (hashlib lets go of the GIL),
+        # so reading a large scene for its sha256 overlaps the model instead of following it.
+        hashed = {str(i.path): hasher.submit(input_record, i) for s in scenes for i in s.inputs}
         for n, scene in enumerate(scenes):
             scene_model, channels = channels_for(model, scene, queries)
             prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
@@ -147,7 +152,7 @@ def run(
             if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
-        inputs = {str(i.path): input_record(i) for s in scenes for i in s.inputs}  # each file hashed once per run
+        inputs = {path: record.result() for path, record in hashed.items()}
         scene_record = {"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in scenes],
                         "gsd": [s.gsd.to_dict() for s in scenes]}
         if pair:

@@ -7,7 +7,8 @@ import torch
 
 from geoseg.models.base import Segmenter
 from geoseg.models.compact import CompactModel, CompactSegmenter, TextFeatures, tiny_config
-from geoseg.models.compact.segmenter import file_sha256, model_info
+from geoseg.models.compact.segmenter import model_info
+from geoseg.provenance import sha256_file
 from geoseg.train.losses import LossWeights, compact_loss
 
 
@@ -79,7 +80,7 @@ def test_segmenter_contract_multi_query_and_determinism(tmp_path):
     torch.manual_seed(2)
     model = CompactModel(tiny_config())
     model.save_pretrained(tmp_path)
-    info = model_info(model.config, "compact", file_sha256(tmp_path / "model.safetensors"))
+    info = model_info(model.config, "compact", sha256_file(tmp_path / "model.safetensors"))
     seg = CompactSegmenter(CompactModel.from_pretrained(tmp_path), FakeText(), info, torch.device("cpu"))
     assert isinstance(seg, Segmenter)
     images = torch.rand(2, 3, 64, 64)

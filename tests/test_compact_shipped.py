@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoseg.models.compact.segmenter import file_sha256
 from geoseg.models.registry import load_segmenter
+from geoseg.provenance import sha256_file
 from geoseg.train.manifest import percentile_stretch
 
 WEIGHTS = Path(__file__).parents[1] / "geoseg" / "models" / "compact" / "weights"
@@ -40,7 +40,7 @@ def test_shipped_weights_are_small_safetensors():
 
 def test_compact_loads_by_name_with_its_hash(compact):
     assert compact.info.name == "compact"
-    assert compact.info.weights_sha256 == file_sha256(WEIGHTS / "compact" / "model.safetensors")
+    assert compact.info.weights_sha256 == sha256_file(WEIGHTS / "compact" / "model.safetensors")
     assert not compact.info.change_native
     assert compact.info.tile_size % 32 == 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from geoseg.models.base import ModelInfo, Prediction
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
+from geoseg.provenance import sha256_file
 
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
 
@@ -21,14 +21,6 @@ LICENSE = (
     "docs/models/compact.md; encoder initialised from ImageNet EfficientNet-Lite0, Apache-2.0; text encoder "
     "all-MiniLM-L6-v2, Apache-2.0)"
 )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CompactSegmenter:
@@ -128,4 +120,4 @@ def load_compact_segmenter(
     config = model.config
     text = shared_text_encoder(config.text_encoder, config.max_text_tokens, device)
     name = "compact-change" if config.change else "compact"
-    return CompactSegmenter(model, text, model_info(config, name, file_sha256(weights)), device)
+    return CompactSegmenter(model, text, model_info(config, name, sha256_file(weights)), device)
