@@ -106,7 +106,7 @@ def end_to_end_table(result: dict) -> str:
     return head + table(result["rows"], [
         ("scene", "scene"), ("megapixels", "MP"), ("pixel_m", "pixel m"), ("threads", "torch threads"),
         ("run", "run"), ("seconds", "s"), ("mpx_per_s", "MP/s"), ("km2_per_h", "km²/h"),
-        ("peak_rss_mb", "peak RSS MB"), ("tiles", "tiles"), ("model_s", "in model s"),
+        ("cpu_per_wall", "CPU / wall"), ("peak_rss_mb", "peak RSS MB"), ("tiles", "tiles"), ("model_s", "in model s"),
         ("overhead_fraction", "engine overhead"), ("load_s", "model load s"), ("features", "polygons"),
     ]) + provenance(result)
 
