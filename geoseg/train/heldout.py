@@ -12,6 +12,7 @@ Sets (each a folder with manifest.jsonl, see docs/dataset-format.md):
     change-heldout  held-out change wordings ("added buildings", "inundated fields", ...)
 With --validation, the sets for choosing between training runs instead (never the held-out seeds):
     validation-a, validation-b   training wordings on new scenes, like `seen` (40 and 80 scenes)
+    validation-change            change wordings on new pairs, like `change` (40 pairs)
 Scenes are drawn by geoseg.synth.export_dataset from its own seed sequence
 (SeedSequence([seed, i])), unrelated to the training stream (data.seed * 1_000_003 + k).
 """
@@ -33,6 +34,7 @@ SETS = {  # name -> (query split, seed, change pairs?, scenes per n)
 VALIDATION_SETS = {
     "validation-a": ("train", 9101, False, 1),
     "validation-b": ("train", 9201, False, 2),
+    "validation-change": ("change", 9301, True, 1),
 }
 
 
