@@ -37,7 +37,9 @@ def test_a_damaged_entry_is_a_miss_and_is_rewritten(tmp_path):
     reader = TextEncoder(DEFAULT_TEXT_ENCODER, 12, cache_dir=tmp_path)
     assert torch.equal(reader.encode(QUERIES).tokens, features.tokens)
     assert reader.loaded
-    assert TextEncoder(DEFAULT_TEXT_ENCODER, 12, cache_dir=tmp_path).encode(QUERIES).tokens.equal(features.tokens)
+    rewritten = TextEncoder(DEFAULT_TEXT_ENCODER, 12, cache_dir=tmp_path)
+    assert rewritten.encode(QUERIES).tokens.equal(features.tokens)
+    assert not rewritten.loaded  # the recomputed entry was written back
 
 
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
