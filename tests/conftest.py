@@ -15,10 +15,19 @@ sys.path.insert(0, str(Path(__file__).parent))  # test doubles
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# Tests (and the commands they start) keep encoded queries in a cache of their own, never the
-# user's ~/.cache/geoseg, and start from an empty one.
-_TEXT_CACHE = tempfile.TemporaryDirectory(prefix="geoseg-test-cache-")
-os.environ["GEOSEG_CACHE_DIR"] = _TEXT_CACHE.name
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests (and the commands they start) keep encoded queries in a cache of their own, never the
+    user's ~/.cache/geoseg, and start from an empty one. Made here, not at import: Ray workers
+    and other processes that import this module must not each leave a folder behind."""
+    config._geoseg_text_cache = tempfile.TemporaryDirectory(prefix="geoseg-test-cache-")
+    os.environ["GEOSEG_CACHE_DIR"] = config._geoseg_text_cache.name
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cache = getattr(config, "_geoseg_text_cache", None)
+    if cache is not None:
+        cache.cleanup()
 
 
 @pytest.fixture(scope="module")

