@@ -14,10 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+if TYPE_CHECKING:  # imported when a string is first encoded, not with the model
+    from tokenizers import Tokenizer
 
 # Names this forward pass in the query cache's folder (text.py), so features computed another way
 # are never mixed with its own.
@@ -100,7 +104,7 @@ def _published_state(path: Path, num_layers: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_bert(folder: Path) -> tuple[object, BertEncoder]:
+def load_bert(folder: Path) -> tuple[Tokenizer, BertEncoder]:
     """(tokenizer, encoder in eval mode) from a saved BERT folder (FILES)."""
     from tokenizers import Tokenizer
 
@@ -113,7 +117,7 @@ def load_bert(folder: Path) -> tuple[object, BertEncoder]:
     return tokenizer, encoder.eval().requires_grad_(False)
 
 
-def encode_one(tokenizer, encoder: BertEncoder, text: str, max_length: int, device: torch.device) -> torch.Tensor:
+def encode_one(tokenizer: Tokenizer, encoder: BertEncoder, text: str, max_length: int, device: torch.device) -> torch.Tensor:
     """Last hidden states (T x hidden) of one string, truncated to `max_length` tokens in all."""
     tokenizer.enable_truncation(max_length)
     ids = torch.tensor([tokenizer.encode(text).ids], device=device)

@@ -18,12 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from geoseg.errors import ModelLoadError
 from geoseg.models.compact.minilm import FILES as MINILM_FILES
 from geoseg.models.compact.minilm import FORWARD_PASS, BertEncoder, encode_one, load_bert
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def _encoder_cache_dir(root: Path | None, hub_id: str, max_tokens: int, device: 
     return Path(root) / f"{hub_id.replace('/', '--')}-{build}-{FORWARD_PASS}-torch{torch_version}-t{max_tokens}-{device.type}"
 
 
-def _load_minilm(hub_id: str) -> tuple[object, BertEncoder]:
+def _load_minilm(hub_id: str) -> tuple[Tokenizer, BertEncoder]:
     local = bundled_text_model_dir()
     source = str(local) if local else hub_id
     if not local:
