@@ -221,3 +221,23 @@ def test_export_can_average_the_final_weights_with_an_earlier_phase(tmp_path):
     cfg.export_average_with = str(tmp_path / "other")
     with pytest.raises(InputError, match="not a checkpoint of the model"):
         export_final(tmp_path / "final", cfg)
+
+
+def test_export_can_average_several_earlier_phases(tmp_path):
+    """Thirds: the final and two earlier checkpoints, each at 1/3."""
+    from geoseg.train.trainer import export_final
+
+    torch.manual_seed(0)
+    models = {name: CompactModel(tiny_config()) for name in ("p1", "p2", "final")}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name)
+    cfg = train_config_from_dict(_tiny(tmp_path, export_to=str(tmp_path / "export"), export_average_share=1 / 3,
+                                       export_average_with=[str(tmp_path / "p1"), str(tmp_path / "p2")]))
+    exported = CompactModel.from_pretrained(export_final(tmp_path / "final", cfg)).state_dict()
+    states = [m.state_dict() for m in models.values()]
+    for k, v in exported.items():
+        expected = sum(s[k] for s in states) / 3 if v.is_floating_point() else states[2][k]
+        torch.testing.assert_close(v, expected)
+    with pytest.raises(InputError, match="between 0 and 1"):  # 2 x 0.5 leaves the final nothing
+        train_config_from_dict(_tiny(tmp_path, export_average_share=0.5,
+                                     export_average_with=[str(tmp_path / "p1"), str(tmp_path / "p2")]))

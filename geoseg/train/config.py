@@ -58,9 +58,10 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint directory to start from (weights only)
     pretrained_encoder: str | None = "imagenet"  # without init_from: start the encoder from ImageNet weights
     export_to: str | None = None  # copy the final checkpoint (config + weights) here
-    # Export the average of the final weights and this checkpoint's (e.g. the previous phase's
-    # final), with this share for the latter: chosen on validation sets like any checkpoint.
-    export_average_with: str | None = None
+    # Export the average of the final weights and these checkpoints' (e.g. earlier phases' finals;
+    # one path or a list), each with this share (the final keeps the rest): chosen on validation
+    # sets like any checkpoint.
+    export_average_with: str | list[str] | None = None
     export_average_share: float = 0.3
     time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
     model: dict = field(default_factory=dict)
@@ -92,9 +93,19 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     config.data.gsds = tuple(config.data.gsds)
     if config.stage not in STAGES:
         raise InputError(f"{where}: stage must be one of {', '.join(STAGES)}, not {config.stage!r}")
+    others = averaged_checkpoints(config)
+    if others and not 0 < config.export_average_share * len(others) < 1:
+        raise InputError(f"{where}: export_average_share x {len(others)} checkpoint(s) must lie between 0 and 1 "
+                         f"(the final weights keep the rest), not {config.export_average_share}")
     if config.data.tile % 32:
         raise InputError(f"{where}: data.tile must be a multiple of 32, not {config.data.tile}")
     return config
+
+
+def averaged_checkpoints(config: TrainConfig) -> list[Path]:
+    """The checkpoints `export_average_with` names, as a list (one path is a list of one)."""
+    others = config.export_average_with or []
+    return [Path(p) for p in ([others] if isinstance(others, str) else others)]
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

@@ -28,7 +28,7 @@ from geoseg.models.compact.encoder import load_imagenet_weights
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 from geoseg.train.batch import Batch
-from geoseg.train.config import TrainConfig
+from geoseg.train.config import TrainConfig, averaged_checkpoints
 from geoseg.train.data import make_batch_source
 from geoseg.train.losses import change_pretrain_loss, compact_loss
 
@@ -180,27 +180,32 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:
-    """Copy the final checkpoint to `export_to`, or write its average with `export_average_with`
-    there (float tensors averaged; counters such as BatchNorm's batch count kept from `final`)."""
+    """Copy the final checkpoint to `export_to`, or write its average with the `export_average_with`
+    checkpoints there, each weighted `export_average_share` (float tensors averaged; counters such
+    as BatchNorm's batch count kept from `final`)."""
     export = Path(config.export_to)
     export.mkdir(parents=True, exist_ok=True)
-    if not config.export_average_with:
+    others = averaged_checkpoints(config)
+    if not others:
         for name in ("config.json", WEIGHTS_NAME):
             shutil.copy2(final / name, export / name)
         return export
     from safetensors.torch import load_file
 
-    other_dir = Path(config.export_average_with)
     model = CompactModel.from_pretrained(final)
-    other = load_file(str(other_dir / WEIGHTS_NAME)) if (other_dir / WEIGHTS_NAME).is_file() else {}
     own = model.state_dict()
-    if other.keys() != own.keys() or any(other[k].shape != v.shape for k, v in own.items()):
-        raise InputError(f"export_average_with: {other_dir} is not a checkpoint of the model in {final}; "
-                         "point it at an earlier phase's checkpoint directory")
     share = config.export_average_share
-    averaged = {k: (1 - share) * v + share * other[k] if v.is_floating_point() else v for k, v in own.items()}
+    averaged = {k: (1 - share * len(others)) * v if v.is_floating_point() else v for k, v in own.items()}
+    for other_dir in others:
+        other = load_file(str(other_dir / WEIGHTS_NAME)) if (other_dir / WEIGHTS_NAME).is_file() else {}
+        if other.keys() != own.keys() or any(other[k].shape != v.shape for k, v in own.items()):
+            raise InputError(f"export_average_with: {other_dir} is not a checkpoint of the model in {final}; "
+                             "point it at an earlier phase's checkpoint directory")
+        for k, v in own.items():
+            if v.is_floating_point():
+                averaged[k] = averaged[k] + share * other[k]
     model.load_state_dict(averaged)
-    model.config.extra = {**model.config.extra, "averaged_with": str(other_dir), "average_share": share}
+    model.config.extra = {**model.config.extra, "averaged_with": [str(p) for p in others], "average_share": share}
     save_checkpoint(model, export)
     return export
 
