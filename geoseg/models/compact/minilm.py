@@ -1,8 +1,8 @@
 """The sentence encoder's forward pass (a BERT such as all-MiniLM-L6-v2) on torch's own layers.
 
-Why not transformers' `BertModel`: importing `transformers.models.bert` costs about 2.5 s of one
-core (transformers 5 pulls in torch._dynamo, torch.distributed and scipy at import), and every cold
-run with a new query paid it. A BERT encoder is embeddings + LayerNorm, then post-norm layers with
+Why not transformers' `BertModel`: importing `transformers.models.bert` pulls in torch._dynamo,
+torch.distributed and scipy (transformers 5), and every cold run with a new query paid for it: 2.6 s
+more than a cached query on the end-to-end benchmark (docs/performance.md). A BERT encoder is embeddings + LayerNorm, then post-norm layers with
 GELU feed-forwards, which is exactly `nn.TransformerEncoderLayer(norm_first=False,
 activation="gelu")`; the tokenizer is the `tokenizers` library's, read from `tokenizer.json`.
 tests/test_minilm.py checks token ids and outputs against transformers on a BERT built from a
@@ -94,8 +94,8 @@ def bert_key_map(num_layers: int) -> dict[str, str]:
 
 
 def _published_state(path: Path, num_layers: int) -> dict[str, torch.Tensor]:
-    """model.safetensors renamed to this module's keys; a `bert.` prefix (BertFor* heads) is dropped."""
-    raw = {k.removeprefix("bert."): v for k, v in load_file(path).items()}
+    """model.safetensors (a bare BertModel's, as sentence encoders publish it) in this module's keys."""
+    raw = load_file(path)
     state = {dst: raw[src] for src, dst in bert_key_map(num_layers).items()}
     for i in range(num_layers):
         src, dst = f"encoder.layer.{i}.attention.self.", f"layers.{i}.self_attn.in_proj_"

