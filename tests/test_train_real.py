@@ -119,3 +119,27 @@ def test_source_weights_set_how_often_each_source_is_drawn(tmp_path):
     config.data.real_weights = {"nowhere": 2.0}
     with pytest.raises(InputError, match="nowhere"):
         RealSource(config, seed=0)
+
+
+def test_retint_recolours_only_the_water_and_keeps_its_texture():
+    from geoseg.train.real import WATER_TINTS, retint
+
+    rng = np.random.default_rng(0)
+    sea = np.clip(rng.normal([0.1, 0.3, 0.7], 0.05, (64, 64, 3)), 0, 1).astype(np.float32)
+    water = np.zeros((64, 64), bool)
+    water[8:40, 8:40] = True
+    out = retint(rng, sea, water)
+    assert np.array_equal(out[48:, 48:], sea[48:, 48:])  # far from the water: untouched
+    inner = (slice(12, 36), slice(12, 36))
+    mean = out[inner].reshape(-1, 3).mean(axis=0)
+    assert np.abs(WATER_TINTS[None] - mean).sum(axis=1).min() < np.abs(sea[inner].reshape(-1, 3).mean(axis=0) - mean).sum()
+    ripples = out[inner].std(axis=(0, 1)).mean() / sea[inner].std(axis=(0, 1)).mean()
+    assert 0.3 < ripples < 1.1  # the texture stays, the colour goes
+    assert retint(rng, sea, np.zeros_like(water)) is sea
+
+
+def test_shares_outside_zero_to_one_are_refused(manifest):
+    from geoseg.errors import InputError
+
+    with pytest.raises(InputError, match="water_retint"):
+        train_config_from_dict({"data": {"water_retint": 1.5}})

@@ -39,6 +39,9 @@ class DataConfig:
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
     real_weights: dict[str, float] = field(default_factory=dict)  # source name -> draw weight (others 1.0)
+    # Share of real crops showing water whose water is recoloured (algae green, silt brown, dark,
+    # turquoise): lagoons and ponds are rarely sea blue, and one source's water must not teach a colour.
+    water_retint: float = 0.0
 
 
 @dataclass
@@ -97,6 +100,9 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     if others and not 0 < config.export_average_share * len(others) < 1:
         raise InputError(f"{where}: export_average_share x {len(others)} checkpoint(s) must lie between 0 and 1 "
                          f"(the final weights keep the rest), not {config.export_average_share}")
+    for name in ("real_share", "empty_share", "water_retint"):
+        if not 0 <= getattr(config.data, name) <= 1:
+            raise InputError(f"{where}: data.{name} is a share between 0 and 1, not {getattr(config.data, name)}")
     if config.data.tile % 32:
         raise InputError(f"{where}: data.tile must be a multiple of 32, not {config.data.tile}")
     return config

@@ -209,6 +209,28 @@ def radiometric_jitter(rng: np.random.Generator, image: np.ndarray, strength: fl
     return x
 
 
+# Colours of inland and coastal water besides sea blue: algae olive, dark green, silt brown,
+# shallow turquoise, deep blue, near black (RGB in [0, 1]).
+WATER_TINTS = np.array([
+    [0.33, 0.36, 0.22], [0.16, 0.22, 0.15], [0.32, 0.27, 0.19],
+    [0.20, 0.44, 0.48], [0.10, 0.18, 0.32], [0.08, 0.09, 0.10],
+], np.float32)
+
+
+def retint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`image` with the pixels under `mask` moved to a random water tint, keeping their texture
+    (the deviation from their mean colour), blended over a soft edge."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return image
+    tint = WATER_TINTS[int(rng.integers(len(WATER_TINTS)))] * np.float32(rng.uniform(0.8, 1.2))
+    texture = image - image[mask].mean(axis=0)
+    recoloured = np.clip(tint + texture * np.float32(rng.uniform(0.4, 1.0)), 0, 1)
+    alpha = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)[..., None] * np.float32(rng.uniform(0.7, 1.0))
+    return (image * (1 - alpha) + recoloured * alpha).astype(np.float32)
+
+
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
@@ -295,7 +317,10 @@ class RealSource:
             im = self._image()
             crop = random_crop(self.rng, im, self.cfg.tile, self.scale)
             picks = choose_real_queries(self.rng, self.words, crop, im.source, self.cfg.queries_per_image, self.cfg.empty_share)
-            images.append(radiometric_jitter(self.rng, crop.image))
+            image = crop.image
+            if "water" in crop.masks and self.rng.random() < self.cfg.water_retint:
+                image = retint(self.rng, image, crop.masks["water"] & crop.valid)
+            images.append(radiometric_jitter(self.rng, image))
             for text, mask in picks:
                 queries.append(text)
                 index.append(b)
