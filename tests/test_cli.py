@@ -210,3 +210,23 @@ def test_vectorize_never_imports_torch_or_the_models(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [1, []]
+
+
+@pytest.mark.parametrize(("args", "code", "stdout"), [
+    (["--version"], 0, "geoseg, version"),
+    (["vectorize", "missing.tif", "-o", "x.gpkg"], 2, ""),
+    (["no-such-command"], 2, ""),
+])
+def test_console_script_keeps_exit_codes_and_output(tmp_path, args, code, stdout):
+    """The console script leaves with os._exit (skipping the interpreter's teardown): the exit
+    code, stdout and the one error line must come through as from `cli` itself."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", "from geoseg_cli.main import main; main()", *args],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == code
+    assert result.stdout.startswith(stdout)
+    if code:
+        assert result.stderr.strip()
+    if args[0] == "vectorize":
+        assert result.stderr.strip().splitlines() == ["geoseg: error: missing.tif: no such file; check the path"]
