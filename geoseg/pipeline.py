@@ -17,9 +17,11 @@ previous outputs untouched and no partial file behind.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import geopandas as gpd
@@ -34,7 +36,7 @@ from geoseg.engine import (
     parameter_megabytes,
     plan_for,
 )
-from geoseg.models.base import ProvenanceSource, Segmenter
+from geoseg.models.base import EncodesQueries, ProvenanceSource, Segmenter
 from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
 from geoseg.outputs import (
@@ -82,8 +84,9 @@ def segment(
         if not isinstance(path, raster.Scene):
             raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
     model = segmenter or load_model("segment", opts)
-    opened = [s if isinstance(s, raster.Scene) else open_scene(s, model, opts) for s in scenes]
-    return run("segment", opened, queries, output, opts, model, checkpoints, started)
+    with queries_encoded_beside(model, queries):
+        opened = [s if isinstance(s, raster.Scene) else open_scene(s, model, opts) for s in scenes]
+        return run("segment", opened, queries, output, opts, model, checkpoints, started)
 
 
 def change(
@@ -109,11 +112,12 @@ def change(
     # Aligned and normalised once, after the model is known: its bands and ground resolution
     # range decide which bands are read and on which grid.
     model = segmenter or load_model("change", opts)
-    scene = open_pair(before, after, model, opts)
-    # A partial overlap is worth a warning: change outside it cannot be seen.
-    log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
-            "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
-    return run("change", [scene], queries, output, opts, model, checkpoints, started)
+    with queries_encoded_beside(model, queries):
+        scene = open_pair(before, after, model, opts)
+        # A partial overlap is worth a warning: change outside it cannot be seen.
+        log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
+                "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
+        return run("change", [scene], queries, output, opts, model, checkpoints, started)
 
 
 def run(
@@ -206,6 +210,29 @@ def dry_run(
 def load_model(command: str, opts: RunOptions) -> Segmenter:
     """--model, or the registry's default for `command`."""
     return load_segmenter(opts.model or default_model(command), device=opts.device, allow_pickle=opts.allow_pickle)
+
+
+@contextmanager
+def queries_encoded_beside(model: Segmenter, queries: Sequence[str]) -> Iterator[None]:
+    """A model that can (EncodesQueries) encodes the queries in a thread while the caller opens the
+    scene and reads its first tiles: a new query's text encoder loads on the other core. A failure
+    there is left to `predict`, which meets it again in this thread and reports it."""
+    if not isinstance(model, EncodesQueries):
+        yield
+        return
+
+    def encode() -> None:
+        try:
+            model.encode_queries(queries)
+        except Exception as e:  # reported by predict, in the caller's thread
+            log.debug("encoding the queries ahead failed (%s)", e)
+
+    worker = threading.Thread(target=encode, name="geoseg-queries", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.join()
 
 
 def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:

@@ -26,6 +26,7 @@ from geoseg.executors import Interrupted, job_segmenter
 from geoseg.models.base import (
     ChangeAware,
     Dialogue,
+    EncodesQueries,
     Generative,
     Grounded,
     Prediction,
@@ -78,11 +79,34 @@ class GenerativeDouble(ChangeDouble):
         return self
 
 
-DOUBLES = {"conv": ConvOracle, "change": ChangeDouble, "generative": GenerativeDouble}
+class EncodingDouble(ConvOracle):
+    """Encodes queries ahead: predict waits for encode_queries (as the text encoder's lock makes
+    it wait) and refuses a query it was not given; every call is logged with its thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoded: set[str] = set()
+        self.ready = threading.Event()
+        self.calls: list[tuple[str, str]] = []
+
+    def encode_queries(self, queries):
+        self.calls.append(("encode_queries", threading.current_thread().name))
+        self.encoded |= set(queries)
+        self.ready.set()
+
+    def predict(self, images, queries, *, before=None):
+        self.ready.wait(timeout=30)
+        assert set(queries) <= self.encoded, "predict before encode_queries"
+        self.calls.append(("predict", threading.current_thread().name))
+        return super().predict(images, queries, before=before)
+
+
+DOUBLES = {"conv": ConvOracle, "change": ChangeDouble, "generative": GenerativeDouble, "encodes": EncodingDouble}
 EXPECTED = {
     "conv": (),
     "change": (ChangeAware,),
     "generative": (ChangeAware, Generative, Dialogue),
+    "encodes": (EncodesQueries,),
 }
 
 
@@ -110,6 +134,9 @@ def check_wrapper(wrapper, spec: str, lock: CountingLock | None = None) -> None:
     assert capabilities(wrapper) == EXPECTED[spec]
     images = torch.rand(5, 3, 32, 32)
     queries = ["roads", "fields"]
+    if isinstance(model, EncodesQueries):
+        model.encode_queries(queries)
+        wrapper.encode_queries(queries)
     assert torch.equal(wrapper.predict(images, queries).probabilities, model.predict(images, queries).probabilities)
     if isinstance(model, ChangeAware):
         before = torch.rand(5, 3, 32, 32)
@@ -123,7 +150,7 @@ def check_wrapper(wrapper, spec: str, lock: CountingLock | None = None) -> None:
         assert view.answers == answers[0]
         assert view.provenance(1) == {"dialogue": {"answer": answers[0][1].text}}
         assert capabilities(wrapper.with_history([])) == EXPECTED[spec]
-    calls = {"conv": 1, "change": 2, "generative": 6}[spec]
+    calls = {"conv": 1, "change": 2, "generative": 6, "encodes": 2}[spec]
     assert wrapper.meter.calls == calls
     if lock is not None:
         assert lock.entered == calls
@@ -140,6 +167,17 @@ def test_local_job_model_has_exactly_the_models_capabilities(spec):
     if spec == "change":
         with pytest.raises(Interrupted):
             wrapper.predict_change(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), ["roads"])
+
+
+def test_segment_encodes_the_queries_in_a_thread_before_predicting(tmp_path):
+    scene = tmp_path / "s.tif"
+    write_rgb(scene, np.random.default_rng(0).integers(0, 255, (3, 96, 96), dtype=np.uint8), transform=T)
+    model = EncodingDouble()
+    pipeline.segment([scene], ["roads", "fields"], tmp_path / "o.gpkg", pipeline.RunOptions(tile_size=64),
+                     segmenter=model)
+    assert model.encoded == {"roads", "fields"}
+    assert model.calls[0][0] == "encode_queries" and model.calls[0][1] != threading.main_thread().name
+    assert {name for name, _ in model.calls[1:]} == {"predict"}
 
 
 def test_a_grounded_view_shares_the_jobs_lock_meter_and_cancel():

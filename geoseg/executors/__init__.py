@@ -25,6 +25,7 @@ from geoseg.models.base import (
     Answer,
     ChangeAware,
     Dialogue,
+    EncodesQueries,
     Generative,
     Grounded,
     ModelInfo,
@@ -89,9 +90,14 @@ class _ProvenanceSource:
         return self._call("provenance", query_index)
 
 
+class _EncodesQueries:
+    def encode_queries(self, queries) -> None:
+        return self._call("encode_queries", queries)
+
+
 FORWARDERS: dict[type, type] = {
     ChangeAware: _ChangeAware, Generative: _Generative, Dialogue: _Dialogue, Grounded: _Grounded,
-    ProvenanceSource: _ProvenanceSource,
+    ProvenanceSource: _ProvenanceSource, EncodesQueries: _EncodesQueries,
 }
 assert set(FORWARDERS) == set(CAPABILITIES), "every capability needs its forwarding mixin"
 

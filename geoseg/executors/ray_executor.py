@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -109,6 +109,11 @@ class RemoteModel:
         return self.description.info
 
 
+# Calls that prepare what every replica then uses (EncodesQueries): each host gets them, since
+# the tiles that follow may go to any host.
+ON_EVERY_HOST = frozenset({"encode_queries"})
+
+
 class HostPool:
     """The executor's actors; `call` scatters a batch over them in chunks and gathers in order."""
 
@@ -119,9 +124,9 @@ class HostPool:
         self.chunks = [0] * len(actors)  # calls each host has served (tests and benchmarks read it)
         self._lock = threading.Lock()
 
-    def _acquire(self) -> int:
+    def _acquire(self, host: int | None = None) -> int:
         with self._lock:
-            i = min(range(len(self.actors)), key=lambda k: self._busy[k])
+            i = min(range(len(self.actors)), key=lambda k: self._busy[k]) if host is None else host
             self._busy[i] += 1
             self.chunks[i] += 1
             return i
@@ -147,7 +152,12 @@ class HostPool:
 
     def call(self, model: RemoteModel, views: Views, name: str, args: tuple, kwargs: dict, *, chunk: int) -> Any:
         """A call with a batch of tiles (tensor arguments) goes in chunks of `chunk` tiles to the
-        least busy hosts, its results come back joined in order; any other call goes to one host."""
+        least busy hosts, its results come back joined in order; a call in ON_EVERY_HOST goes to
+        every host; any other call goes to one host."""
+        if name in ON_EVERY_HOST:
+            wire = to_wire((args, kwargs))
+            return from_wire(self._scatter([("call", (model.key, views, name, *wire))] * len(self.actors),
+                                           hosts=range(len(self.actors)))[0], self.device)
         batch = next((len(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         starts = [0] if batch is None else range(0, batch, chunk)
         parts = self._scatter([
@@ -161,12 +171,13 @@ class HostPool:
             return Prediction.concat(parts)
         return [item for part in parts for item in part]  # per image (e.g. answers [b][q])
 
-    def _scatter(self, calls: list[tuple[str, tuple]]) -> list:
-        """Each (method, args) to the least busy host at once; their results in order."""
+    def _scatter(self, calls: list[tuple[str, tuple]], hosts: Sequence[int] | None = None) -> list:
+        """Each (method, args) to the least busy host (or to `hosts`, one each) at once; their
+        results in order."""
         held, refs = [], []
         try:
-            for method, args in calls:
-                held.append(self._acquire())
+            for n, (method, args) in enumerate(calls):
+                held.append(self._acquire(None if hosts is None else hosts[n]))
                 refs.append(getattr(self.actors[held[-1]], method).remote(*args))
             return ray.get(refs)
         except ray.exceptions.RayError as e:

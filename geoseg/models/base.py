@@ -151,6 +151,15 @@ class ProvenanceSource(Segmenter, Protocol):
 
 
 @runtime_checkable
+class EncodesQueries(Segmenter, Protocol):
+    """Encodes a run's queries ahead of its first `predict`. The pipeline calls it in a thread
+    while the scene opens, so a query never asked before has its text encoder loaded meanwhile;
+    `predict` finds the encoding ready (or waits for it)."""
+
+    def encode_queries(self, queries: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
 class TorchBacked(Protocol):
     """Keeps its weights in one torch module, `model` (the dry run reports their memory). Not a
     capability a wrapper forwards: the dry run reads it from a model it loaded itself."""
@@ -158,7 +167,7 @@ class TorchBacked(Protocol):
     model: torch.nn.Module
 
 
-CAPABILITIES: tuple[type, ...] = (ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource)
+CAPABILITIES: tuple[type, ...] = (ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource, EncodesQueries)
 
 
 def capabilities(model: object) -> tuple[type, ...]:

@@ -66,6 +66,9 @@ class CompactSegmenter:
             parts.append(torch.sigmoid(out.mask_logits) * torch.sigmoid(out.exist_logits)[:, None, None])
         return Prediction(probabilities=torch.cat(parts).view(b, q, *images.shape[-2:]).float())
 
+    def encode_queries(self, queries: Sequence[str]) -> None:
+        self.text.encode(list(queries))
+
     def _check(self, images: torch.Tensor, queries: Sequence[str], before: torch.Tensor | None) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"{self.info.name}: expected images B x 3 x H x W, got {tuple(images.shape)}")

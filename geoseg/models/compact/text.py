@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -77,6 +78,8 @@ class TextEncoder:
         self.cache_dir = _encoder_cache_dir(cache_dir, hub_id, max_tokens, self.device)
         self._cache: dict[str, tuple[torch.Tensor, int]] = {}
         self._loaded = None
+        # encode() may run in the pipeline's query thread and in predict at once: one at a time
+        self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -131,6 +134,10 @@ class TextEncoder:
             log.debug("text cache not written (%s)", e)
 
     def encode(self, queries: Sequence[str]) -> TextFeatures:
+        with self._lock:
+            return self._encode(queries)
+
+    def _encode(self, queries: Sequence[str]) -> TextFeatures:
         for text in sorted({q for q in queries if q not in self._cache and not self._load_cached(q)}):
             self._encode_new(text)
         # always pad to max_tokens: fixed shapes let the CPU kernels be reused from call to call
