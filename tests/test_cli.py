@@ -230,3 +230,31 @@ def test_console_script_keeps_exit_codes_and_output(tmp_path, args, code, stdout
         assert result.stderr.strip()
     if args[0] == "vectorize":
         assert result.stderr.strip().splitlines() == ["geoseg: error: missing.tif: no such file; check the path"]
+
+
+@pytest.mark.parametrize(("env", "mmap_ok", "calls"), [
+    ({}, 1, [(-3, 32 << 20), (-1, 1 << 30)]),
+    ({}, 0, [(-3, 32 << 20)]),  # the trim threshold alone would turn off glibc's adaptive mmap threshold
+    ({"MALLOC_ARENA_MAX": "2"}, 1, []),  # the user's own allocator settings win
+])
+def test_cli_keeps_freed_memory_only_as_a_pair_and_never_over_the_users_settings(monkeypatch, env, mmap_ok, calls):
+    import ctypes
+    import os
+
+    from geoseg_cli import main
+
+    made = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            made.append((param, value))
+            return mmap_ok if param == -3 else 1
+
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    main.keep_freed_memory()
+    assert made == calls
