@@ -39,8 +39,8 @@ class DataConfig:
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
     real_weights: dict[str, float] = field(default_factory=dict)  # source name -> draw weight (others 1.0)
-    # Share of real crops showing water whose water is recoloured (algae green, silt brown, dark,
-    # turquoise): lagoons and ponds are rarely sea blue, and one source's water must not teach a colour.
+    # Share of real crops showing water whose water is recoloured (geoseg.train.real.WATER_TINTS):
+    # lagoons and ponds are rarely sea blue, and one source's water must not teach a colour.
     water_retint: float = 0.0
 
 

@@ -2,8 +2,8 @@
 
 Why not transformers' `BertModel`: importing `transformers.models.bert` pulls in torch._dynamo,
 torch.distributed and scipy (transformers 5), and every cold run with a new query paid for it: 2.6 s
-more than a cached query on the end-to-end benchmark (docs/performance.md). A BERT encoder is embeddings + LayerNorm, then post-norm layers with
-GELU feed-forwards, which is exactly `nn.TransformerEncoderLayer(norm_first=False,
+more than a cached query on the end-to-end benchmark (docs/performance.md). A BERT encoder is
+embeddings + LayerNorm, then post-norm layers with GELU feed-forwards, which is exactly `nn.TransformerEncoderLayer(norm_first=False,
 activation="gelu")`; the tokenizer is the `tokenizers` library's, read from `tokenizer.json`.
 tests/test_minilm.py checks token ids and outputs against transformers on a BERT built from a
 config, so the two cannot drift apart unnoticed.
