@@ -49,11 +49,14 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability above which a pixel counts as the target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps, ...")
+@click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
+              help="Read every image resampled by this factor (0.5: half the pixels per side, like --gsd at "
+                   "twice the ground resolution); probabilities are resampled back onto the truth.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
               help="Score only the manifest lines carrying this tag (repeatable: all must match), e.g. area-split:val.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
-def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: float, device: str,
+def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: float, device: str, scale: float,
                      tags: tuple[str, ...], as_json: bool) -> None:
     """Evaluate MODEL (registry name, checkpoint directory or hub id) on DATASET (a JSONL
     manifest or its folder; see docs/dataset-format.md).
@@ -64,10 +67,12 @@ def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: fl
     \b
       geoseg evaluate compact data/heldout/manifest.jsonl --json
       geoseg evaluate compact ../shared/data/train-real/dubai-hitl --tag area-split:val
+      geoseg evaluate compact ../shared/data/train-real/dubai-hitl --tag area-split:val --scale 0.5
     """
     from geoseg.models.registry import load_segmenter
     from geoseg.train.evaluate import evaluate_manifest, format_report
 
     segmenter = load_segmenter(model, device=device)
-    result = evaluate_manifest(segmenter, dataset, threshold=threshold, tags=tags, progress=_progress(ctx))
+    result = evaluate_manifest(segmenter, dataset, threshold=threshold, tags=tags, scale=scale,
+                                progress=_progress(ctx))
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))

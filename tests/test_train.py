@@ -217,6 +217,9 @@ def test_export_can_average_the_final_weights_with_an_earlier_phase(tmp_path):
         torch.testing.assert_close(v, expected)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["extra"]["average_share"] == 0.3
+    # kept beside the final too, for a later phase to start from after the export is replaced
+    kept = tmp_path / "exported" / "model.safetensors"
+    assert kept.read_bytes() == (tmp_path / "export" / "model.safetensors").read_bytes()
     CompactModel(tiny_config(change=True)).save_pretrained(tmp_path / "other")
     cfg.export_average_with = str(tmp_path / "other")
     with pytest.raises(InputError, match="not a checkpoint of the model"):

@@ -42,13 +42,32 @@ def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return t[None].to(device)
 
 
-def predict_sample(segmenter: Segmenter, sample: EvalSample) -> np.ndarray:
-    """Q x H x W probabilities for the sample's expressions."""
+def _resampled(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image with `scale` times as many pixels per side (antialiased, as GDAL's averaging
+    overviews are when --gsd reads a scene coarser)."""
+    if scale == 1.0:
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    size = [max(1, round(n * scale)) for n in image.shape[:2]]
+    t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+    return t[0].permute(1, 2, 0).numpy()
+
+
+def predict_sample(segmenter: Segmenter, sample: EvalSample, scale: float = 1.0) -> np.ndarray:
+    """Q x H x W probabilities for the sample's expressions.
+
+    With `scale` != 1 the model reads the image(s) resampled by that factor (0.5: a ground
+    resolution twice as coarse) and its probabilities are resampled back onto the truth's grid.
+    """
     h, w = sample.image.shape[:2]
-    images = _to_tensor(sample.image, segmenter.device)
-    before = _to_tensor(sample.before, segmenter.device) if sample.before is not None else None
+    after = _resampled(sample.image, scale)
+    images = _to_tensor(after, segmenter.device)
+    before = _to_tensor(_resampled(sample.before, scale), segmenter.device) if sample.before is not None else None
     probs = segmenter.predict(images, sample.expressions, before=before).probabilities[0]
-    return probs[:, :h, :w].float().cpu().numpy()
+    probs = probs[:, : after.shape[0], : after.shape[1]].float()
+    if scale != 1.0:
+        probs = torch.nn.functional.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return probs.cpu().numpy()
 
 
 def evaluate_samples(
@@ -56,12 +75,13 @@ def evaluate_samples(
     samples: Iterable[EvalSample],
     *,
     threshold: float = 0.5,
+    scale: float = 1.0,
     progress: bool = False,
     total: int | None = None,
 ) -> dict[str, dict[str, float]]:
     acc = MetricAccumulator()
     for sample in tqdm(samples, total=total, file=sys.stderr, disable=not progress, desc="evaluate"):
-        probs = predict_sample(segmenter, sample)
+        probs = predict_sample(segmenter, sample, scale)
         for q, mask in enumerate(sample.masks):
             groups = sample.groups[q] if sample.groups else ()
             acc.update(probs[q] > threshold, mask, groups)
@@ -112,15 +132,17 @@ def count_images(path: str | Path, tags: Sequence[str] = ()) -> int:
 
 def evaluate_manifest(
     segmenter: Segmenter, path: str | Path, *, threshold: float = 0.5, tags: Sequence[str] = (),
-    progress: bool = False,
+    scale: float = 1.0, progress: bool = False,
 ) -> dict:
     """Metrics of `segmenter` on a JSONL manifest (its lines carrying every tag in `tags`), with
-    the model and dataset named."""
+    the model and dataset named; `scale` as in predict_sample."""
+    if not 0 < scale <= 4:
+        raise InputError(f"scale {scale}: use a factor in (0, 4], e.g. 0.5 to read images at half their resolution")
     total = count_images(path, tags)
     if not total:
         raise InputError(f"{path}: no manifest lines carry the tag(s) {', '.join(tags)}; check the spelling")
     metrics = evaluate_samples(
-        segmenter, manifest_samples(path, tags), threshold=threshold, progress=progress, total=total
+        segmenter, manifest_samples(path, tags), threshold=threshold, scale=scale, progress=progress, total=total
     )
     return {
         "model": segmenter.info.name,
@@ -129,6 +151,7 @@ def evaluate_manifest(
         "dataset": str(path),
         "tags": list(tags),
         "threshold": threshold,
+        "scale": scale,
         "metrics": metrics,
     }
 
@@ -140,7 +163,7 @@ def format_report(result: dict) -> str:
     """A plain table of `evaluate_manifest`'s result for people."""
     lines = [
         f"model {result['model']} {result['model_version']} (sha256 {str(result['weights_sha256'])[:12]}), "
-        f"dataset {result['dataset']}, threshold {result['threshold']}",
+        f"dataset {result['dataset']}, threshold {result['threshold']}, scale {result['scale']}",
         f"{'group':28s}" + "".join(f"{k:>9s}" for k in REPORT_KEYS),
     ]
     for group, m in result["metrics"].items():

@@ -182,7 +182,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
 def export_final(final: Path, config: TrainConfig) -> Path:
     """Copy the final checkpoint to `export_to`, or write its average with the `export_average_with`
     checkpoints there, each weighted `export_average_share` (float tensors averaged; counters such
-    as BatchNorm's batch count kept from `final`)."""
+    as BatchNorm's batch count kept from `final`).
+
+    An average is also kept beside `final` as `exported`: the shipped weights are overwritten by
+    the next phase's export, and a later phase may start from or average with this one's."""
     export = Path(config.export_to)
     export.mkdir(parents=True, exist_ok=True)
     others = averaged_checkpoints(config)
@@ -207,6 +210,7 @@ def export_final(final: Path, config: TrainConfig) -> Path:
     model.load_state_dict(averaged)
     model.config.extra = {**model.config.extra, "averaged_with": [str(p) for p in others], "average_share": share}
     save_checkpoint(model, export)
+    save_checkpoint(model, final.parent / "exported")
     return export
 
 
