@@ -209,8 +209,9 @@ def export_final(final: Path, config: TrainConfig) -> Path:
                 averaged[k] = averaged[k] + share * other[k]
     model.load_state_dict(averaged)
     model.config.extra = {**model.config.extra, "averaged_with": [str(p) for p in others], "average_share": share}
-    save_checkpoint(model, export)
-    save_checkpoint(model, final.parent / "exported")
+    kept = save_checkpoint(model, final.parent / "exported")
+    for name in ("config.json", WEIGHTS_NAME):
+        shutil.copy2(kept / name, export / name)
     return export
 
 
