@@ -46,9 +46,9 @@ class PhaseMemory:
     """Samples this process's RSS every 20 ms and keeps the maximum per phase.
 
     ru_maxrss gives one peak for the whole process; this says which stage reached it. Stages,
-    in order: "infer" (reading, model, blending) until the first vectorise call; "vectorize" from
-    then until the GeoPackage writing starts (polygons, their fields, the layers); "write" from
-    then to the end.
+    in order: "infer" (reading, model, blending, and the polygons built beside them) until the
+    last tile is blended; "vectorize" from then until the GeoPackage writing starts (what is left
+    of the polygons, their fields, the layers); "write" from then to the end.
     """
 
     def __init__(self) -> None:
@@ -99,7 +99,7 @@ def timed(module, name: str, totals: dict, memory: PhaseMemory | None = None, st
 def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batch: int | None) -> dict:
     import torch
 
-    from geoseg import gpkg, pipeline, vectorize
+    from geoseg import gpkg, pipeline
 
     start = time.perf_counter()
     if model_name is None:
@@ -119,14 +119,16 @@ def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batc
     timer = TimedModel(model)
     totals: dict[str, float] = {}
     memory = PhaseMemory()
-    timed(vectorize, "vectorize_probabilities", totals, memory, "vectorize")
+    # The polygons are built beside the inference (pipeline.polygons_beside); `streamed` waits for
+    # what is left of them once the last tile is blended: the vectorising the run still waits for.
+    timed(pipeline, "streamed", totals, memory, "vectorize")
     timed(gpkg, "write_geopackage", totals, memory, "write")
     opts = pipeline.RunOptions(progress=False, overwrite=True, batch_size=batch)
     start = time.perf_counter()
     summary = pipeline.segment([scene], [query], out, opts, segmenter=timer)
     wall = time.perf_counter() - start
     phases = memory.stop()
-    vec, write = totals.get("vectorize_probabilities", 0.0), totals.get("write_geopackage", 0.0)
+    vec, write = totals.get("streamed", 0.0), totals.get("write_geopackage", 0.0)
     return {**phases,
         "run_s": round(wall, 3), "model_s": round(timer.seconds, 3), "vectorize_s": round(vec, 3),
         "gpkg_write_s": round(write, 3), "infer_s": round(wall - vec - write, 3),

@@ -57,6 +57,7 @@ GROUPS = {
     "geoseg/tiling.py": "Options and queries",
     "geoseg/vectorize.py": "Options and queries",
     "geoseg/stitch.py": "Options and queries",
+    "geoseg/rowfeed.py": "Options and queries",
     "geoseg/models/": "Models",
     "geoseg/dialogue.py": "Models",
     "geoseg/gpkg.py": "Outputs",

@@ -26,6 +26,7 @@ from geoseg.models.base import ChangeAware, Generative, Grounded, Segmenter, Tor
 from geoseg.options import RunOptions
 from geoseg.outputs import RunSummary
 from geoseg.queries import change_direction
+from geoseg.rowfeed import RowFeed
 
 DEFAULT_CPU_BATCH = 4
 
@@ -138,11 +139,15 @@ def infer_scene(
     opts: RunOptions,
     summary: RunSummary,
     journal: TileJournal | None = None,
+    row_feeds: Sequence[RowFeed] | None = None,
 ) -> None:
-    """Run the model over every tile and blend the results into one probability raster per channel."""
+    """Run the model over every tile and blend the results into one probability raster per channel.
+
+    `row_feeds` (one per channel) get each raster's rows as they are written, when all of them are
+    written in this call: not for a scene the journal has finished or resumes part-way."""
     journal = journal or NullJournal()
     if not journal.finished():
-        blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal)
+        blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal, row_feeds)
     summary.tiles += len(plan.tiles)
     for path, c in zip(prob_paths, channels, strict=True):
         with rasterio.open(path, "r+") as dst:
@@ -154,11 +159,14 @@ def infer_scene(
     journal.scene_finished()
 
 
-def blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal: TileJournal) -> None:
+def blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary, journal: TileJournal,
+                row_feeds: Sequence[RowFeed] | None = None) -> None:
     """Predict tiles in batches and blend them, continuing after the tiles the journal replays."""
     batch_size = batch_size_for(model, opts)
+    state = journal.blender_state()
     blender = stitch.RollingBlender(scene.grid, list(prob_paths), plan.tile_size, plan.overlap, opts.blend,
-                                    state=journal.blender_state(), on_rows_flushed=journal.rows_flushed)
+                                    state=state, on_rows_flushed=journal.rows_flushed,
+                                    feeds=row_feeds if state is None else None)  # resumed: rows above are on disk only
     with ExitStack() as stack:
         stack.callback(blender.close)
         start = journal.replay(blender, plan)

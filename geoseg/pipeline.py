@@ -2,7 +2,8 @@
 
     inputs -> raster.open_* (validate, align, global stats) -> load the model
            -> run: per scene engine.channels_for -> engine.infer_scene (tiles, predict, blend)
-              -> probability rasters on disk -> vectorize.vectorize_probabilities (block-wise)
+              -> probability rasters on disk, their rows also fed to vectorize.vectorize_rows
+                 (block-wise, in a thread per channel while the inference goes on)
               -> one layer per query with its provenance -> outputs.commit_outputs (atomic)
 
 `segment` and `change` differ only in how they open their inputs (one scene each, or an aligned
@@ -20,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +53,8 @@ from geoseg.outputs import (
     work_directory,
 )
 from geoseg.queries import change_direction, validate_queries
+from geoseg.rowfeed import FeedAbandoned, RowFeed
+from geoseg.stitch import PROB_NODATA, PROB_SCALE
 
 log = logging.getLogger("geoseg")
 
@@ -150,9 +153,11 @@ def run(
             prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
             first_raster = first_raster or prob_paths[0]
             journal = checkpoints.journal(n) if checkpoints else None
-            infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal)
-            for c, path in zip(channels, prob_paths, strict=True):
-                parts[c.query_index].append(channel_polygons(path, c, scene, queries, model, summary.run_id, opts))
+            with polygons_beside(scene, len(channels), opts) as (feeds, frames):
+                infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal, feeds)
+            for c, path, frame in zip(channels, prob_paths, frames, strict=True):
+                parts[c.query_index].append(
+                    channel_polygons(path, c, scene, queries, model, summary.run_id, opts, streamed(frame)))
             if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
@@ -248,11 +253,39 @@ def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: Run
                             gsd=opts.gsd, gsd_range=model.info.gsd_range)
 
 
+@contextmanager
+def polygons_beside(
+    scene: raster.Scene, n_channels: int, opts: RunOptions
+) -> Iterator[tuple[list[RowFeed], list[Future[gpd.GeoDataFrame]]]]:
+    """Each channel's polygons built in a thread from the rows the blender writes (a RowFeed per
+    channel), while the tiles below are still predicted: the vectorising no longer follows the
+    inference. Rows the engine does not stream (a resumed scene) end as FeedAbandoned on leaving."""
+    grid = scene.grid
+    feeds = [RowFeed(grid.height, grid.width, max_rows=2 * vectorize.STREAMED_BLOCK) for _ in range(n_channels)]
+    with ThreadPoolExecutor(max(1, n_channels), thread_name_prefix="geoseg-vectorise") as pool:
+        frames = [pool.submit(vectorize.vectorize_rows, feed, grid.transform, grid.crs, vector_options(opts),
+                              scale=1 / PROB_SCALE, nodata=PROB_NODATA) for feed in feeds]
+        try:
+            yield feeds, frames
+        finally:
+            for feed in feeds:
+                feed.end(abandoned=True)  # no-op for a feed the blender finished
+
+
+def streamed(frame: Future[gpd.GeoDataFrame]) -> gpd.GeoDataFrame | None:
+    """A channel's streamed polygons, or None when its rows were not streamed."""
+    try:
+        return frame.result()
+    except FeedAbandoned:
+        return None
+
+
 def channel_polygons(path: Path, channel: Channel, scene: raster.Scene, queries: Sequence[str], model: Segmenter,
-                     run_id: str, opts: RunOptions) -> gpd.GeoDataFrame:
-    """One channel's probability raster as polygons with the fields of its layer; a change
-    channel also names both dates and its change type."""
-    gdf = vectorize.vectorize_probabilities(path, vector_options(opts), progress=False)
+                     run_id: str, opts: RunOptions, polygons: gpd.GeoDataFrame | None = None) -> gpd.GeoDataFrame:
+    """One channel's probability raster as polygons (`polygons` when they were built as its rows
+    were written) with the fields of its layer; a change channel also names both dates and its
+    change type."""
+    gdf = polygons if polygons is not None else vectorize.vectorize_probabilities(path, vector_options(opts))
     gdf = with_fields(gdf, query=queries[channel.query_index], model=(model.info.name, model.info.version),
                       run_id=run_id, source=str(scene.paths[-1]), target=channel.phrase)
     if channel.change_type is not None:

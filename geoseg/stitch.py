@@ -5,7 +5,8 @@ raised cosine (Hann) across the overlap on sides that have a neighbour; sides on
 keep full weight, so edges are neither darkened nor skipped. The blender holds one float32 band of
 `tile_size` rows across the scene width (per query) plus its weight sum: when the plan moves to the
 next tile row, rows no later tile can touch are final, get divided by their weight and written.
-Memory is O(queries x tile_size x width), never a full-scene canvas.
+Memory is O(queries x tile_size x width), never a full-scene canvas. The rows written can also go
+to a RowFeed each, for polygons built while the rows below are still predicted.
 
 Probabilities are stored as uint8 with scale 1/254 (0..254 -> 0..1, 255 = nodata), a quarter of
 float32 on disk, more precision than any threshold needs.
@@ -13,7 +14,7 @@ float32 on disk, more precision than any threshold needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rasterio.windows import Window
 
 from geoseg.options import BLEND_MODES  # declared with the --blend option
 from geoseg.raster import Grid
+from geoseg.rowfeed import RowFeed
 from geoseg.tiling import Tile
 
 PROB_SCALE = 254
@@ -87,9 +89,11 @@ class RollingBlender:
         self, grid: Grid, paths: list[Path], tile_size: int, overlap: int, mode: str = "cosine", *,
         state: BlenderState | None = None,
         on_rows_flushed: Callable[[RollingBlender, Tile], None] | None = None,
+        feeds: Sequence[RowFeed] | None = None,
     ):
         """`state` continues an interrupted run on the rasters it left at `paths` (see `snapshot`);
-        `on_rows_flushed(blender, tile)` is called whenever rows were written before adding `tile`."""
+        `on_rows_flushed(blender, tile)` is called whenever rows were written before adding `tile`;
+        `feeds` (one per path) also get every row written, as written, and their end on close."""
         if mode not in BLEND_MODES:
             raise ValueError(f"blend mode must be one of {BLEND_MODES}")
         self.grid, self.overlap, self.mode = grid, overlap, mode
@@ -99,6 +103,7 @@ class RollingBlender:
         self.y0 = 0  # scene row of the buffer's first row
         self.paths = [Path(p) for p in paths]
         self.on_rows_flushed = on_rows_flushed
+        self.feeds = list(feeds or ())
         if state is None:
             self.outputs = [_open_probability_raster(p, grid) for p in self.paths]
         else:
@@ -160,6 +165,8 @@ class RollingBlender:
         finally:
             for dst in self.outputs:
                 dst.close()
+            for feed in self.feeds:
+                feed.end()
 
     def _flush(self, n: int) -> None:
         n = min(n, self.grid.height - self.y0)
@@ -170,7 +177,10 @@ class RollingBlender:
         window = Window(0, self.y0, self.grid.width, n)
         for q, dst in enumerate(self.outputs):
             prob = np.divide(self.acc[q, :n], wsum, out=np.zeros_like(wsum), where=covered)
-            dst.write(quantise(prob, covered), 1, window=window)
+            codes = quantise(prob, covered)
+            dst.write(codes, 1, window=window)
+            if self.feeds:
+                self.feeds[q].put(self.y0, codes)
 
 
 def quantise(prob: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
 from itertools import chain
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from geoseg.errors import InputError
+from geoseg.rowfeed import RowFeed
 
 # p >= threshold - THRESHOLD_EPS is foreground, so that 127/254 counts as 0.5 whatever the
 # rounding of the stored scale factor.
@@ -135,6 +137,9 @@ def _coding_of(src: rasterio.DatasetReader) -> _Coding:
     return _Coding(False, scale, offset)
 
 
+BlockReader = Callable[[Window], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def _read_block(
     src: rasterio.DatasetReader, window: Window, coding: _Coding, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,6 +148,28 @@ def _read_block(
     valid = src.read_masks(1, window=window) > 0
     if values.dtype.kind == "f":
         valid &= ~np.isnan(values)
+    return _foreground(values, valid, coding, threshold), valid, values
+
+
+def _feed_reader(feed: RowFeed, coding: _Coding, nodata: int, threshold: float) -> BlockReader:
+    """Blocks of a raster whose rows arrive through `feed` (what the pipeline's blender writes:
+    integer values, `nodata` where nothing was predicted), read a block row at a time."""
+    band: dict[tuple[int, int], np.ndarray] = {}
+
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = (window.row_off, window.row_off + window.height)
+        if rows not in band:
+            band.clear()
+            band[rows] = feed.rows(*rows)
+        values = band[rows][:, window.col_off: window.col_off + window.width]
+        valid = values != nodata
+        return _foreground(values, valid, coding, threshold), valid, values
+
+    return read
+
+
+def _foreground(values: np.ndarray, valid: np.ndarray, coding: _Coding, threshold: float) -> np.ndarray:
+    """Which valid pixels are foreground: non-zero in a mask, probability >= threshold otherwise."""
     if coding.is_mask:
         foreground = valid & (values != 0)
     elif values.dtype in (np.uint8, np.uint16):
@@ -153,7 +180,7 @@ def _read_block(
     else:
         probabilities = values.astype(np.float64) * coding.scale + coding.offset
         foreground = valid & (probabilities >= threshold - THRESHOLD_EPS)
-    return foreground, valid, values
+    return foreground
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,10 +532,12 @@ def _complete_components(block: _Block, inside: np.ndarray) -> _Components:
 
 
 def _components(
-    src: rasterio.DatasetReader, options: VectorizeOptions, coding: _Coding, progress: bool
+    read: BlockReader, shape: tuple[int, int], options: VectorizeOptions, coding: _Coding, progress: bool
 ) -> Iterator[_Components]:
-    """Every connected foreground component of the raster, each exactly once, in chunks."""
-    height, width, size = src.height, src.width, options.block_size
+    """Every connected foreground component of the raster, each exactly once, in chunks.
+
+    Blocks are read block row by block row, top to bottom (what a RowFeed relies on)."""
+    (height, width), size = shape, options.block_size
     labelling = not (coding.is_mask and options.connectivity == 4)
     uf = _UnionFind()
     pending: dict[int, _Part] = {}
@@ -523,7 +552,7 @@ def _components(
         for bj in range(n_cols):
             col0, col1 = bj * size, min((bj + 1) * size, width)
             window = Window(col0, row0, col1 - col0, row1 - row0)
-            foreground, _, values = _read_block(src, window, coding, options.threshold)
+            foreground, _, values = read(window)
             bar.update(1)
             if not foreground.any():
                 prev_right[:] = 0
@@ -727,9 +756,39 @@ def vectorize_probabilities(
         raise InputError(f"{path}: cannot open as a raster ({exc})") from exc
     with src:
         coding = _coding_of(src)
-        transform, crs = src.transform, src.crs
-        comps = _Components.concat(list(_components(src, options, coding, progress)))
+        read = partial(_read_block, src, coding=coding, threshold=options.threshold)
+        comps = _Components.concat(list(_components(read, src.shape, options, coding, progress)))
+        return _frame(comps, coding, src.transform, src.crs, options)
 
+
+# Blocks read from a RowFeed are at most this tall: a feed holding two such block rows holds about
+# what the blender itself does (uint8 against its float32 band of a tile's height).
+STREAMED_BLOCK = 1024
+
+
+def vectorize_rows(
+    feed: RowFeed, transform: Affine, crs, options: VectorizeOptions, *, scale: float, nodata: int
+) -> gpd.GeoDataFrame:
+    """vectorize_probabilities for a raster whose rows arrive through `feed` as they are made
+    (the pipeline's probability rasters: integer values, probability = value * scale, `nodata`).
+
+    The same polygons and fields as reading the finished raster back, in blocks of at most
+    STREAMED_BLOCK rows. Raises FeedAbandoned when the writer gives up on the feed."""
+    options = replace(options, block_size=min(options.block_size, STREAMED_BLOCK))
+    options.validate()
+    coding = _Coding(False, scale, 0.0)
+    read = _feed_reader(feed, coding, nodata, options.threshold)
+    try:
+        comps = _Components.concat(list(_components(read, (feed.height, feed.width), options, coding, False)))
+    except BaseException:
+        feed.end(abandoned=True)  # the writer must not wait on a reader that is gone
+        raise
+    return _frame(comps, coding, transform, crs, options)
+
+
+def _frame(comps: _Components, coding: _Coding, transform: Affine, crs, options: VectorizeOptions) -> gpd.GeoDataFrame:
+    """The components as the result's rows: sorted, holes filled, filtered, simplified, in map
+    coordinates with their measures."""
     comps = comps.take(np.argsort(comps.first, kind="stable"))
     if options.hole_area_limit_m2 > 0:
         comps = _fill_holes(comps, options.hole_area_limit_m2, transform, crs)

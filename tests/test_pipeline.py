@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import rasterio.features
 from affine import Affine
-from shapely.geometry import Polygon, box
+from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.ops import unary_union
 
 from conftest import write_truth_scene
@@ -155,6 +155,25 @@ def test_probability_and_mask_cogs_and_revectorize(tmp_path):
     got = gpd.read_file(again, layer=0)
     assert summary.layers[0].features == 4 and set(got["query"]) == {"buildings"}
     assert iou(unary_union(got.geometry), unary_union(polys)) >= 0.98
+
+
+def test_polygons_are_built_from_the_rows_as_they_are_blended(tmp_path, monkeypatch):
+    from geoseg import vectorize
+
+    monkeypatch.setattr(vectorize, "STREAMED_BLOCK", 48)  # many block rows, a feed of 96 rows
+    scene = tmp_path / "s.tif"
+    write_truth_scene(scene, truth_polygons_utm(), width=640, height=900, transform=T)
+    probs, out = tmp_path / "p.tif", tmp_path / "o.gpkg"
+    from_file = count_calls(monkeypatch, vectorize, "vectorize_probabilities")
+    streamed = count_calls(monkeypatch, vectorize, "vectorize_rows")
+    pipeline.segment([scene], ["buildings"], out, opts(tile_size=128, overlap=16, probabilities=probs),
+                     segmenter=BandOracle())
+    assert len(streamed) == 1 and not from_file  # the raster is never read back
+    got = gpd.read_file(out, layer=0)
+    again = vectorize.vectorize_probabilities(probs, vectorize.VectorizeOptions())
+    assert len(got) == len(again) == 4  # the layer's MultiPolygons hold the very same vertices
+    assert all(a.equals_exact(MultiPolygon([b]), 0) for a, b in zip(got.geometry, again.geometry, strict=True))
+    assert got["score"].tolist() == again["score"].tolist()
 
 
 def test_nodata_tiles_skipped_and_no_polygons_there(tmp_path):
