@@ -192,6 +192,7 @@ def dry_run(
         plan = plan_for(scene, model, opts)
         batch = batch_size_for(model, opts)
         blender_bytes = 2 * 4 * plan.tile_size * scene.grid.width  # one channel + weight sum
+        feed_bytes = 2 * vectorize.STREAMED_BLOCK * scene.grid.width  # uint8 rows for the polygons (RowFeed)
         batch_bytes = len(scene.inputs) * batch * model.info.bands * plan.tile_size**2 * 4
         out.append({
             "inputs": [str(p) for p in scene.paths],
@@ -201,6 +202,7 @@ def dry_run(
             **plan.summary(), "batch_size": batch, "batches": -(-len(plan.tiles) // batch),
             "memory_estimate_mb": {
                 "blend_window_per_query": round(blender_bytes / 2**20, 1),
+                "polygon_rows_per_query": round(feed_bytes / 2**20, 1),
                 "input_batch": round(batch_bytes / 2**20, 1),
                 "model_parameters": parameter_megabytes(model),
             },
