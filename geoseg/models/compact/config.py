@@ -16,7 +16,7 @@ class CompactConfig:
     """Architecture hyper-parameters (and the facts a loader needs) of a compact segmenter."""
 
     model_type: str = MODEL_TYPE
-    version: str = "0.6.0"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters
+    version: str = "0.7.0"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters; 0.7: a sixth, half and half with 0.6
     # vision encoder: EfficientNet-Lite0 (ImageNet-initialised), features at strides 4, 8, 16, 32;
     # encoder_width < 1 shrinks it for tiny test models
     encoder: str = "efficientnet_lite0"
