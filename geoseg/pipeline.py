@@ -192,7 +192,7 @@ def dry_run(
         plan = plan_for(scene, model, opts)
         batch = batch_size_for(model, opts)
         blender_bytes = 2 * 4 * plan.tile_size * scene.grid.width  # one channel + weight sum
-        feed_bytes = 2 * vectorize.STREAMED_BLOCK * scene.grid.width  # uint8 rows for the polygons (RowFeed)
+        feed_bytes = 2 * vectorize.STREAMED_BLOCK * scene.grid.width  # uint8 rows for the polygons: buffered + in use
         batch_bytes = len(scene.inputs) * batch * model.info.bands * plan.tile_size**2 * 4
         out.append({
             "inputs": [str(p) for p in scene.paths],
@@ -263,7 +263,9 @@ def polygons_beside(
     channel), while the tiles below are still predicted: the vectorising no longer follows the
     inference. Rows the engine does not stream (a resumed scene) end as FeedAbandoned on leaving."""
     grid = scene.grid
-    feeds = [RowFeed(grid.height, grid.width, max_rows=2 * vectorize.STREAMED_BLOCK) for _ in range(n_channels)]
+    # One block row waits while the one before is polygonised: the feed holds about what the
+    # blender does (uint8 rows against its float32 band of a tile's height).
+    feeds = [RowFeed(grid.height, grid.width, max_rows=vectorize.STREAMED_BLOCK) for _ in range(n_channels)]
     with ThreadPoolExecutor(max(1, n_channels), thread_name_prefix="geoseg-vectorise") as pool:
         frames = [pool.submit(vectorize.vectorize_rows, feed, grid.transform, grid.crs, vector_options(opts),
                               scale=1 / PROB_SCALE, nodata=PROB_NODATA) for feed in feeds]

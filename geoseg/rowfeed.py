@@ -72,4 +72,10 @@ class RowFeed:
                 raise FeedAbandoned
             if self._received < row1:
                 raise RuntimeError(f"the rows ended at {self._received} of {self.height}")
-            return np.concatenate(self._strips)[row0 - self._top: row1 - self._top]
+            needed, end = [], self._top
+            for strip in self._strips:  # only the strips that hold rows before row1
+                if end >= row1:
+                    break
+                needed.append(strip)
+                end += len(strip)
+            return np.concatenate(needed)[row0 - self._top: row1 - self._top]

@@ -761,8 +761,7 @@ def vectorize_probabilities(
         return _frame(comps, coding, src.transform, src.crs, options)
 
 
-# Blocks read from a RowFeed are at most this tall: a feed holding two such block rows holds about
-# what the blender itself does (uint8 against its float32 band of a tile's height).
+# Blocks read from a RowFeed are at most this tall (see pipeline.polygons_beside for the memory).
 STREAMED_BLOCK = 1024
 
 
