@@ -6,6 +6,8 @@ import json
 
 import click
 
+from geoseg.options import EVAL_SCALE_MAX
+
 
 def _progress(ctx: click.Context) -> bool:
     return not (ctx.obj or {}).get("quiet", 0)
@@ -49,7 +51,7 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability above which a pixel counts as the target.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps, ...")
-@click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
+@click.option("--scale", type=click.FloatRange(0, EVAL_SCALE_MAX, min_open=True), default=1.0, show_default=True,
               help="Read every image resampled by this factor (0.5: half the pixels per side, like --gsd at "
                    "twice the ground resolution); probabilities are resampled back onto the truth.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG",

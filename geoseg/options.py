@@ -29,6 +29,7 @@ MODEL_RUNS = (SEGMENT, CHANGE, CHAT)
 BLEND_MODES = ("cosine", "average", "none")  # geoseg.stitch implements them
 ALIGN_TO = ("before", "after")
 RESAMPLING = ("nearest", "bilinear", "cubic")
+EVAL_SCALE_MAX = 4.0  # geoseg evaluate --scale takes a factor in (0, this]
 
 
 # ---------------------------------------------------------------- value parsers

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from geoseg.errors import InputError
 from geoseg.models.base import Segmenter
+from geoseg.options import EVAL_SCALE_MAX
 from geoseg.train.manifest import ManifestSample, load_image, load_mask, read_manifest
 from geoseg.train.metrics import MetricAccumulator
 
@@ -136,8 +137,9 @@ def evaluate_manifest(
 ) -> dict:
     """Metrics of `segmenter` on a JSONL manifest (its lines carrying every tag in `tags`), with
     the model and dataset named; `scale` as in predict_sample."""
-    if not 0 < scale <= 4:
-        raise InputError(f"scale {scale}: use a factor in (0, 4], e.g. 0.5 to read images at half their resolution")
+    if not 0 < scale <= EVAL_SCALE_MAX:
+        raise InputError(f"scale {scale}: use a factor in (0, {EVAL_SCALE_MAX:g}], e.g. 0.5 to read images at half "
+                         "their resolution")
     total = count_images(path, tags)
     if not total:
         raise InputError(f"{path}: no manifest lines carry the tag(s) {', '.join(tags)}; check the spelling")
