@@ -1,9 +1,11 @@
 """The compact model on tiny tensors: shapes, gradients, save/load, the Segmenter contract."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geoseg.models.base import Segmenter
 from geoseg.models.compact import CompactModel, CompactSegmenter, TextFeatures, tiny_config
@@ -103,6 +105,29 @@ def test_segmenter_encodes_each_image_once(tmp_path):
     seg.model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     seg.predict(torch.rand(2, 3, 64, 64), ["a", "b", "c", "d"])
     assert calls == [2]
+
+
+def test_a_multi_scale_read_is_the_mean_of_its_resampled_reads(tmp_path):
+    """inference_scales: the tiles are also read resampled (each side to the nearest multiple of
+    32) and the probabilities, resampled back, are averaged. The scales live in config.json."""
+    torch.manual_seed(3)
+    CompactModel(replace(tiny_config(), inference_scales=(1.0, 0.5))).save_pretrained(tmp_path)
+    loaded = CompactModel.from_pretrained(tmp_path)
+    assert loaded.config.inference_scales == (1.0, 0.5)
+    seg = CompactSegmenter(loaded, FakeText(), model_info(loaded.config, "compact", None), torch.device("cpu"))
+    calls = []
+    seg.model.encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
+    images = torch.rand(2, 3, 128, 96)
+    averaged = seg.predict(images, ["a", "b"]).probabilities
+    assert averaged.shape == (2, 2, 128, 96)
+    assert calls == [(128, 96), (64, 64)]  # 96 x 0.5 = 48 px rounds to 64, not 32
+
+    seg.model.config.inference_scales = (1.0,)
+    full = seg.predict(images, ["a", "b"]).probabilities
+    small = F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    half = F.interpolate(seg.predict(small, ["a", "b"]).probabilities, size=(128, 96), mode="bilinear",
+                         align_corners=False)
+    torch.testing.assert_close(averaged, (full + half) / 2, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("change", [False, True])

@@ -16,7 +16,7 @@ class CompactConfig:
     """Architecture hyper-parameters (and the facts a loader needs) of a compact segmenter."""
 
     model_type: str = MODEL_TYPE
-    version: str = "0.7.0"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters; 0.7: a sixth, half and half with 0.6
+    version: str = "0.7.1"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters; 0.7: a sixth, half and half with 0.6; 0.7.1: the same weights read at 1 and 0.75x, averaged
     # vision encoder: EfficientNet-Lite0 (ImageNet-initialised), features at strides 4, 8, 16, 32;
     # encoder_width < 1 shrinks it for tiny test models
     encoder: str = "efficientnet_lite0"
@@ -40,6 +40,9 @@ class CompactConfig:
     # ground sample distances (m/px) the weights were trained on; the engine reads scenes far
     # finer than the lower bound at a resolution inside the range
     gsd_range: tuple[float, float] = (0.07, 2.0)
+    # the probabilities are the mean over reads of each tile resampled by these factors (chosen
+    # on validation, docs/models/compact.md); (1.0,) reads the tile as it is
+    inference_scales: tuple[float, ...] = (1.0,)
     extra: dict = field(default_factory=dict)  # training provenance (data, steps, metrics)
 
     @property
@@ -53,7 +56,7 @@ class CompactConfig:
     def from_dict(cls, data: dict) -> CompactConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("decoder_widths", "mean", "std", "gsd_range"):
+        for key in ("decoder_widths", "mean", "std", "gsd_range", "inference_scales"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)

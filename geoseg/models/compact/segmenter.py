@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from geoseg.errors import InputError, ModelLoadError
 from geoseg.models.base import ModelInfo, Prediction
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
-from geoseg.models.compact.text import TextEncoder, shared_text_encoder
+from geoseg.models.compact.text import TextEncoder, TextFeatures, shared_text_encoder
 from geoseg.provenance import sha256_file
 
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
@@ -48,12 +49,24 @@ class CompactSegmenter:
         before: torch.Tensor | None = None,
     ) -> Prediction:
         self._check(images, queries, before)
-        b, q = images.shape[0], len(queries)
         images = images.to(self.device, torch.float32)
-        if before is not None:
+        if before is not None and self.model.config.change:
             before = before.to(self.device, torch.float32)
-        feats = self.model.encode_images(images, before if self.model.config.change else None)
+        else:
+            before = None
         text = self.text.encode(list(queries)).to(self.device)
+        scales = self.model.config.inference_scales
+        probabilities = sum(self._read(images, before, text, scale) for scale in scales) / len(scales)
+        return Prediction(probabilities=probabilities.float())
+
+    def _read(self, images: torch.Tensor, before: torch.Tensor | None, text: TextFeatures, scale: float) -> torch.Tensor:
+        """B x Q x H x W probabilities from the tiles resampled by `scale`, resampled back."""
+        size = images.shape[-2:]
+        if scale != 1.0:
+            images = resampled(images, scale)
+            before = resampled(before, scale) if before is not None else None
+        feats = self.model.encode_images(images, before)
+        b, q = images.shape[0], text.tokens.shape[0]
         image_index = torch.arange(b, device=self.device).repeat_interleave(q)
         text_index = torch.arange(q, device=self.device).repeat(b)
         # On a CPU, decoding a few (tile, query) pairs per call keeps the decoder's activations in
@@ -64,7 +77,10 @@ class CompactSegmenter:
             pairs = slice(start, start + chunk)
             out = self.model.decode(feats, text.index(text_index[pairs]), image_index[pairs])
             parts.append(torch.sigmoid(out.mask_logits) * torch.sigmoid(out.exist_logits)[:, None, None])
-        return Prediction(probabilities=torch.cat(parts).view(b, q, *images.shape[-2:]).float())
+        probabilities = torch.cat(parts).view(b, q, *images.shape[-2:])
+        if scale != 1.0:
+            probabilities = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+        return probabilities
 
     def encode_queries(self, queries: Sequence[str]) -> None:
         self.text.encode(list(queries))
@@ -80,6 +96,14 @@ class CompactSegmenter:
             raise InputError(f"{self.info.name} is a change model: give both dates (before and after)")
         if before is not None and before.shape != images.shape:
             raise InputError(f"{self.info.name}: before {tuple(before.shape)} and after {tuple(images.shape)} differ in shape")
+
+
+def resampled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Tiles B x C x H x W resampled by about `scale`: each side to the nearest multiple of 32
+    pixels (the encoder's stride), antialiased when shrinking, as GDAL's averaging overviews are."""
+    size = [max(32, round(n * scale / 32) * 32) for n in images.shape[-2:]]
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", antialias=shrink, align_corners=False)
 
 
 def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInfo:
