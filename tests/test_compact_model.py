@@ -114,7 +114,9 @@ def test_a_multi_scale_read_is_the_mean_of_its_resampled_reads(tmp_path):
     CompactModel(replace(tiny_config(), inference_scales=(1.0, 0.5))).save_pretrained(tmp_path)
     loaded = CompactModel.from_pretrained(tmp_path)
     assert loaded.config.inference_scales == (1.0, 0.5)
-    seg = CompactSegmenter(loaded, FakeText(), model_info(loaded.config, "compact", None), torch.device("cpu"))
+    info = model_info(loaded.config, "compact", None)
+    assert info.to_dict()["extra"]["inference_scales"] == [1.0, 0.5]  # recorded in provenance
+    seg = CompactSegmenter(loaded, FakeText(), info, torch.device("cpu"))
     calls = []
     seg.model.encoder.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
     images = torch.rand(2, 3, 128, 96)

@@ -122,6 +122,7 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
             "encoder": config.encoder,
             "text_encoder": config.text_encoder,
             "model_type": config.model_type,
+            "inference_scales": list(config.inference_scales),  # the weights alone do not say how they were read
         },
     )
 
