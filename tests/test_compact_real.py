@@ -36,12 +36,12 @@ def _giou(segmenter, samples, group="all/non_empty") -> float:
 
 
 # (source, how many val images, concept group, floor gIoU on its non-empty targets); the shipped
-# weights measured 0.553, 0.555, 0.446 and 0.724 on exactly these images
+# weights (compact 0.7.1) measured 0.554, 0.613, 0.493 and 0.763 on exactly these images
 FLOORS = [
     ("hotosm-fair", 12, "buildings", 0.50),
-    ("dubai-hitl", 2, "buildings", 0.50),
-    ("dubai-hitl", 2, "water", 0.40),
-    ("eth-cil-roads", 4, "roads", 0.65),
+    ("dubai-hitl", 2, "buildings", 0.55),
+    ("dubai-hitl", 2, "water", 0.44),
+    ("eth-cil-roads", 4, "roads", 0.70),
 ]
 
 
@@ -57,11 +57,12 @@ def test_absent_targets_on_real_chips_stay_empty(compact, train_real):
     """Building-free fAIr chips asked for buildings, and a Dubai scene asked for farmland
     (which that source does not have), come back empty: under 1 % of their pixels positive.
 
-    Measured: 6 of these 8 chips give 0 %, one 7 %, and one 57 % (a 0.07 m concrete road taken
-    for a roof: a known failure, see the model card); Dubai's farmland 0 %."""
+    Measured (compact 0.7.1): 7 of these 8 chips give 0 % and one 1.3 % (an earlier release: one
+    7 % and one 57 %, a 0.07 m concrete road taken for a roof, see the model card); Dubai's
+    farmland 0 %."""
     empty_chips = _samples(train_real / "hotosm-fair", 8, lambda s: not any(m.any() for m in s.masks))
     areas = [float((predict_sample(compact, s) > 0.5).mean()) for s in empty_chips]
-    assert sum(a < 0.01 for a in areas) >= 6, f"positive area share on building-free chips: {[round(a, 4) for a in areas]}"
+    assert sum(a < 0.01 for a in areas) >= 7, f"positive area share on building-free chips: {[round(a, 4) for a in areas]}"
     dubai = _samples(train_real / "dubai-hitl", 1)[0]
     dubai.expressions, dubai.masks = ["farmland", "cropland"], [np.zeros(dubai.image.shape[:2], bool)] * 2
     farmland = [float(a.mean()) for a in predict_sample(compact, dubai) > 0.5]
