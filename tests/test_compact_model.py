@@ -132,6 +132,17 @@ def test_a_multi_scale_read_is_the_mean_of_its_resampled_reads(tmp_path):
     torch.testing.assert_close(averaged, (full + half) / 2, atol=1e-6, rtol=0)
 
 
+def test_a_checkpoint_without_reads_is_refused_at_load(tmp_path):
+    from geoseg.errors import ModelLoadError
+    from geoseg.models.compact.segmenter import load_compact_segmenter
+
+    CompactModel(tiny_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "inference_scales": []}))
+    with pytest.raises(ModelLoadError, match="inference_scales"):
+        load_compact_segmenter(tmp_path)
+
+
 @pytest.mark.parametrize("change", [False, True])
 def test_folding_batch_norms_keeps_the_outputs(change):
     torch.manual_seed(0)

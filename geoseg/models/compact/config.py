@@ -45,6 +45,11 @@ class CompactConfig:
     inference_scales: tuple[float, ...] = (1.0,)
     extra: dict = field(default_factory=dict)  # training provenance (data, steps, metrics)
 
+    def __post_init__(self) -> None:
+        # predict averages over the reads: an empty list or a factor <= 0 could only fail there
+        if not self.inference_scales or not all(float(f) > 0 for f in self.inference_scales):
+            raise ValueError(f"inference_scales {list(self.inference_scales)} must list read factors > 0, e.g. [1.0]")
+
     @property
     def change(self) -> bool:
         return self.model_type == MODEL_TYPE_CHANGE
