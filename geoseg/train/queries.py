@@ -7,8 +7,20 @@ decides the splits and draws (phrase, mask) pairs for a crop:
 - held-out synonyms: every phrase whose noun belongs to HELDOUT_SYNONYMS ("houses", "homes",
   "streets"), and every other phrase that uses one of their words ("damaged houses");
 - held-out attributes: every phrase of an attribute set in HELDOUT_ATTRIBUTES (white roofs);
-- held-out change wordings: HELDOUT_CHANGE_PHRASES.
+- held-out change wordings: HELDOUT_CHANGE_PHRASES;
+- held-out single words (HELDOUT_EXTRA_WORDS: "ponds", "woodland", "cropland"): wordings a user types
+  that must be understood from their neighbours; with "houses", "homes" and "streets" they are the
+  wordings the unknown-query check is scored on, so they stay out of training and of the model's
+  declared inventory.
 None of these is ever shown in training; evaluation reports them as separate groups.
+
+Concepts the models are NOT meant to know are fixed here too, in three disjoint lists (fixed before
+the 0.8 training, docs/models/compact.md "Queries it does not know"):
+- UNRELATED_TRAIN: asked on real crops with empty masks, so the existence head learns to answer
+  "nothing" to a concept it was never shown;
+- UNRELATED_TUNE and KNOWN_TUNE: the wordings the unknown-query rule (its similarity threshold) is
+  chosen on;
+- UNRELATED_EVAL and KNOWN_EVAL: the wordings it is scored on, never used to choose anything.
 """
 
 from __future__ import annotations
@@ -23,7 +35,29 @@ from geoseg.synth import vocab
 HELDOUT_SYNONYMS = ("building:houses", "road:streets")
 HELDOUT_ATTRIBUTES = ("white_roof",)
 HELDOUT_CHANGE_PHRASES = ("added buildings", "missing buildings", "new tracks", "inundated fields")
+HELDOUT_EXTRA_WORDS = ("pond", "ponds", "woodland", "cropland")
 TRAIN_CHANGE_KINDS = vocab.DEFAULT_CHANGE_KINDS
+
+UNRELATED_TRAIN = (
+    "helicopters", "trains", "construction cranes", "lighthouses", "chimneys", "playgrounds", "tents",
+    "cattle", "sheep", "horses", "people", "traffic lights", "statues", "fountains", "billboards",
+    "satellite dishes", "radio antennas", "bicycles", "motorcycles", "buses", "trucks", "flags",
+    "benches", "ski lifts", "camels", "cranes on a port",
+)
+UNRELATED_TUNE = (
+    "ferris wheels", "runways", "helipads", "piers", "race tracks", "tractors", "ice rinks",
+    "transmission towers", "oil rigs", "water towers",
+)
+KNOWN_TUNE = (
+    "bodies of water", "forested areas", "highways", "dwellings", "agricultural land", "reservoirs", "asphalt roads",
+    "residential buildings", "flooded houses", "collapsed houses",
+)
+UNRELATED_EVAL = (
+    "zebra crossings", "bridges", "boats", "stadiums", "golf courses", "solar panels", "cars",
+    "airplanes", "wind turbines", "tennis courts", "shipping containers", "oil storage tanks",
+    "cemeteries", "power lines", "greenhouses", "baseball fields",
+)
+KNOWN_EVAL = ("houses", "homes", "streets", "ponds", "cropland", "woodland")
 
 InstanceTable = list[tuple[int, str, str, dict]]  # (id, class, subclass, attributes)
 
@@ -42,7 +76,7 @@ def _heldout_words() -> frozenset[str]:
         target, group = key.split(":")
         for wording in vocab.SYNONYMS[target][group]:
             words.update(wording.split())
-    return frozenset(words)
+    return frozenset(words | set(HELDOUT_EXTRA_WORDS))
 
 
 HELDOUT_WORDS = _heldout_words()
