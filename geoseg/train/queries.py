@@ -49,7 +49,7 @@ UNRELATED_TUNE = (
     "transmission towers", "oil rigs", "water towers",
 )
 KNOWN_TUNE = (
-    "bodies of water", "forested areas", "highways", "dwellings", "agricultural land", "reservoirs", "dirt tracks",
+    "bodies of water", "forested areas", "highways", "dwellings", "agricultural land", "reservoirs", "motorways",
     "residential buildings", "flooded houses", "collapsed houses",
 )
 UNRELATED_EVAL = (
