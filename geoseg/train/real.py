@@ -34,8 +34,9 @@ from geoseg.errors import InputError
 from geoseg.synth import vocab
 from geoseg.train.batch import Batch, stack_batch
 from geoseg.train.config import TrainConfig
+from geoseg.train.damage import DAMAGE_WORDINGS, TRAIN_STYLE, composite_damage, destroyed_pair
 from geoseg.train.manifest import load_image, load_mask, read_manifest
-from geoseg.train.queries import HELDOUT_WORDS, draw_targets, queries_by_split
+from geoseg.train.queries import HELDOUT_WORDS, UNRELATED_TRAIN, draw_targets, queries_by_split
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,12 @@ REAL_CONCEPTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "water": ("water", ()),
     "vegetation": ("tree", ("vegetation", "greenery", "green vegetation")),
     "bare land": ("bare", ("sand", "sandy ground")),
+    "farmland": ("field", ()),
 }
 # Concepts a source never contains, asked as absent-target queries (their wordings come from the
 # synthetic vocabulary's class names).
 NEVER_PRESENT: dict[str, tuple[str, ...]] = {
-    "dubai-hitl": ("field", "damaged_building"),
+    "dubai-hitl": ("field",),
 }
 # Real change pairs are made for these concepts: single-date concept -> (appeared, disappeared)
 # change kinds of the synthetic vocabulary.
@@ -66,7 +68,10 @@ CHANGE_KINDS: dict[str, tuple[str, str | None]] = {
 def wordings(target: str, extra: Sequence[str] = ()) -> list[str]:
     """Every wording of a synthetic class target (all synonym groups) plus `extra`, without the
     held-out words (so the held-out synonym evaluation stays held out)."""
-    words = [w for group in vocab.SYNONYMS[target].values() for w in group] + list(extra)
+    return without_heldout([w for group in vocab.SYNONYMS[target].values() for w in group] + list(extra))
+
+
+def without_heldout(words: Sequence[str]) -> list[str]:
     return [w for w in dict.fromkeys(words) if not HELDOUT_WORDS & set(w.split())]
 
 
@@ -242,19 +247,29 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 # ---- query choice ------------------------------------------------------------------------------
 class RealVocabulary:
-    """Wordings per real concept, and the absent-target wordings per source."""
+    """Wordings per real concept, per concept composited onto real chips (geoseg.train.damage),
+    the absent-target wordings per source, and the unrelated concepts asked with empty masks."""
 
     def __init__(self) -> None:
         self.concepts = {c: wordings(t, extra) for c, (t, extra) in REAL_CONCEPTS.items()}
+        self.composited = {c: without_heldout(ws) for c, ws in DAMAGE_WORDINGS.items()}
+        self.unrelated = list(UNRELATED_TRAIN)
         self.never = {src: [w for t in targets for w in wordings(t)] for src, targets in NEVER_PRESENT.items()}
         self.change: dict[str, list[str]] = {}
         for q in queries_by_split()["change"]:
             self.change.setdefault(q.concept.removeprefix("change/"), []).append(q.text)
+        # building damage between the dates is taught only by composited pairs (destroyed_pair)
+        self.change["damaged_buildings"] = without_heldout(vocab.CHANGE_PHRASES["damaged_buildings"])
+        self.change["demolished_buildings"] = [*self.change.get("demolished_buildings", []), "destroyed buildings"]
+
+    def options(self, concept: str) -> list[str] | None:
+        """The wordings a crop's concept is asked with (None: a concept this vocabulary skips)."""
+        return self.concepts.get(concept) or self.composited.get(concept)
 
     @property
     def all_wordings(self) -> list[str]:
-        words = [w for ws in self.concepts.values() for w in ws] + [w for ws in self.never.values() for w in ws]
-        return sorted(set(words) | {w for ws in self.change.values() for w in ws})
+        words = [w for ws in (*self.concepts.values(), *self.composited.values(), *self.never.values()) for w in ws]
+        return sorted(set(words) | set(self.unrelated) | {w for ws in self.change.values() for w in ws})
 
     def pick(self, rng: np.random.Generator, options: Sequence[str]) -> str:
         return options[int(rng.integers(len(options)))]
@@ -262,21 +277,38 @@ class RealVocabulary:
 
 def choose_real_queries(
     rng: np.random.Generator, words: RealVocabulary, crop: RealCrop, source: str, n: int, empty_share: float,
-    min_pixels: int = 16,
+    min_pixels: int = 16, unrelated_share: float = 0.0,
 ) -> list[tuple[str, np.ndarray]]:
-    """n (wording, mask) pairs for a crop, about `empty_share` of them absent targets."""
+    """n (wording, mask) pairs for a crop, about `empty_share` of them absent targets; each pair is
+    replaced, with probability `unrelated_share`, by a concept the model must not know
+    (UNRELATED_TRAIN) with an empty mask."""
     present, absent = [], []
     for concept, mask in crop.masks.items():
-        if concept not in words.concepts:
+        options = words.options(concept)
+        if options is None:
             continue
         area = int((mask & crop.valid).sum())
         if area >= min_pixels:
-            present.append((words.concepts[concept], mask))
+            present.append((options, mask))
         elif area == 0:
-            absent.append((words.concepts[concept], mask))
+            absent.append((options, mask))
     empty = np.zeros_like(crop.valid)
     absent += [([w], empty) for w in words.never.get(source, ())]
-    return [(words.pick(rng, options), mask) for options, mask in draw_targets(rng, present, absent, n, empty_share)]
+    picks = [(words.pick(rng, options), mask) for options, mask in draw_targets(rng, present, absent, n, empty_share)]
+    return [(words.pick(rng, words.unrelated), empty) if rng.random() < unrelated_share else pick for pick in picks]
+
+
+def with_damage(rng: np.random.Generator, crop: RealCrop, share: float) -> RealCrop:
+    """A crop whose buildings are labelled gets damage composited with probability `share`; the
+    others say that none of their buildings is damaged (empty damage masks)."""
+    buildings = crop.masks.get("buildings")
+    if buildings is None:
+        return crop
+    if rng.random() < share and buildings.any():
+        comp = composite_damage(rng, crop.image, buildings & crop.valid, TRAIN_STYLE)
+        return RealCrop(comp.image, {**crop.masks, **comp.masks}, crop.valid)
+    empty = np.zeros_like(buildings)
+    return RealCrop(crop.image, {**crop.masks, **dict.fromkeys(DAMAGE_WORDINGS, empty)}, crop.valid)
 
 
 # ---- batch sources -----------------------------------------------------------------------------
@@ -315,8 +347,9 @@ class RealSource:
         images, queries, index, masks, valid = [], [], [], [], []
         for b in range(self.batch_size):
             im = self._image()
-            crop = random_crop(self.rng, im, self.cfg.tile, self.scale)
-            picks = choose_real_queries(self.rng, self.words, crop, im.source, self.cfg.queries_per_image, self.cfg.empty_share)
+            crop = with_damage(self.rng, random_crop(self.rng, im, self.cfg.tile, self.scale), self.cfg.damage_share)
+            picks = choose_real_queries(self.rng, self.words, crop, im.source, self.cfg.queries_per_image,
+                                        self.cfg.empty_share, unrelated_share=self.cfg.unrelated_share)
             image = crop.image
             if "water" in crop.masks and self.rng.random() < self.cfg.water_retint:
                 image = retint(self.rng, image, crop.masks["water"] & crop.valid)
@@ -350,7 +383,16 @@ class RealChangeSource(RealSource):
             group = self._group()
             a = self.data.images[group[int(self.rng.integers(len(group)))]]
             before = random_crop(self.rng, a, t, self.scale)
-            if self.rng.random() < 0.5:  # the same place on another day: nothing changed
+            buildings = before.masks.get("buildings")
+            destroyed = buildings is not None and buildings.any() and self.rng.random() < self.cfg.damage_share
+            if destroyed:  # the same place after a disaster: buildings damaged, destroyed or cleared
+                before_img, after_img, typed = destroyed_pair(self.rng, before.image, buildings & before.valid)
+                before_img, after_img = radiometric_jitter(self.rng, before_img), radiometric_jitter(self.rng, after_img)
+                empty = np.zeros_like(buildings)
+                typed = {**typed, "new_buildings": empty, "new_roads": empty}
+                change = typed["damaged_buildings"]
+                after = before
+            elif self.rng.random() < 0.5:  # the same place on another day: nothing changed
                 after = RealCrop(before.image, before.masks, before.valid)
                 before_img = radiometric_jitter(self.rng, before.image)
                 after_img = radiometric_jitter(self.rng, after.image, strength=2.0)
@@ -358,7 +400,8 @@ class RealChangeSource(RealSource):
                 after = random_crop(self.rng, self.data.images[group[int(self.rng.integers(len(group)))]], t, self.scale)
                 before_img, after_img = radiometric_jitter(self.rng, before.image), radiometric_jitter(self.rng, after.image)
             ok = before.valid & after.valid
-            typed, change = self._typed_changes(before, after)
+            if not destroyed:
+                typed, change = self._typed_changes(before, after)
             befores.append(before_img)
             afters.append(after_img)
             changes.append(change)
