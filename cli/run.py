@@ -66,7 +66,7 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
         raise click.UsageError("give at least one SCENE before the QUERY")
     opts = build_options(ctx, kw)
     if dry_run:
-        click.echo(json.dumps(pipeline.dry_run(scenes, opts), indent=None if as_json else 2))
+        click.echo(json.dumps(pipeline.dry_run(scenes, opts, queries=queries), indent=None if as_json else 2))
         return
     preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.segment(scenes, queries, output, opts)
@@ -93,7 +93,7 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
 
     opts = build_options(ctx, kw)
     if dry_run:
-        click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True), indent=None if as_json else 2))
+        click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True, queries=list(query)), indent=None if as_json else 2))
         return
     preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.change(before, after, list(query), output, opts)

@@ -84,12 +84,38 @@ class GsdChoice:
             return width, height
         return max(1, round(width / self.scale[0])), max(1, round(height / self.scale[1]))
 
+    @property
+    def outside_range(self) -> str | None:
+        """`coarser` or `finer` when the model reads this scene at a resolution outside the range
+        it was trained for (beyond AUTO_TOLERANCE), else None. Auto never leaves a scene finer than
+        the range; `--gsd native` (or a forced resolution) can."""
+        if self.read_m is None or self.model_range_m is None:
+            return None
+        low, high = self.model_range_m
+        if self.read_m > high * (1 + AUTO_TOLERANCE):
+            return "coarser"
+        if self.read_m < low * (1 - AUTO_TOLERANCE):
+            return "finer"
+        return None
+
+    def range_warning(self, path: str | Path) -> str | None:
+        """One line for people when the scene is read outside the model's range, else None."""
+        side = self.outside_range
+        if side is None or self.model_range_m is None:
+            return None
+        low, high = self.model_range_m
+        read = f"read at {_fmt(self.read_m)} m" if self.resampled else f"{_fmt(self.native_m)} m pixels"
+        advice = ("objects are smaller than the model has seen; expect few or no polygons" if side == "coarser"
+                  else "objects are larger than the model has seen; --gsd auto reads it inside the range")
+        return (f"{path}: {read}, {side} than the {_fmt(low)}-{_fmt(high)} m the model was trained for; {advice}")
+
     def to_dict(self) -> dict:
         return {
             "mode": self.mode,
             "native_m": _sig(self.native_m),
             "read_m": _sig(self.read_m),
             "model_range_m": list(self.model_range_m) if self.model_range_m else None,
+            "outside_model_range": self.outside_range,
         }
 
     def describe(self, path: str | Path) -> str:

@@ -29,6 +29,7 @@ MODEL_RUNS = (SEGMENT, CHANGE, CHAT)
 BLEND_MODES = ("cosine", "average", "none")  # geoseg.stitch implements them
 ALIGN_TO = ("before", "after")
 RESAMPLING = ("nearest", "bilinear", "cubic")
+UNKNOWN_QUERY = ("warn", "error")  # what a query the model was not trained on does (geoseg.models.concepts)
 EVAL_SCALE_MAX = 4.0  # geoseg evaluate --scale takes a factor in (0, this]
 
 
@@ -236,6 +237,10 @@ class RunOptions:
     device: str = text(MODEL, "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.", default="auto")
     allow_pickle: bool = flag(MODEL, "Allow pickled .bin checkpoints (loaded with weights_only=True).")
     batch_size: int | None = whole(None, MODEL, "Tiles per model call (default: from device memory).", low=1)
+    unknown_query: str = choice(
+        "warn", UNKNOWN_QUERY, MODEL, "A query close to no concept the model was trained on: warn (one line on stderr, "
+        "recorded in the provenance) or error (exit 2, nothing written). Models without a concept list are not checked.",
+        commands=(SEGMENT, CHANGE))
     dilate_px: int = whole(2, MODEL, "Misregistration tolerance in pixels (single-date models).", low=0,
                            name="dilate", commands=(CHANGE,))
     # vectorise

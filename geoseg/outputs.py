@@ -45,6 +45,10 @@ class RunSummary:
     tiles_skipped_nodata: int = 0
     seconds: float = 0.0
     overlap_fraction: float | None = None
+    # per query, whether the model was trained on something close (None: the model declares no
+    # concepts, so nothing was checked); geoseg.models.concepts.QueryKnowledge.to_dict()
+    query_check: list[dict] | None = None
+    warnings: list[str] = field(default_factory=list)  # the run's WARNING lines about its inputs and queries
 
     @property
     def status(self) -> str:

@@ -37,7 +37,9 @@ from geoseg.engine import (
     parameter_megabytes,
     plan_for,
 )
-from geoseg.models.base import EncodesQueries, ProvenanceSource, Segmenter
+from geoseg.errors import InputError
+from geoseg.models.base import EncodesQueries, KnowsConcepts, ProvenanceSource, Segmenter
+from geoseg.models.concepts import QueryKnowledge
 from geoseg.models.registry import default_model, load_segmenter
 from geoseg.options import RunOptions
 from geoseg.outputs import (
@@ -139,6 +141,9 @@ def run(
     pair = command == "change"
     summary = RunSummary(command, str(output), provenance.new_run_id(), model.info.name,
                          overlap_fraction=scenes[0].overlap_fraction if pair else None)
+    knowledge = checked_queries(model, queries, opts, summary.warnings)
+    summary.query_check = [k.to_dict() for k in knowledge] if knowledge is not None else None
+    summary.warnings += [w for s in scenes if (w := gsd_warning(s)) is not None]
     plans = [plan_for(scene, model, opts) for scene in scenes]
     parts: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
     answers: list[list[dict]] = [[] for _ in queries]  # generative models: per query, per scene
@@ -171,7 +176,8 @@ def run(
             record = provenance.run_record(
                 run_id=summary.run_id, command=command, query=query, inputs=inputs,
                 model=model.info.to_dict(), parameters=opts.record(), scene=scene_record,
-                extra=answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else None),
+                extra=(answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else {}))
+                | ({"query_check": knowledge[qi].to_dict()} if knowledge is not None else {}),
             )
             direction = change_direction(query) if pair else None
             layers.append(layer_for(query, merge_scenes(parts[qi], opts.dst_crs), record, opts.layer, direction))
@@ -181,11 +187,19 @@ def run(
 
 def dry_run(
     scenes: Sequence[str | Path], options: RunOptions | None = None, *, pair: bool = False,
-    segmenter: Segmenter | None = None,
+    segmenter: Segmenter | None = None, queries: Sequence[str] = (),
 ) -> dict:
-    """The tile plan and a memory estimate, without running the model."""
+    """The tile plan and a memory estimate, without running the model; with `queries`, also
+    whether the model was trained on something close to each (None: it declares no concepts).
+    Each scene's `gsd` says when it is read outside the model's range (`outside_model_range`)."""
     opts = options or RunOptions()
     model = segmenter or load_model("change" if pair else "segment", opts)
+    knowledge = None
+    if queries and isinstance(model, KnowsConcepts):  # reported, never refused: nothing runs
+        knowledge = model.check_queries(validate_queries(queries))
+        for k in knowledge:
+            if not k.known:
+                log.warning("%s", k.describe())
     opened = [open_pair(scenes[0], scenes[1], model, opts)] if pair else [open_scene(p, model, opts) for p in scenes]
     out = []
     for scene in opened:
@@ -208,7 +222,8 @@ def dry_run(
             },
             "overlap_fraction": scene.overlap_fraction if pair else None,
         })
-    return {"model": model.info.name, "device": str(model.device), "scenes": out}
+    return {"model": model.info.name, "device": str(model.device), "scenes": out,
+            "query_check": [k.to_dict() for k in knowledge] if knowledge is not None else None}
 
 
 # ---------------------------------------------------------------- steps
@@ -243,16 +258,56 @@ def queries_encoded_beside(model: Segmenter, queries: Sequence[str]) -> Iterator
 
 
 def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
-    """One scene read as the model needs it: its bands, at a resolution inside its range (--gsd)."""
-    return raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
-                             model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range)
+    """One scene read as the model needs it: its bands, at a resolution inside its range (--gsd).
+    A scene read outside the range gets one WARNING line (gsd_warning)."""
+    scene = raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
+                              model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range)
+    _warn_gsd(scene)
+    return scene
 
 
 def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: RunOptions) -> raster.Scene:
     """The two dates on one grid, read as the model needs them (see open_scene)."""
-    return raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
-                            align_to=opts.align_to, resampling=opts.resampling,
-                            gsd=opts.gsd, gsd_range=model.info.gsd_range)
+    scene = raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
+                             align_to=opts.align_to, resampling=opts.resampling,
+                             gsd=opts.gsd, gsd_range=model.info.gsd_range)
+    _warn_gsd(scene)
+    return scene
+
+
+def gsd_warning(scene: raster.Scene) -> str | None:
+    """The scene's resolution warning (geoseg.gsd.GsdChoice.range_warning), if it is read outside
+    the range its model was trained for."""
+    return scene.gsd.range_warning(scene.paths[-1]) if scene.gsd is not None else None
+
+
+def _warn_gsd(scene: raster.Scene) -> None:
+    if (warning := gsd_warning(scene)) is not None:
+        log.warning("%s", warning)
+
+
+class UnknownQueryError(InputError):
+    """--unknown-query error: a query close to no concept the model was trained on. Exit code 2."""
+
+
+def checked_queries(model: Segmenter, queries: Sequence[str], opts: RunOptions,
+                    warnings: list[str] | None = None) -> list[QueryKnowledge] | None:
+    """Each query against the concepts the model was trained on (KnowsConcepts), before any tile
+    runs: one WARNING line per unknown query (added to `warnings`), or, with
+    `--unknown-query error`, one UnknownQueryError for them all. None: the model declares no
+    concepts (an open-vocabulary model), so nothing is checked."""
+    if not isinstance(model, KnowsConcepts):
+        return None
+    knowledge = model.check_queries(queries)
+    unknown = [k for k in knowledge if not k.known]
+    if unknown and opts.unknown_query == "error":
+        raise UnknownQueryError("; ".join(k.describe().removesuffix("; expect few or no polygons") for k in unknown)
+                                + " (--unknown-query error; --unknown-query warn runs it anyway)")
+    for k in unknown:
+        log.warning("%s", k.describe())
+        if warnings is not None:
+            warnings.append(k.describe())
+    return knowledge
 
 
 @contextmanager

@@ -175,7 +175,8 @@ def test_auto_reads_a_5cm_scene_at_7cm_and_polygons_land_on_the_squares(fine_sce
     assert said == [f"{fine_scene}: 0.05 m pixels read at 0.07 m (model range 0.07-2 m); --gsd native keeps them"]
     assert caplog.records[[r.getMessage() for r in caplog.records].index(said[0])].levelno == logging.WARNING
     record = read_provenance(out, summary.layers[0].name)
-    assert record["scene"]["gsd"] == [{"mode": "auto", "native_m": 0.05, "read_m": 0.07, "model_range_m": [0.07, 2.0]}]
+    assert record["scene"]["gsd"] == [{"mode": "auto", "native_m": 0.05, "read_m": 0.07, "model_range_m": [0.07, 2.0],
+                                       "outside_model_range": None}]
     assert record["parameters"]["gsd"] == "auto"
 
 
@@ -191,7 +192,8 @@ def test_dry_run_shows_the_read_grid_and_its_plan(fine_scene, tmp_path):
     auto = pipeline.dry_run([fine_scene], opts(), segmenter=RangedOracle())["scenes"][0]
     assert (auto["width"], auto["height"]) == (500, 400)
     assert auto["tiles"] == len(tiling.plan_tiles(400, 500, 128, 32).tiles)
-    assert auto["gsd"] == {"mode": "auto", "native_m": 0.05, "read_m": 0.07, "model_range_m": [0.07, 2.0]}
+    assert auto["gsd"] == {"mode": "auto", "native_m": 0.05, "read_m": 0.07, "model_range_m": [0.07, 2.0],
+                           "outside_model_range": None}
     coarse = coarse_scene(tmp_path)  # 0.5 m is inside the range: not resampled
     plan = pipeline.dry_run([coarse], opts(), segmenter=RangedOracle())["scenes"][0]
     assert (plan["width"], plan["height"], plan["gsd"]["read_m"]) == (200, 200, 0.5)

@@ -28,6 +28,7 @@ from geoseg.models.base import (
     EncodesQueries,
     Generative,
     Grounded,
+    KnowsConcepts,
     ModelInfo,
     Prediction,
     ProvenanceSource,
@@ -95,9 +96,14 @@ class _EncodesQueries:
         return self._call("encode_queries", queries)
 
 
+class _KnowsConcepts:
+    def check_queries(self, queries) -> list:
+        return self._call("check_queries", queries)
+
+
 FORWARDERS: dict[type, type] = {
     ChangeAware: _ChangeAware, Generative: _Generative, Dialogue: _Dialogue, Grounded: _Grounded,
-    ProvenanceSource: _ProvenanceSource, EncodesQueries: _EncodesQueries,
+    ProvenanceSource: _ProvenanceSource, EncodesQueries: _EncodesQueries, KnowsConcepts: _KnowsConcepts,
 }
 assert set(FORWARDERS) == set(CAPABILITIES), "every capability needs its forwarding mixin"
 

@@ -6,7 +6,7 @@ statistics computed once per scene. Models apply their own normalisation (ImageN
 on top, return per-pixel probabilities at the tile's size, and must be deterministic.
 
 What a model can do beyond `predict` is declared here as capabilities (`ChangeAware`,
-`Generative`, `Dialogue`, `Grounded`, `ProvenanceSource`): the pipeline asks `isinstance(model,
+`Generative`, `Dialogue`, `Grounded`, `ProvenanceSource`, `EncodesQueries`, `KnowsConcepts`): the pipeline asks `isinstance(model,
 ChangeAware)`, never `hasattr`, and every wrapper (geoseg.executors: batch jobs, Ray replicas)
 exposes exactly the capabilities of the model it wraps (`capabilities(model)`).
 """
@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from geoseg.models.concepts import QueryKnowledge
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,16 @@ class EncodesQueries(Segmenter, Protocol):
 
 
 @runtime_checkable
+class KnowsConcepts(Segmenter, Protocol):
+    """Declares the concepts and wordings it was trained on (geoseg.models.concepts.Inventory) and
+    says, per query, whether the query is close to one of them and which trained concepts are
+    nearest. The pipeline asks before any tile runs; a model without this capability (an
+    open-vocabulary model) is not checked."""
+
+    def check_queries(self, queries: Sequence[str]) -> list[QueryKnowledge]: ...
+
+
+@runtime_checkable
 class TorchBacked(Protocol):
     """Keeps its weights in one torch module, `model` (the dry run reports their memory). Not a
     capability a wrapper forwards: the dry run reads it from a model it loaded itself."""
@@ -167,7 +180,9 @@ class TorchBacked(Protocol):
     model: torch.nn.Module
 
 
-CAPABILITIES: tuple[type, ...] = (ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource, EncodesQueries)
+CAPABILITIES: tuple[type, ...] = (
+    ChangeAware, Generative, Dialogue, Grounded, ProvenanceSource, EncodesQueries, KnowsConcepts,
+)
 
 
 def capabilities(model: object) -> tuple[type, ...]:

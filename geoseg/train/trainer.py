@@ -30,6 +30,7 @@ from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 from geoseg.train.batch import Batch
 from geoseg.train.config import TrainConfig, averaged_checkpoints
 from geoseg.train.data import make_batch_source
+from geoseg.train.inventory import export_inventory
 from geoseg.train.losses import change_pretrain_loss, compact_loss
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> Path:
     save_checkpoint(model.eval(), final)
     if config.export_to:
         export_final(final, config)
+        # the concepts and wordings this config trained, with the unknown-query rule (inventory.py)
+        export_inventory(Path(config.export_to), config)
     return final
 
 

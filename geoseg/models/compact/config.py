@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from geoseg.models.concepts import Inventory
+
 MODEL_TYPE = "geoseg_compact"
 MODEL_TYPE_CHANGE = "geoseg_compact_change"
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -43,6 +45,9 @@ class CompactConfig:
     # the probabilities are the mean over reads of each tile resampled by these factors (chosen
     # on validation, docs/models/compact.md); (1.0,) reads the tile as it is
     inference_scales: tuple[float, ...] = (1.0,)
+    # the concepts and wordings the weights were trained on and the rule a query is judged known
+    # by (geoseg.models.concepts; written by geoseg.train.inventory); None: none declared, not checked
+    inventory: Inventory | None = None
     extra: dict = field(default_factory=dict)  # training provenance (data, steps, metrics)
 
     def __post_init__(self) -> None:
@@ -55,7 +60,9 @@ class CompactConfig:
         return self.model_type == MODEL_TYPE_CHANGE
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["inventory"] = self.inventory.to_dict() if self.inventory else None
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> CompactConfig:
@@ -64,6 +71,8 @@ class CompactConfig:
         for key in ("decoder_widths", "mean", "std", "gsd_range", "inference_scales"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("inventory"), dict):
+            kwargs["inventory"] = Inventory.from_dict(kwargs["inventory"])
         return cls(**kwargs)
 
     def save(self, directory: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from geoseg.models.base import ModelInfo, Prediction
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, TextFeatures, shared_text_encoder
+from geoseg.models.concepts import Inventory, QueryKnowledge, judge, sentence_embeddings
 from geoseg.provenance import sha256_file
 
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
@@ -98,6 +100,36 @@ class CompactSegmenter:
             raise InputError(f"{self.info.name}: before {tuple(before.shape)} and after {tuple(images.shape)} differ in shape")
 
 
+class InventoriedSegmenter(CompactSegmenter):
+    """A compact segmenter whose config.json declares its inventory (KnowsConcepts): each query's
+    sentence embedding (the mean-pooled MiniLM token the model itself reads, L2-normalised) is
+    compared with every trained wording's. The wordings are embedded once per model, in the
+    pipeline's query thread when it encodes the queries ahead (`encode_queries`)."""
+
+    def __init__(self, model: CompactModel, text: TextEncoder, info: ModelInfo, device: torch.device,
+                 inventory: Inventory) -> None:
+        super().__init__(model, text, info, device)
+        self.inventory = inventory
+        self._wording_vectors: torch.Tensor | None = None
+        self._vectors_lock = threading.Lock()
+
+    def encode_queries(self, queries: Sequence[str]) -> None:
+        super().encode_queries(queries)
+        self._inventory_vectors()
+
+    def check_queries(self, queries: Sequence[str]) -> list[QueryKnowledge]:
+        vectors = sentence_embeddings(self.text.encode(list(queries)).tokens[:, 0].cpu())
+        return judge(queries, vectors, self.inventory, self._inventory_vectors(),
+                     model=f"{self.info.name} {self.info.version}")
+
+    def _inventory_vectors(self) -> torch.Tensor:
+        with self._vectors_lock:
+            if self._wording_vectors is None:
+                wordings = [w for w, _ in self.inventory.wordings()]
+                self._wording_vectors = sentence_embeddings(self.text.encode(wordings).tokens[:, 0].cpu())
+            return self._wording_vectors
+
+
 def resampled(images: torch.Tensor, scale: float) -> torch.Tensor:
     """Tiles B x C x H x W resampled by about `scale`: each side to the nearest multiple of 32
     pixels (the encoder's stride), antialiased when shrinking, as GDAL's averaging overviews are."""
@@ -123,6 +155,8 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
             "text_encoder": config.text_encoder,
             "model_type": config.model_type,
             "inference_scales": list(config.inference_scales),  # the weights alone do not say how they were read
+            **({"concepts": {c.name: c.origin for c in config.inventory.concepts},
+                "known_rule": config.inventory.effective_rule.to_dict()} if config.inventory else {}),
         },
     )
 
@@ -148,4 +182,7 @@ def load_compact_segmenter(
     config = model.config
     text = shared_text_encoder(config.text_encoder, config.max_text_tokens, device)
     name = "compact-change" if config.change else "compact"
-    return CompactSegmenter(model, text, model_info(config, name, sha256_file(weights)), device)
+    info = model_info(config, name, sha256_file(weights))
+    if config.inventory is not None:
+        return InventoriedSegmenter(model, text, info, device, config.inventory)
+    return CompactSegmenter(model, text, info, device)
