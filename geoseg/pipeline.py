@@ -286,23 +286,22 @@ def _warn_gsd(scene: raster.Scene) -> None:
         log.warning("%s", warning)
 
 
-class UnknownQueryError(InputError):
-    """--unknown-query error: a query close to no concept the model was trained on. Exit code 2."""
-
-
 def checked_queries(model: Segmenter, queries: Sequence[str], opts: RunOptions,
                     warnings: list[str] | None = None) -> list[QueryKnowledge] | None:
     """Each query against the concepts the model was trained on (KnowsConcepts), before any tile
     runs: one WARNING line per unknown query (added to `warnings`), or, with
-    `--unknown-query error`, one UnknownQueryError for them all. None: the model declares no
+    `--unknown-query error`, one InputError (exit code 2) for them all, before anything is written. None: the model declares no
     concepts (an open-vocabulary model), so nothing is checked."""
     if not isinstance(model, KnowsConcepts):
         return None
     knowledge = model.check_queries(queries)
     unknown = [k for k in knowledge if not k.known]
     if unknown and opts.unknown_query == "error":
-        raise UnknownQueryError("; ".join(k.describe().removesuffix("; expect few or no polygons") for k in unknown)
-                                + " (--unknown-query error; --unknown-query warn runs it anyway)")
+        names = ", ".join(f'"{k.query}"' for k in unknown)
+        nearest = "; ".join(f'"{k.query}": ' + ", ".join(f"{n.concept} {n.similarity:.2f}" for n in k.nearest)
+                            for k in unknown)
+        raise InputError(f"query {names} is not a concept {unknown[0].model} was trained on (nearest: {nearest}; "
+                         f"known from {unknown[0].min_similarity:.2f}); --unknown-query warn runs it anyway")
     for k in unknown:
         log.warning("%s", k.describe())
         if warnings is not None:

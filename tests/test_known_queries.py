@@ -133,7 +133,7 @@ def test_unknown_query_error_exits_2_and_writes_nothing(knowing_dir, tmp_path):
     out = tmp_path / "o.gpkg"
     r = run("segment", VILLAGE, "solar panels", "-o", out, "--model", knowing_dir, "--unknown-query", "error")
     assert r.exit_code == 2
-    assert "solar panels" in r.stderr and "--unknown-query error" in r.stderr
+    assert "solar panels" in r.stderr and "--unknown-query warn" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".geoseg-")]
 
 

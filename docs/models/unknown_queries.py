@@ -80,7 +80,7 @@ def measure(checkpoint: Path, window: int) -> None:
 
     model = load_compact_segmenter(checkpoint)
     queries = list(UNRELATED_EVAL) + list(KNOWN_EVAL)
-    drawn_unwarned, unrelated_runs, known_warned, known_drawn = [], 0, set(), 0
+    drawn_unwarned, unrelated_runs, known_warned = [], 0, set()
     print(f"\nEnd to end: {checkpoint} on {len(SCENES)} real scenes (central {window} px windows), "
           f"{len(UNRELATED_EVAL)} unrelated + {len(KNOWN_EVAL)} held-out known queries, one run per scene and query\n")
     print("| scene | GSD warning | unrelated runs with polygons (warned / not warned) | known runs with polygons | seconds |")
@@ -98,7 +98,7 @@ def measure(checkpoint: Path, window: int) -> None:
             seconds = time.perf_counter() - t0
             known = {c["query"]: c["known"] for c in summary.query_check or []}
             features = {layer.query: layer.features for layer in summary.layers}
-            drawn_w = drawn_n = 0
+            drawn_w = drawn_n = known_here = 0
             for q in UNRELATED_EVAL:
                 unrelated_runs += 1
                 if features[q]:
@@ -107,11 +107,11 @@ def measure(checkpoint: Path, window: int) -> None:
                         drawn_n += 1
                         drawn_unwarned.append(f"{q} ({path.parent.name}: {features[q]} polygons)")
             for q in KNOWN_EVAL:
-                known_drawn += bool(features[q])
+                known_here += bool(features[q])
                 if not known[q]:
                     known_warned.add(q)
             gsd = "yes" if any("trained for" in w for w in summary.warnings) else "no"
-            print(f"| {path.parent.name}/{path.name} | {gsd} | {drawn_w} / {drawn_n} | {known_drawn} so far | {seconds:.0f} |")
+            print(f"| {path.parent.name}/{path.name} | {gsd} | {drawn_w} / {drawn_n} | {known_here} / {len(KNOWN_EVAL)} | {seconds:.0f} |")
     share = 100 * len(drawn_unwarned) / max(1, unrelated_runs)
     print(f"\nUnrelated runs that draw polygons without the warning: {len(drawn_unwarned)} / {unrelated_runs} "
           f"= {share:.1f} % (target <= 10 %): {', '.join(drawn_unwarned) or 'none'}")
