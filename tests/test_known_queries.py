@@ -229,3 +229,13 @@ def test_the_shipped_models_declare_an_inventory_with_a_rule():
 def test_sentence_embeddings_are_unit_length(knowing):
     vectors = knowing._inventory_vectors()
     assert torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)), atol=1e-5)
+
+
+def test_the_trainers_export_writes_the_inventory_and_its_rule(tmp_path):
+    from geoseg.train.inventory import export_inventory
+
+    CompactModel(tiny_config()).save_pretrained(tmp_path)
+    written = export_inventory(tmp_path, train_config_from_dict({"stage": "segment"}))
+    loaded = CompactConfig.load(tmp_path).inventory
+    assert loaded == written and loaded.rule is not None and "UNRELATED_TUNE" in loaded.rule.chosen_on
+    assert isinstance(load_compact_segmenter(tmp_path), KnowsConcepts)
