@@ -29,10 +29,12 @@ from geoseg.models.base import (
     EncodesQueries,
     Generative,
     Grounded,
+    KnowsConcepts,
     Prediction,
     ProvenanceSource,
     capabilities,
 )
+from geoseg.models.concepts import Neighbour, QueryKnowledge
 from geoseg.models.registry import load_segmenter
 from geoseg.models.segearth import generate
 from geoseg_cli.main import cli
@@ -101,12 +103,22 @@ class EncodingDouble(ConvOracle):
         return super().predict(images, queries, before=before)
 
 
-DOUBLES = {"conv": ConvOracle, "change": ChangeDouble, "generative": GenerativeDouble, "encodes": EncodingDouble}
+class KnowingDouble(ConvOracle):
+    """Declares what it was trained on: "roads" only."""
+
+    def check_queries(self, queries):
+        return [QueryKnowledge(q, q == "roads", (Neighbour("roads", 1.0 if q == "roads" else 0.2, "roads"),), 0.5,
+                               "knowing double") for q in queries]
+
+
+DOUBLES = {"conv": ConvOracle, "change": ChangeDouble, "generative": GenerativeDouble, "encodes": EncodingDouble,
+           "knows": KnowingDouble}
 EXPECTED = {
     "conv": (),
     "change": (ChangeAware,),
     "generative": (ChangeAware, Generative, Dialogue),
     "encodes": (EncodesQueries,),
+    "knows": (KnowsConcepts,),
 }
 
 
@@ -150,7 +162,9 @@ def check_wrapper(wrapper, spec: str, lock: CountingLock | None = None) -> None:
         assert view.answers == answers[0]
         assert view.provenance(1) == {"dialogue": {"answer": answers[0][1].text}}
         assert capabilities(wrapper.with_history([])) == EXPECTED[spec]
-    calls = {"conv": 1, "change": 2, "generative": 6, "encodes": 2}[spec]
+    if isinstance(model, KnowsConcepts):
+        assert wrapper.check_queries(queries) == model.check_queries(queries)
+    calls = {"conv": 1, "change": 2, "generative": 6, "encodes": 2, "knows": 2}[spec]
     assert wrapper.meter.calls == calls
     if lock is not None:
         assert lock.entered == calls

@@ -239,3 +239,12 @@ def test_the_trainers_export_writes_the_inventory_and_its_rule(tmp_path):
     loaded = CompactConfig.load(tmp_path).inventory
     assert loaded == written and loaded.rule is not None and "UNRELATED_TUNE" in loaded.rule.chosen_on
     assert isinstance(load_compact_segmenter(tmp_path), KnowsConcepts)
+
+
+def test_the_open_vocabulary_mllm_declares_no_inventory():
+    from geoseg.models.segearth.bitemporal import BitemporalSegmenter
+    from geoseg.models.segearth.generate import GenerativeSegmenter, GroundedSegmenter
+    from geoseg.models.segearth.segmenter import SegEarthSegmenter
+
+    for cls in (SegEarthSegmenter, GenerativeSegmenter, GroundedSegmenter, BitemporalSegmenter):
+        assert "check_queries" not in dir(cls), cls  # so isinstance(model, KnowsConcepts) is False
