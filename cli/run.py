@@ -84,7 +84,8 @@ def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, o
     """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
 
     The direction comes from the words of the query: "new", "built", "appeared"... -> appeared;
-    "demolished", "removed", "destroyed", "lost", "cleared"... -> disappeared; otherwise both.
+    "demolished", "removed", "destroyed", "lost", "cleared"... -> disappeared; otherwise both,
+    each change in its own direction ("changed" from a model that cannot tell them apart).
 
     \b
       geoseg change before.tif after.tif "new roads" -o roads.gpkg

@@ -3,7 +3,11 @@ the tile plan and batch size, predicting batches of tiles and blending them into
 with the resume hooks of a batch job (journal).
 
     Scene + channels -> tiling.plan_tiles -> tiling.read_tiles (threads) -> Segmenter.predict
-        (batched; change: per date or change-aware) -> stitch.RollingBlender -> one raster per channel
+        (batched; change: ChangeAware.predict_change, one (query, direction) per channel)
+        -> stitch.RollingBlender -> one raster per channel
+
+The engine only calls and indexes: how a model tells the directions of a change (or that it
+cannot) is the model's, or its adapter's in geoseg.models.change.
 """
 
 from __future__ import annotations
@@ -17,15 +21,14 @@ from typing import Protocol
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from geoseg import raster, stitch, tiling
 from geoseg.grounding import answer_scene
-from geoseg.models.base import ChangeAware, Generative, Grounded, Segmenter, TorchBacked
+from geoseg.models.base import Generative, Grounded, Segmenter, TorchBacked
+from geoseg.models.change import change_types, change_view
 from geoseg.options import RunOptions
 from geoseg.outputs import RunSummary
-from geoseg.queries import change_direction
 from geoseg.rowfeed import RowFeed
 
 DEFAULT_CPU_BATCH = 4
@@ -37,7 +40,7 @@ class Channel:
     for a generative model one per target its answer names (`target` indexes Prediction.targets)."""
 
     query_index: int
-    change_type: str | None = None  # appeared | disappeared (change mode only)
+    change_type: str | None = None  # appeared | disappeared | changed (change mode only; geoseg.models.change)
     target: int | None = None  # index of the named target in the query's answer
     phrase: str | None = None  # that target's phrase -> the polygons' `target` field
 
@@ -88,13 +91,17 @@ class NullJournal:
         pass
 
 
-def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) -> tuple[Segmenter, list[Channel]]:
-    """One channel per query; for a pair of dates, one per direction the query's words ask for
-    (geoseg.queries); a generative model first answers each query once for the scene and then gets
+def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str],
+                 dilate_px: int = 2) -> tuple[Segmenter, list[Channel]]:
+    """One channel per query; for a pair of dates the model's change view
+    (geoseg.models.change.change_view) and one channel per change type the query gets from it: the
+    direction its words name, else appeared and disappeared, or "changed" from a model that cannot
+    tell them apart. A generative model first answers each query once for the scene and then gets
     one channel per target its answer names (geoseg.grounding). A query whose answer names nothing
     keeps one (empty) channel, so its layer exists and says "found nothing"."""
     if len(scene.inputs) == 2:
-        return model, [Channel(qi, kind) for qi, q in enumerate(queries) for kind in directions(q)]
+        view = change_view(model, dilate_px)
+        return view, [Channel(qi, kind) for qi, q in enumerate(queries) for kind in change_types(view, q)]
     if isinstance(model, Generative):
         model = answer_scene(model, scene, queries)
     if not isinstance(model, Grounded):
@@ -104,12 +111,6 @@ def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str]) 
         named = [Channel(qi, target=t, phrase=p) for t, p in enumerate(answer.phrases)]
         channels.extend(named or [Channel(qi)])
     return model, channels
-
-
-def directions(query: str) -> tuple[str, ...]:
-    """The change types a change query asks for: appeared, disappeared, or both."""
-    direction = change_direction(query)
-    return ("appeared", "disappeared") if direction == "both" else (direction,)
 
 
 def plan_for(scene: raster.Scene, model: Segmenter, opts: RunOptions) -> tiling.TilePlan:
@@ -192,7 +193,7 @@ def _flush_batch(batch, model, queries, channels, plan, blender, opts, journal: 
     """Predict a batch of tiles and hand each tile's channel probabilities to the blender."""
     if not batch:
         return
-    probs = predict_channels(model, batch, queries, channels, plan.tile_size, opts.dilate_px)
+    probs = predict_channels(model, batch, queries, channels, plan.tile_size)
     journal.batch_predicted(batch, probs)  # recorded before blending: a checkpoint never runs ahead of it
     for data, p in zip(batch, probs, strict=True):
         h, w = data.tile.height, data.tile.width
@@ -205,59 +206,33 @@ def predict_channels(
     queries: Sequence[str],
     channels: Sequence[Channel],
     tile_size: int,
-    dilate_px: int,
 ) -> np.ndarray:
-    """B x channels x T x T probabilities for a batch (tiles zero-padded to the model size)."""
+    """B x channels x T x T probabilities for a batch (tiles zero-padded to the model size). For a
+    pair of dates `model` is the change view channels_for gave: one call, a (query, direction) per
+    channel."""
     dates = len(batch[0].arrays)
     stacked = [
         torch.from_numpy(np.stack([tiling.pad_to(d.arrays[i], tile_size) for d in batch])).to(model.device)
         for i in range(dates)
     ]
-    if dates == 1:
-        pred = model.predict(stacked[0], queries)
-        if all(c.target is None for c in channels):
-            return pred.probabilities.float().cpu().numpy()
-        # Named targets of a generative answer: each is its own channel.
-        per_tile = [
-            torch.stack([
-                pred.targets[b][c.query_index][c.target].probabilities if c.target is not None
-                else pred.probabilities[b, c.query_index]
-                for c in channels
-            ])
-            for b in range(len(batch))
-        ]
-        return torch.stack(per_tile).float().cpu().numpy()
-    before, after = stacked
-    if model.info.change_native:
-        # A change-native model reads the direction from the query itself.
-        p = model.predict(after, queries, before=before).probabilities.float()
-        return torch.stack([p[:, c.query_index] for c in channels], dim=1).cpu().numpy()
-    if isinstance(model, ChangeAware):
-        # The model combines the dates itself (e.g. with a feature-change test against
-        # misregistration and lighting); one call per direction present in the channels.
-        by_direction = {
-            kind: model.predict_change(after, before, queries, direction=kind).probabilities.float()
-            for kind in {c.change_type for c in channels}
-        }
-        return torch.stack([by_direction[c.change_type][:, c.query_index] for c in channels], dim=1).cpu().numpy()
-    # A single-date model: segment both dates (each image encoded once for all queries), then
-    # appeared = after AND NOT dilate(before), disappeared = before AND NOT dilate(after).
-    p_before = model.predict(before, queries).probabilities.float()
-    p_after = model.predict(after, queries).probabilities.float()
-    out = []
-    for c in channels:
-        a, b = p_after[:, c.query_index], p_before[:, c.query_index]
-        if c.change_type == "disappeared":
-            a, b = b, a
-        out.append(a * (1 - dilate(b, dilate_px)))
-    return torch.stack(out, dim=1).cpu().numpy()
-
-
-def dilate(prob: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey dilation (max filter) that forgives a misregistration of `radius` pixels."""
-    if radius <= 0:
-        return prob
-    return F.max_pool2d(prob[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+    if dates == 2:
+        before, after = stacked
+        pred = model.predict_change(after, before, [queries[c.query_index] for c in channels],
+                                    direction=[c.change_type for c in channels])
+        return pred.probabilities.float().cpu().numpy()
+    pred = model.predict(stacked[0], queries)
+    if all(c.target is None for c in channels):
+        return pred.probabilities.float().cpu().numpy()
+    # Named targets of a generative answer: each is its own channel.
+    per_tile = [
+        torch.stack([
+            pred.targets[b][c.query_index][c.target].probabilities if c.target is not None
+            else pred.probabilities[b, c.query_index]
+            for c in channels
+        ])
+        for b in range(len(batch))
+    ]
+    return torch.stack(per_tile).float().cpu().numpy()
 
 
 def parameter_megabytes(model: Segmenter) -> float:

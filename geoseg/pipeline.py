@@ -54,7 +54,7 @@ from geoseg.outputs import (
     with_fields,
     work_directory,
 )
-from geoseg.queries import change_direction, validate_queries
+from geoseg.queries import validate_queries
 from geoseg.rowfeed import FeedAbandoned, RowFeed
 from geoseg.stitch import PROB_NODATA, PROB_SCALE
 
@@ -104,7 +104,8 @@ def change(
     segmenter: Segmenter | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> RunSummary:
-    """Find the queried change between two dates; `change_type` says appeared or disappeared.
+    """Find the queried change between two dates; `change_type` says appeared or disappeared
+    (changed: a model that cannot tell the directions apart; geoseg.models.change).
 
         geoseg.change("sample_tiles/pair_before.tif", "sample_tiles/pair_after.tif", ["new buildings"], "new.gpkg")
     """
@@ -154,7 +155,7 @@ def run(
         # so reading a large scene for its sha256 overlaps the model instead of following it.
         hashed = {str(i.path): hasher.submit(input_record, i) for s in scenes for i in s.inputs}
         for n, scene in enumerate(scenes):
-            scene_model, channels = channels_for(model, scene, queries)
+            scene_model, channels = channels_for(model, scene, queries, opts.dilate_px)
             prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
             first_raster = first_raster or prob_paths[0]
             journal = checkpoints.journal(n) if checkpoints else None
@@ -179,10 +180,16 @@ def run(
                 extra=(answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else {}))
                 | ({"query_check": knowledge[qi].to_dict()} if knowledge is not None else {}),
             )
-            direction = change_direction(query) if pair else None
+            direction = written_direction({c.change_type for c in channels if c.query_index == qi}) if pair else None
             layers.append(layer_for(query, merge_scenes(parts[qi], opts.dst_crs), record, opts.layer, direction))
         commit_outputs(output, layers, opts, [first_raster], summary)
     return finish(summary, started)
+
+
+def written_direction(change_types: set[str | None]) -> str:
+    """What a change layer holds (its provenance's `change_direction`): appeared, disappeared,
+    both (the two directions), or changed (a model that cannot tell them apart)."""
+    return "both" if len(change_types) > 1 else next(iter(change_types))
 
 
 def dry_run(

@@ -39,7 +39,7 @@ GAP = 8
 LEGEND_HEIGHT = 28
 BACKGROUND = (24, 24, 24)
 NODATA_GREY = (48, 48, 48)
-CHANGE_COLOURS = {"appeared": (46, 204, 64), "disappeared": (255, 65, 54)}
+CHANGE_COLOURS = {"appeared": (46, 204, 64), "disappeared": (255, 65, 54), "changed": (255, 170, 0)}
 OUTLINE_PX = 2
 
 

@@ -65,7 +65,7 @@ class Forwarder:
 
 
 class _ChangeAware:
-    def predict_change(self, after, before, queries, *, direction: str = "appeared") -> Prediction:
+    def predict_change(self, after, before, queries, *, direction="appeared") -> Prediction:
         return self._call("predict_change", after, before, queries, direction=direction)
 
 

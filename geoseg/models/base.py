@@ -114,11 +114,16 @@ class Answer(Protocol):
 
 @runtime_checkable
 class ChangeAware(Segmenter, Protocol):
-    """Combines two dates itself (e.g. a feature-change test against misregistration and
-    lighting) instead of the pipeline's per-date comparison; `direction` is appeared | disappeared."""
+    """Answers a change question about two dates one direction at a time: `direction` is appeared |
+    disappeared, one for every query or one per query (the engine asks each batch once, a (query,
+    direction) per channel, so a query may come twice). How the model tells the directions apart is
+    its own (compact-change: each direction's wording; SegEarth-R1: both dates segmented and compared,
+    with a feature-change test against misregistration and lighting). Models without it get an
+    adapter (geoseg.models.change.change_view)."""
 
     def predict_change(
-        self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *, direction: str = "appeared"
+        self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *,
+        direction: str | Sequence[str] = "appeared",
     ) -> Prediction: ...
 
 

@@ -11,13 +11,20 @@ import torch.nn.functional as F
 
 from geoseg.errors import InputError, ModelLoadError
 from geoseg.models.base import ModelInfo, Prediction
+from geoseg.models.change import APPEARED, DIRECTIONS, per_query
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, TextFeatures, shared_text_encoder
 from geoseg.models.concepts import Inventory, QueryKnowledge, judge, sentence_embeddings
 from geoseg.provenance import sha256_file
+from geoseg.queries import change_direction
 
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
+# compact-change reads the direction from the query's words; a query that names none is asked once
+# per direction with these words before it. Chosen by measurement (docs/concepts.md, "Change
+# semantics"): on 30 rendered pairs with new and demolished buildings, "removed buildings" found the
+# demolished ones at IoU 0.90, the same query with the dates swapped at 0.41-0.42.
+DIRECTION_WORDS = {"appeared": "new", "disappeared": "removed"}
 
 LICENSE = (
     "Apache-2.0 (weights: trained by geoseg on real imagery of mixed terms and synthetic scenes, see "
@@ -100,6 +107,35 @@ class CompactSegmenter:
             raise InputError(f"{self.info.name}: before {tuple(before.shape)} and after {tuple(images.shape)} differ in shape")
 
 
+def directed_wording(query: str, direction: str) -> str:
+    """How compact-change is asked for one direction of `query`'s change: as it is when its words
+    name that direction, else with the direction's word before it ("buildings" -> "removed buildings")."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    said = change_direction(query)
+    if said == direction:
+        return query
+    if said != "both":
+        raise InputError(f"the query {query!r} names the other direction; it cannot be asked for {direction}")
+    return f"{DIRECTION_WORDS[direction]} {query}"
+
+
+class AsksDirections:
+    """ChangeAware for compact-change: each (query, direction) asked with the direction's wording
+    (directed_wording), all of a batch's wordings in one call, so each pair of tiles is encoded once."""
+
+    def predict_change(self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *,
+                       direction: str | Sequence[str] = APPEARED) -> Prediction:
+        asked = [directed_wording(q, d) for q, d in zip(queries, per_query(direction, queries), strict=True)]
+        unique = list(dict.fromkeys(asked))
+        p = self.predict(after, unique, before=before).probabilities
+        return Prediction(p[:, [unique.index(a) for a in asked]])
+
+    def encode_queries(self, queries: Sequence[str]) -> None:
+        super().encode_queries([*queries, *(directed_wording(q, d) for q in queries for d in DIRECTIONS
+                                            if change_direction(q) in (d, "both"))])
+
+
 class InventoriedSegmenter(CompactSegmenter):
     """A compact segmenter whose config.json declares its inventory (KnowsConcepts): each query's
     sentence embedding (the mean-pooled MiniLM token the model itself reads, L2-normalised) is
@@ -128,6 +164,14 @@ class InventoriedSegmenter(CompactSegmenter):
                 wordings = [w for w, _ in self.inventory.wordings()]
                 self._wording_vectors = sentence_embeddings(self.text.encode(wordings).tokens[:, 0].cpu())
             return self._wording_vectors
+
+
+class CompactChangeSegmenter(AsksDirections, CompactSegmenter):
+    """compact-change: a change-native compact model that is asked one direction at a time."""
+
+
+class InventoriedChangeSegmenter(AsksDirections, InventoriedSegmenter):
+    """compact-change with a declared inventory (the shipped one)."""
 
 
 def resampled(images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -184,5 +228,6 @@ def load_compact_segmenter(
     name = "compact-change" if config.change else "compact"
     info = model_info(config, name, sha256_file(weights))
     if config.inventory is not None:
-        return InventoriedSegmenter(model, text, info, device, config.inventory)
-    return CompactSegmenter(model, text, info, device)
+        cls = InventoriedChangeSegmenter if config.change else InventoriedSegmenter
+        return cls(model, text, info, device, config.inventory)
+    return (CompactChangeSegmenter if config.change else CompactSegmenter)(model, text, info, device)

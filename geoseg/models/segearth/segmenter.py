@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from geoseg.models.base import ModelInfo, Prediction
+from geoseg.models.change import per_query
 from geoseg.models.segearth.change import combine, feature_change_map, suppress_unchanged
 from geoseg.models.segearth.config import GeosegOptions
 from geoseg.models.segearth.model import ImageFeatures, SegEarthR1
@@ -131,19 +132,26 @@ class SegEarthSegmenter:
         before: torch.Tensor,
         queries: Sequence[str],
         *,
-        direction: str = "appeared",
+        direction: str | Sequence[str] = "appeared",
     ) -> Prediction:
         """Change probabilities B x Q x H x W from segmenting both dates with the same queries.
 
-        `direction`: "appeared" (after AND NOT dilate(before)), "disappeared" (the reverse) or
-        "both" (their maximum). Regions whose image features did not change are suppressed.
+        `direction` (one for every query, or one per query): "appeared" (after AND NOT
+        dilate(before)), "disappeared" (the reverse) or "both" (their maximum). Each distinct
+        query is segmented once, whatever directions it is asked for. Regions whose image features
+        did not change are suppressed.
         """
         if after.shape != before.shape:
             raise ValueError(f"before {tuple(before.shape)} and after {tuple(after.shape)} differ")
+        directions = per_query(direction, queries)
         encoded = self.encode(torch.cat([after, before], dim=0))  # one image pass for both dates
         b = after.shape[0]
-        probs = self.probabilities(self.logits(encoded, queries))
-        change = combine(probs[:b], probs[b:], direction, self.options.change_dilate_px)
+        unique = list(dict.fromkeys(queries))
+        probs = self.probabilities(self.logits(encoded, unique))
+        change = torch.stack([
+            combine(probs[:b, unique.index(q)], probs[b:, unique.index(q)], d, self.options.change_dilate_px)
+            for q, d in zip(queries, directions, strict=True)
+        ], dim=1)
         feats = encoded.features.mask_features
         change = suppress_unchanged(
             change, feats[:b], feats[b:], encoded.pad, self.options.change_min_angle_deg
