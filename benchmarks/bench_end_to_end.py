@@ -18,6 +18,11 @@ at the same GSD. Each with torch on one thread and with torch's default (every c
 loaded machine the default can be far slower (OpenMP threads waiting for each other on busy
 cores), and that is worth knowing. For GPUs see bench_gpu_mllm.py.
 
+Machines of one kind differ up to 2x in absolute speed, so every thread count also measures the
+machine's fp32 matrix-multiply throughput in the same run (torch.mm on 2048 x 2048, the project's
+torch, the same thread setting, best of several) and reports MP/s per 100 GFLOP/s beside MP/s:
+that ratio is what compares across machines.
+
     nice -n 19 .venv/bin/python benchmarks/bench_end_to_end.py
 """
 
@@ -59,6 +64,24 @@ def env_for(threads: int | None, cache: Path | str = "off") -> dict:
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return env
+
+
+MATMUL = """
+import json, time, torch
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+for _ in range(3):
+    torch.mm(a, b)
+best = float("inf")
+for _ in range(10):
+    t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)
+print(json.dumps({"gflops": round(2 * 2048**3 / best / 1e9, 1), "torch_threads": torch.get_num_threads()}))
+"""
+
+
+def matmul_gflops(threads: int | None) -> float:
+    """fp32 GFLOP/s of a 2048 x 2048 matrix product in a fresh process with `threads` threads."""
+    m = common.measure([common.PYTHON, "-c", MATMUL], env=env_for(threads)).check()
+    return float(m.json_tail()["gflops"])
 
 
 def warm_run(scene: Path, model: str, query: str, threads: int | None, out: Path) -> dict:
@@ -104,12 +127,15 @@ def measure_scene(scene: Path, model: str, query: str, threads: int | None, repe
     new_query |= {"run": "cold, new query", "seconds": new_query["wall_s"]}
     cold = cold_run(scene, model, query, threads, tmp / "cold.gpkg", cache)
     cold |= {"run": "cold", "seconds": cold["wall_s"]}
+    gflops = matmul_gflops(threads)
     rows = []
     for row in (warm, new_query, cold):
         row |= {"scene": scene.name, "threads": threads or "torch default", "megapixels": round(megapixels, 3),
                 "pixel_m": round(math.sqrt(area), 3)}
         row["mpx_per_s"] = round(megapixels / row["seconds"], 4)
         row["km2_per_h"] = round(megapixels * area * 3600 / row["seconds"], 2)
+        row["matmul_gflops"] = gflops
+        row["mpx_per_s_per_100gflops"] = round(100 * row["mpx_per_s"] / gflops, 3)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     return rows
@@ -140,7 +166,7 @@ def main() -> None:
                 rows += measure_scene(scene, args.model, args.query, n, args.repeat, Path(tmp))
     print(f"model {args.model}, query {args.query!r}")
     print(common.markdown_table(rows, [
-        "scene", "threads", "run", "seconds", "mpx_per_s", "km2_per_h", "cpu_per_wall", "peak_rss_mb", "tiles", "model_s",
+        "scene", "threads", "run", "seconds", "mpx_per_s", "mpx_per_s_per_100gflops", "matmul_gflops", "km2_per_h", "cpu_per_wall", "peak_rss_mb", "tiles", "model_s",
         "overhead_fraction", "load_s", "features",
     ]))
     if not args.no_save:
