@@ -35,12 +35,12 @@ def report(summary: RunSummary, as_json: bool, fail_on_empty: bool) -> None:
 
 
 def write_preview(png: Path | None, rasters: list, summary: RunSummary, opts, titles=None) -> None:
-    """The quick-look PNG, drawn from the GeoPackage the run just wrote."""
+    """The quick-look PNG, drawn from the vector file the run just wrote."""
     if png is not None:
         from geoseg import preview
 
         preview.preview_geopackage(rasters, summary.output, png, layers=[layer.name for layer in summary.layers],
-                                   titles=titles, bands=opts.bands)
+                                   titles=titles, bands=opts.bands, output_format=opts.output_format)
 
 
 @click.command(no_args_is_help=True)

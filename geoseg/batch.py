@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from geoseg import gpkg, pipeline, resume
+from geoseg import formats, pipeline, resume
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
 from geoseg.models.registry import default_model
@@ -374,7 +374,8 @@ class BatchRunner:
                     return result
                 if self.force and not opts.append:
                     opts.overwrite = True
-                gpkg.check_output_path(job.output, overwrite=opts.overwrite, append=opts.append)
+                formats.check_output(job.output, output_format=opts.output_format, overwrite=opts.overwrite,
+                                     append=opts.append)
                 model, opts = self.executor.job_model(spec, opts, self.cancel)
                 checkpoints = sidecar.begin(key, resume=self.resume, spec=_job_spec(job))
                 summary = _run_pipeline(job, opts, model, checkpoints)

@@ -30,6 +30,7 @@ BLEND_MODES = ("cosine", "average", "none")  # geoseg.stitch implements them
 ALIGN_TO = ("before", "after")
 RESAMPLING = ("nearest", "bilinear", "cubic")
 UNKNOWN_QUERY = ("warn", "error")  # what a query the model was not trained on does (geoseg.models.concepts)
+OUTPUT_FORMATS = ("gpkg", "parquet", "fgb", "geojson")  # geoseg.formats writes them
 EVAL_SCALE_MAX = 4.0  # geoseg evaluate --scale takes a factor in (0, this]
 
 
@@ -253,9 +254,15 @@ class RunOptions:
                              commands=WITH_VECTORIZE)
     fill_holes: bool = flag(VECTORISE, "Fill holes inside polygons.", commands=WITH_VECTORIZE)
     # write
+    output_format: str | None = choice(
+        None, OUTPUT_FORMATS, WRITE, "Output format: gpkg (GeoPackage, a layer per query), parquet (GeoParquet), "
+        "fgb (FlatGeobuf), geojson; the last three hold one table with a `layer` column. Default: from the "
+        "extension of -o.", name="format", commands=WITH_VECTORIZE)
     overwrite: bool = flag(WRITE, "Replace an existing output file.", commands=WITH_VECTORIZE)
-    append: bool = flag(WRITE, "Add the layer(s) to an existing GeoPackage.", commands=WITH_VECTORIZE)
-    layer: str | None = text(WRITE, "Layer name (default: a slug of the query).", commands=(SEGMENT, CHANGE, VECTORIZE))
+    append: bool = flag(WRITE, "Add to an existing output: new layers to a GeoPackage, new layers' rows to a "
+                        ".parquet/.fgb/.geojson file geoseg wrote.", commands=WITH_VECTORIZE)
+    layer: str | None = text(WRITE, "Layer name; in .parquet/.fgb/.geojson, the `layer` column's value "
+                             "(default: a slug of the query).", commands=(SEGMENT, CHANGE, VECTORIZE))
     probabilities: Path | None = path(WRITE, "Also write the blended probabilities as a COG (uint8, scale 1/254).",
                                       commands=(SEGMENT, CHANGE))
     mask_out: Path | None = path(WRITE, "Also write the thresholded mask as a COG (1 = target, 0 = not, 255 = nodata).",

@@ -15,7 +15,7 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from geoseg import gpkg, provenance, raster, stitch, vectorize
+from geoseg import formats, gpkg, provenance, raster, stitch, vectorize
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.options import RunOptions
 
@@ -70,7 +70,7 @@ def check_outputs(output: Path, opts: RunOptions, *, n_scenes: int, n_queries: i
     """Refuse bad output settings before any heavy work."""
     if opts.overwrite and opts.append:
         raise InputError("--overwrite and --append exclude each other; choose one")
-    gpkg.check_output_path(output, overwrite=opts.overwrite, append=opts.append)
+    formats.check_output(output, output_format=opts.output_format, overwrite=opts.overwrite, append=opts.append)
     if opts.layer and n_queries > 1:
         raise InputError("--layer names one layer but several queries were given; drop --layer")
     for extra in (opts.probabilities, opts.mask_out):
@@ -141,7 +141,8 @@ def input_record_path(path: str | Path) -> dict:
 def commit_outputs(
     output: Path, layers: list[gpkg.LayerData], opts: RunOptions, prob_paths: list[Path], summary: RunSummary
 ) -> None:
-    """Write the optional COGs beside their targets, then the GeoPackage atomically, then rename."""
+    """Write the optional COGs beside their targets, then the vector file atomically (its format
+    from the output path or --format: geoseg.formats), then rename the COGs."""
     # Two queries can slug to the same layer name ("Roads", "roads!"): suffix _2, _3 ...
     names = gpkg.unique_layer_names(layer.name for layer in layers)
     layers = [replace(layer, name=n, provenance={**layer.provenance, "layer": n}) for layer, n in zip(layers, names, strict=True)]
@@ -155,7 +156,8 @@ def commit_outputs(
                 part = Path(target).with_name(f".{Path(target).name}.geoseg-part")
                 staged.append((part, Path(target)))
                 write(prob_paths[0], part)
-        gpkg.write_geopackage(output, layers, overwrite=opts.overwrite, append=opts.append)
+        formats.write_layers(output, layers, output_format=opts.output_format, overwrite=opts.overwrite,
+                             append=opts.append)
         for part, target in staged:
             os.replace(part, target)
     finally:

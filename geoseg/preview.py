@@ -61,12 +61,16 @@ def preview_geopackage(
     titles: Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
     max_side: int = 1024,
+    output_format: str | None = None,
 ) -> Path:
-    """Draw the polygon layers of `geopackage` (all, or `layers`) over each raster; write a PNG."""
-    names = list(layers) if layers is not None else polygon_layers(geopackage)
+    """Draw the polygon layers of `geopackage` (all, or `layers`) over each raster; write a PNG.
+    Any output geoseg writes works (geoseg.formats: by its extension, or `output_format`)."""
+    from geoseg import formats
+
+    names = list(layers) if layers is not None else formats.list_layers(geopackage, output_format)
     drawn: list[PreviewLayer] = []
     for name in names:
-        gdf = pyogrio.read_dataframe(geopackage, layer=name)
+        gdf = formats.read_layer(geopackage, name, output_format)
         if "change_type" in gdf.columns and len(gdf):
             for kind, part in gdf.groupby("change_type", sort=True):
                 colour = CHANGE_COLOURS.get(str(kind), style_colour(f"{name}:{kind}"))
