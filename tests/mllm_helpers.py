@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 import torch
-from test_segearth import WORDS
+from segearth_words import WORDS
 
 from geoseg.models.segearth.bitemporal import SegEarthBitemporal
 from geoseg.models.segearth.checkpoint import save_checkpoint

@@ -104,7 +104,12 @@ def test_dry_run_prints_plan(oracle, scene):
     r = run("segment", scene, "q", "-o", "unused.gpkg", "--dry-run", "--json")
     assert r.exit_code == 0
     plan = json.loads(r.stdout)["scenes"][0]
-    assert plan["tiles"] == 3 * 2 and plan["tile_size"] == 128  # 256 x 240 px, step 112 and "memory_estimate_mb" in plan
+    assert plan["tiles"] == 3 * 2 and plan["tile_size"] == 128  # 256 x 240 px, step 112
+    memory = plan["memory_estimate_mb"]
+    assert set(memory) == {"blend_window_per_query", "polygon_rows_per_query", "input_batch", "model_parameters"}
+    assert all(isinstance(mb, (int, float)) and mb >= 0 for mb in memory.values()), memory
+    # one tile-high band of the scene's width, float32 sum + weight: 2 x 4 B x 128 x 256 px
+    assert memory["blend_window_per_query"] == round(2 * 4 * 128 * 256 / 2**20, 1)
 
 
 def test_change_command_and_append(oracle, tmp_path):

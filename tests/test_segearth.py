@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from segearth_words import WORDS
 
 from geoseg.errors import ModelLoadError
 from geoseg.models.segearth import (
     PadInfo,
     SegEarthSegmenter,
+    checkpoint,
     gate,
     load_segearth_segmenter,
     preprocess,
@@ -311,75 +313,6 @@ def split_state(state: dict[str, torch.Tensor], heads: int) -> dict[str, torch.T
 
 
 # ------------------------------------------------------------------ tiny checkpoint helpers
-WORDS = [
-    "[UNK]",
-    "the",
-    "a",
-    "of",
-    "and",
-    "in",
-    "to",
-    "is",
-    "with",
-    "red",
-    "blue",
-    "roof",
-    "roofs",
-    "building",
-    "buildings",
-    "road",
-    "roads",
-    "car",
-    "cars",
-    "water",
-    "tree",
-    "trees",
-    "new",
-    "field",
-    ",",
-    ".",
-    ":",
-    ";",
-    "(",
-    ")",
-    "[",
-    "]",
-    "<",
-    ">",
-    "/",
-    "-",
-    "This",
-    "an",
-    "image",
-    "Please",
-    "doing",
-    "Referring",
-    "Reasoning",
-    "Segmentation",
-    "according",
-    "following",
-    "instruction",
-    "INST",
-    "SYS",
-    "You",
-    "are",
-    "helpful",
-    "language",
-    "vision",
-    "assistant",
-    "able",
-    "understand",
-    "visual",
-    "content",
-    "that",
-    "user",
-    "provides",
-    "assist",
-    "variety",
-    "tasks",
-    "using",
-    "natural",
-]
 
 
 def write_tokenizer(path: Path) -> None:
@@ -467,6 +400,25 @@ def test_published_inventory_has_935_tensors():
         2048,
     )
     assert len(split_layout(published)) == 1031  # 48 fused tensors become 144
+
+
+def test_geoseg_loader_takes_every_published_tensor_at_full_size(monkeypatch):
+    """geoseg's own loader (renames, fused q/k/v split, shape checks) on the published inventory
+    at full size: shape-only tensors on the meta device stand in for the 3 GB of weights."""
+    published = expand_inventory(PUBLISHED_DIMS)
+    with torch.device("meta"):
+        net = SegEarthR1(parse_config(PUBLISHED_CONFIG))
+        tensors = [
+            (key, torch.empty(shape, dtype=torch.int64 if key.endswith("index") else torch.bfloat16))
+            for key, shape in published.items()
+        ]
+    monkeypatch.setattr(checkpoint, "iter_tensors", lambda files, pickled, device: iter(tensors))
+    # raises ModelLoadError listing any missing, unexpected, misshapen or twice-given tensor
+    checkpoint.load_weights(net, [], False, torch.device("meta"), torch.bfloat16, Path("SegEarth-R1"))
+    got = net.state_dict()
+    assert all(got[k].dtype == torch.bfloat16 for k in got if got[k].is_floating_point())
+    for name in ("q_proj", "k_proj", "v_proj"):  # each third of the fused [6144, 2048] rows
+        assert tuple(got[f"model.layers.23.self_attn.{name}.weight"].shape) == (2048, 2048)
 
 
 def test_full_size_module_tree_has_the_split_layout():
