@@ -77,21 +77,29 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
 @click.command(no_args_is_help=True)
 @click.argument("before", type=click.Path(path_type=Path))
 @click.argument("after", type=click.Path(path_type=Path))
-@click.argument("query", nargs=-1, required=True)
+@click.argument("query", nargs=-1)
+@click.option("--query", "extra_queries", multiple=True,
+              help="A query (repeatable), as in `geoseg segment`; positional QUERYs may be given too.")
 @command_options("change")
 @click.pass_context
-def change_command(ctx, before, after, query, as_json, fail_on_empty, dry_run, output, preview_png, **kw):
+def change_command(ctx, before, after, query, extra_queries, as_json, fail_on_empty, dry_run, output, preview_png,
+                   **kw):
     """Find QUERY's change between BEFORE and AFTER; writes `change_type` per polygon.
 
     The direction comes from the words of the query: "new", "built", "appeared"... -> appeared;
     "demolished", "removed", "destroyed", "lost", "cleared"... -> disappeared; otherwise both,
     each change in its own direction ("changed" from a model that cannot tell them apart).
+    Several queries (positional or --query) give a layer each.
 
     \b
       geoseg change before.tif after.tif "new roads" -o roads.gpkg
+      geoseg change before.tif after.tif --query "new roads" --query "demolished buildings" -o c.gpkg
     """
     from geoseg import pipeline, preview
 
+    query = (*query, *extra_queries)  # `segment`'s --query works here too: users learn one spelling
+    if not query:
+        raise click.UsageError("give a QUERY after BEFORE and AFTER, or --query")
     opts = build_options(ctx, kw)
     if dry_run:
         click.echo(json.dumps(pipeline.dry_run([before, after], opts, pair=True, queries=list(query)), indent=None if as_json else 2))

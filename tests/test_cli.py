@@ -127,6 +127,21 @@ def test_change_command_and_append(oracle, tmp_path):
     assert [n for n, geom in pyogrio.list_layers(out) if geom] == ["new_buildings", "demolished_buildings"]
 
 
+def test_change_takes_query_options_like_segment(oracle, tmp_path):
+    before, after = tmp_path / "b.tif", tmp_path / "a.tif"
+    write_truth_scene(before, [], width=256, height=256, transform=T)
+    write_truth_scene(after, [box(500020, 5000020, 500060, 5000080)], width=256, height=256, transform=T)
+    out = tmp_path / "c.gpkg"
+    r = run("-q", "change", before, after, "--query", "new buildings", "--query", "demolished buildings",
+            "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    layers = json.loads(r.stdout)["layers"]
+    assert [(ly["query"], ly["change_type"]) for ly in layers] == [
+        ("new buildings", "appeared"), ("demolished buildings", "disappeared")]
+    r = run("change", before, after, "-o", tmp_path / "none.gpkg")
+    assert r.exit_code == 2 and "give a QUERY after BEFORE and AFTER, or --query" in r.stderr
+
+
 def test_min_area_units(oracle, scene, tmp_path):
     out = tmp_path / "o.gpkg"
     # the building is 40 x 60 m = 2400 m2
