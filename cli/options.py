@@ -73,7 +73,8 @@ def run_options(command: str, **help_for: str) -> Callable:
 
 output_opt = click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-    help="GeoPackage to write (a layer per query).",
+    help="Vector file to write, its format from the extension (or --format): .gpkg (a layer per query), "
+         ".parquet (GeoParquet), .fgb (FlatGeobuf) or .geojson (one table, a `layer` column).",
 )
 
 report_opts = _stack(

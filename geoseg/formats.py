@@ -23,6 +23,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,7 +309,10 @@ def _commit(tmp: Path, path: Path, side_tmp: Path | None, side: Path | None) -> 
     backup = None
     if path.exists():
         backup = _temp_path(path)
-        os.link(path, backup)
+        try:
+            os.link(path, backup)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, backup)
     try:
         os.replace(tmp, path)
         try:
