@@ -57,6 +57,7 @@ class Job:
     output: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
+    templated: bool = False  # output from --output-template: its directories are made when it runs
 
     def run_options(self, defaults: dict[str, Any]) -> RunOptions:
         """RunOptions from the batch defaults (--set, parsed) overlaid with the job's own options."""
@@ -203,6 +204,7 @@ def _complete(job: Job, defaults: JobDefaults) -> Job:
         job.queries = list(defaults.queries)
     if not job.output and defaults.output_template and job.inputs:
         job.output = _render(defaults.output_template, job)
+        job.templated = True
     job.problem = _shape_problem(job)
     return job
 
@@ -368,6 +370,8 @@ class BatchRunner:
             key = resume.job_key(mode=job.mode, inputs=job.inputs, queries=job.queries, output=job.output,
                                  parameters=opts.record(), model=self.executor.model_identity(spec))
             result.key = key
+            if job.templated:
+                _make_directories(job.output)
             sidecar = resume.Sidecar(job.output)
             try:
                 if self._skip_if_done(sidecar, key, result):
@@ -438,6 +442,15 @@ def _output_key(job: Job) -> str | None:
     if job.problem or not job.output:
         return None
     return str(Path(job.output).resolve())
+
+
+def _make_directories(output: str) -> None:
+    """The directories of a templated output: `find ... | geoseg batch - --output-template
+    'out/{stem}.gpkg'` names folders that nobody made (an explicit `-o`/"output" must exist)."""
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{output}: cannot make its directory ({e.strerror}); check --output-template") from None
 
 
 def _job_spec(job: Job) -> dict:

@@ -221,6 +221,20 @@ def test_stdin_jsonl_and_bare_paths(scenes, conv_model):
     assert layers(scenes / "out" / "a.gpkg") == ["roads", "fields"]
 
 
+def test_output_template_directories_are_made(scenes, conv_model):
+    """The README's `find ... | geoseg batch - --output-template 'out/{stem}.gpkg'` with no out/ yet."""
+    r = run_cli("-q", "batch", "-", "--query", "roads", "--output-template", "out/{index}/{stem}.gpkg",
+                "--set", "tile-size=128", "--set", "overlap=32", stdin="b.tif\n")
+    assert r.exit_code == 0, r.output
+    assert [d["status"] for d in lines(r.stdout)] == ["ok"]
+    assert layers(scenes / "out" / "1" / "b.gpkg") == ["roads"]
+    # an output the job names itself is the user's path: its directory is not made
+    job = {"inputs": ["b.tif"], "queries": ["roads"], "output": "missing/b.gpkg", "options": SCENE_OPTS}
+    r = run_cli("-q", "batch", "-", stdin=json.dumps(job) + "\n")
+    assert r.exit_code == 1 and "does not exist; create it first" in lines(r.stdout)[0]["error"]
+    assert not (scenes / "missing").exists()
+
+
 def test_misspelt_set_and_missing_jobs_file_are_usage_errors(scenes, conv_model):
     r = run_cli("batch", "nope.jsonl")
     assert r.exit_code == 2 and "no such jobs file" in r.stderr

@@ -102,6 +102,19 @@ def test_cli_executor_ray(cluster, scenes, monkeypatch):
     assert ray.is_initialized()  # the executor left the cluster it did not start running
 
 
+def test_no_cluster_starts_for_jobs_that_are_all_refused(scenes, monkeypatch):
+    started = []
+    monkeypatch.setattr(ray_executor.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_executor.ray, "init", lambda **kw: started.append(kw))
+    (scenes / "done.gpkg").write_bytes(b"")  # exists: refused without --overwrite
+    refused = [batch.Job(1, "j:1", "segment", ["b.tif"], ["roads"], "done.gpkg", dict(SCENE_OPTS)),
+               batch.Job(2, "j:2", "segment", [], ["roads"], "x.gpkg", problem="j:2: inputs must be a non-empty list")]
+    ex = RayExecutor(workers=2)  # the registry's loader: a job's key needs no cluster
+    got = list(batch.BatchRunner(ex).run(refused))
+    ex.close()
+    assert [r.status for r in got] == ["error", "error"] and started == []
+
+
 def test_batch_killed_locally_resumes_on_ray(cluster, scenes):
     write_jobs(scenes / "jobs.jsonl", resume_jobs(scenes)[:2])
     proc = subprocess.run([sys.executable, "-c", CRASHING_RUN.format(tests=str(TESTS), calls=8 + 3 + 4)],

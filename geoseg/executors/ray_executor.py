@@ -252,23 +252,32 @@ class RayExecutor:
 
     def __init__(self, *, workers: int = 2, address: str | None = None, replicas: int | None = None,
                  load: Callable[..., Segmenter] | None = None, init: dict[str, Any] | None = None):
-        """Join the cluster at `address` (None: start a local one). `load(spec, device=,
-        allow_pickle=)` runs on the workers; geoseg must be installed there too."""
+        """Replicas on the cluster at `address` (None: start a local one), joined when the first
+        job needs a model. `load(spec, device=, allow_pickle=)` runs on the workers; geoseg must be
+        installed there too."""
         self.workers = max(1, workers)
         self._replicas, self._load = replicas, load or load_segmenter
+        self._address, self._init = address, init
         self._started = False
-        if not ray.is_initialized():
-            try:
-                kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-                ray.init(address=address, **{**kwargs, **(init or {})})
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
-            self._started = True
         self._pool: HostPool | None = None
         self._models = LoadOnce()  # (spec, device, allow_pickle) -> RemoteModel
 
+    def connect(self) -> None:
+        """Join (or start) the cluster. Called by the first job that needs a model, not at
+        construction: a batch whose jobs are all refused or already done starts no cluster."""
+        if ray.is_initialized():
+            return
+        address = self._address
+        try:
+            kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+            ray.init(address=address, **{**kwargs, **(self._init or {})})
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
+        self._started = True
+
     def placement(self) -> tuple[int, dict[str, float]]:
         """How many hosts and what each asks Ray for: one GPU each where there are GPUs."""
+        self.connect()
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
         n = self._replicas or gpus or 1
