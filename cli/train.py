@@ -13,13 +13,14 @@ def _progress(ctx: click.Context) -> bool:
     return not (ctx.obj or {}).get("quiet", 0)
 
 
-@click.command(short_help="Train the compact model from YAML/TOML configs, phase after phase.")
+@click.command(short_help="Train a model (compact or SegEarth MLLM) from YAML/TOML configs, phase after phase.")
 @click.argument("configs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--steps", type=int, default=None, help="Override the config's number of steps (one config only).")
 @click.option("--run-dir", default=None, help="Override the config's run directory (one config only).")
 @click.pass_context
 def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | None, run_dir: str | None) -> None:
-    """Train (or resume) a compact model as CONFIGS say, one phase after the other.
+    """Train (or resume) the model CONFIGS describe, one phase after the other: the compact model
+    or its change variant, or the SegEarth-R1 MLLM (LoRA, bi-temporal stages; a GPU).
 
     Checkpoints go to RUN_DIR/checkpoints/ (config.json + model.safetensors); an interrupted run
     continues from RUN_DIR/checkpoints/last when started again with the same config, and a phase
@@ -68,8 +69,8 @@ def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: fl
 
     \b
       geoseg evaluate compact data/heldout/manifest.jsonl --json
-      geoseg evaluate compact ../shared/data/train-real/dubai-hitl --tag area-split:val
-      geoseg evaluate compact ../shared/data/train-real/dubai-hitl --tag area-split:val --scale 0.5
+      geoseg evaluate compact data/dubai-hitl --tag area-split:val
+      geoseg evaluate compact data/dubai-hitl --tag area-split:val --scale 0.5
     """
     from geoseg.models.registry import load_segmenter
     from geoseg.train.evaluate import evaluate_manifest, format_report

@@ -29,6 +29,11 @@ def test_every_command_and_option_is_in_the_reference():
                     assert f"`{opt}`" in text, (name, opt)
 
 
+def test_help_examples_name_no_path_of_this_checkout():
+    """Users read `--help` (and cli.md) without this repository's sibling ../shared folder."""
+    assert "../shared" not in (DOCS / "cli.md").read_text()
+
+
 # ---------------------------------------------------------------- troubleshooting.md
 
 
