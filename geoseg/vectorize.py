@@ -712,6 +712,10 @@ def polygon_metrics(geoms: gpd.GeoSeries | Iterable[shapely.Geometry], crs) -> t
         k = _unit_factor(crs)
         return shapely.area(geoms) * k * k, shapely.length(geoms) * k
     geod = crs.get_geod() or ProjCRS.from_epsg(4326).get_geod()
+    # One polygon_area_perimeter call per ring rather than pyproj's Geod.geometry_area_perimeter:
+    # that one's perimeter leaves the holes out and it adds hole areas with their ring's sign
+    # (orientation-dependent); with geometry_length(boundary) for the perimeter it is 1.1-1.6x
+    # slower (benchmarks/bench_geodesic_metrics.py). tests/test_vectorize.py checks both agree.
     area = np.zeros(geoms.size)
     perimeter = np.zeros(geoms.size)
     for i, geom in enumerate(geoms):

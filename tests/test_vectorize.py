@@ -395,6 +395,19 @@ def test_geodesic_area_in_epsg4326(tmp_path):
     assert 8_700_000 < abs(area) * 1000 < 8_800_000  # ~111 m x ~79 m: sanity on magnitude
 
 
+def test_geodesic_metrics_agree_with_pyprojs_whole_geometry_helpers():
+    """Holes and parts, either ring orientation: the area is Geod.geometry_area_perimeter's on the
+    oriented polygon, the perimeter the geodesic length of the whole boundary, holes included."""
+    part = box(10.0, 45.0, 10.01, 45.01).difference(box(10.002, 45.002, 10.004, 45.004))
+    multi = shapely.MultiPolygon([part, box(10.02, 45.0, 10.03, 45.005)])
+    geod = Geod(ellps="WGS84")
+    for geom in (multi, shapely.orient_polygons(multi, exterior_cw=True), shapely.orient_polygons(multi)):
+        area, perimeter = polygon_metrics([geom], "EPSG:4326")
+        assert area[0] == pytest.approx(geod.geometry_area_perimeter(shapely.orient_polygons(geom))[0], rel=1e-9)
+        assert perimeter[0] == pytest.approx(geod.geometry_length(shapely.boundary(geom)), rel=1e-9)
+        assert perimeter[0] > geod.geometry_area_perimeter(shapely.orient_polygons(geom))[1]  # + the hole
+
+
 def test_polygon_metrics_projected_units():
     square = box(0, 0, 10, 10)
     area, perim = polygon_metrics([square], "EPSG:32618")
