@@ -301,6 +301,7 @@ class BatchRunner:
         self.stopping = False  # --on-error fail after a failure: start no more jobs
         self.counts: Counter[str] = Counter()
         self.not_started = 0
+        self._executor_started = False
 
     def run(self, jobs: Iterable[Job]) -> Iterator[JobResult]:
         """Yield each job's result as it finishes; on KeyboardInterrupt, the running jobs stop at a
@@ -318,6 +319,7 @@ class BatchRunner:
                         if job is None:
                             exhausted = True
                             break
+                        self._start_executor_for(job)
                         out = _output_key(job)
                         fut = pool.submit(self._run_after, last_for_output.get(out), job)
                         fut.job_index = job.index  # results that finish together are reported in job order
@@ -337,6 +339,24 @@ class BatchRunner:
                 raise
             if not exhausted:
                 self.not_started += sum(1 for _ in source)
+
+    def _start_executor_for(self, job: Job) -> None:
+        """Start the executor (join or start a Ray cluster) here, in the main thread (Ray installs
+        its signal handlers there), before the first job that will need a model: a batch whose
+        jobs are all refused starts none. A job it misjudges starts the executor itself."""
+        start = getattr(self.executor, "connect", None)  # the local executor has nothing to start
+        if start is None or self._executor_started or job.problem:
+            return
+        try:
+            opts = job.run_options(self.defaults.options)
+            if job.templated:
+                _make_directories(job.output)
+            formats.check_output(job.output, output_format=opts.output_format,
+                                 overwrite=opts.overwrite or self.force, append=opts.append)
+        except GeosegError:  # refused (or already done): its job thread reports why
+            return
+        start()
+        self._executor_started = True
 
     def _collect(self, done: Iterable[Future]) -> Iterator[JobResult]:
         for fut in sorted(done, key=lambda f: getattr(f, "job_index", 0)):

@@ -115,6 +115,25 @@ def test_no_cluster_starts_for_jobs_that_are_all_refused(scenes, monkeypatch):
     assert [r.status for r in got] == ["error", "error"] and started == []
 
 
+def test_the_cluster_is_joined_in_the_main_thread_before_the_first_job_that_runs(cluster, scenes, monkeypatch):
+    import threading
+
+    threads = []  # who calls connect first joins the cluster (Ray's signal handlers need the main thread)
+    connect = RayExecutor.connect
+    monkeypatch.setattr(RayExecutor, "connect", lambda self: (threads.append(threading.current_thread()), connect(self)))
+    monkeypatch.setattr(ray_executor, "load_segmenter", conv_oracle)  # the registry's loader: keys need no cluster
+    (scenes / "done.gpkg").write_bytes(b"")
+    todo = [batch.Job(1, "j:1", "segment", ["b.tif"], ["roads"], "done.gpkg", dict(SCENE_OPTS)),
+            batch.Job(2, "j:2", "segment", ["b.tif"], ["roads"], "new.gpkg", dict(SCENE_OPTS))]
+    ex = RayExecutor(workers=2, replicas=1)
+    try:
+        got = list(batch.BatchRunner(ex).run(todo))
+    finally:
+        ex.close()
+    assert [r.status for r in got] == ["error", "ok"], [r.error for r in got]
+    assert threads[0] is threading.main_thread()
+
+
 def test_batch_killed_locally_resumes_on_ray(cluster, scenes):
     write_jobs(scenes / "jobs.jsonl", resume_jobs(scenes)[:2])
     proc = subprocess.run([sys.executable, "-c", CRASHING_RUN.format(tests=str(TESTS), calls=8 + 3 + 4)],

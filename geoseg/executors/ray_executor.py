@@ -263,9 +263,10 @@ class RayExecutor:
         self._models = LoadOnce()  # (spec, device, allow_pickle) -> RemoteModel
 
     def connect(self) -> None:
-        """Join (or start) the cluster. Called by the first job that needs a model, not at
-        construction: a batch whose jobs are all refused or already done starts no cluster."""
-        if ray.is_initialized():
+        """Join (or start) the cluster: not at construction, so that a batch whose jobs are all
+        refused or already done starts none. BatchRunner calls it from the main thread before the
+        first job that will need a model; `pool()` calls it for any other use."""
+        if self._started or ray.is_initialized():
             return
         address = self._address
         try:
