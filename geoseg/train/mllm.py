@@ -15,27 +15,26 @@ fine-tuning; the Swin backbone stays frozen unless `train_vision`. Gradient chec
 autocast (CUDA), gradient accumulation. The final checkpoint is merged (LoRA folded in) and saved
 as a plain checkpoint directory that `--model DIR` loads. See docs/models/mllm-training.md.
 
-The run directory layout follows the compact trainer's: train_config.json, log.jsonl,
-checkpoints/last (trainable tensors + optimizer, for resuming), checkpoints/final (merged).
+`MLLMTask` plugs this into the one training loop (geoseg.train.loop: budget, schedule, log,
+resume, checkpoints, finished runs left as they are), so the run directory is the compact
+trainer's: train_config.json, log.jsonl, checkpoints/last (trainable tensors + optimizer, for
+resuming), checkpoints/final (merged).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
 import shutil
-import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from geoseg.errors import InputError
 from geoseg.models.segearth import BITEMPORAL_TYPE, GENERATIVE_TYPE, LoadedNetwork, load_network
@@ -58,6 +57,7 @@ from geoseg.models.segearth.lora import LoraSettings, apply_lora, merge_lora
 from geoseg.models.segearth.model import ImageFeatures, SegEarthR1
 from geoseg.models.segearth.preprocess import PadInfo, preprocess, to_input_frame
 from geoseg.models.segearth.prompt import refer_ids
+from geoseg.train.loop import STATE_NAME, decay_groups, run_training
 from geoseg.train.mllm_losses import (
     attention_supervision_loss,
     bce_dice,
@@ -65,6 +65,9 @@ from geoseg.train.mllm_losses import (
     mask_losses,
     token_cover,
 )
+
+if TYPE_CHECKING:
+    from geoseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,6 @@ DEFAULT_TRAIN_MODULES = (
     "d_layers", "temporal_fusion", "change_query",
 )  # fmt: skip
 STAGE1_MODULES = ("temporal_fusion", "pixel_decoder", "predictor", "change_query")
-STATE_NAME = "trainer_state.pt"
 
 
 # ------------------------------------------------------------------ settings
@@ -424,47 +426,7 @@ def save_merged(trainee: Trainee, directory: Path, extra: dict | None = None) ->
     return save_checkpoint(trainee.net.state_dict(), config, trainee.tokenizer, directory, dtype)
 
 
-def save_state(trainee: Trainee, opt, sched, step: int, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().cpu() for n, p in trainee.trainable()}
-    tmp = directory / (STATE_NAME + ".tmp")
-    torch.save({"trainable": tensors, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step}, tmp)
-    tmp.replace(directory / STATE_NAME)
-
-
-def load_state(trainee: Trainee, opt, sched, directory: Path) -> int:
-    state = torch.load(directory / STATE_NAME, map_location=trainee.device, weights_only=True)
-    params = dict(trainee.net.named_parameters())
-    unknown = [n for n in state["trainable"] if n not in params]
-    if unknown:
-        raise InputError(f"{directory}: the saved training state does not fit this config ({unknown[0]} ...); start a new run_dir")
-    with torch.no_grad():
-        for n, t in state["trainable"].items():
-            params[n].copy_(t)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"])
-
-
-# ------------------------------------------------------------------ the loop
-def make_optimizer(trainee: Trainee, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay, no_decay = [], []
-    for _name, p in trainee.trainable():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-
-    def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
-        if step < config.warmup:
-            return (step + 1) / max(1, config.warmup)
-        t = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-
-
+# ------------------------------------------------------------------ the training task
 def load_trainee(config, settings: MLLMSettings) -> Trainee:
     if not config.init_from:
         raise InputError(
@@ -485,6 +447,12 @@ def load_trainee(config, settings: MLLMSettings) -> Trainee:
     return prepare(loaded, settings, config.stage)
 
 
+class SampleSource(Protocol):
+    """Where MLLM training samples come from (`BatchSamples`, or a test's fixed list)."""
+
+    def next_samples(self) -> list[MLLMSample]: ...
+
+
 class BatchSamples:
     """MLLM samples from the compact trainer's batch source (synth or JSONL manifest)."""
 
@@ -502,66 +470,76 @@ class BatchSamples:
         self.source.close()
 
 
-def train_mllm(config, *, progress: bool = True, source=None) -> Path:
+class MLLMTask:
+    """A SegEarth MLLM (config `model.type`) for the one training loop (geoseg.train.loop).
+
+    checkpoints/last holds trainer_state.pt only: the trainable tensors (adapters, trained modules)
+    beside the loop's optimizer, schedule, step and seconds; the frozen rest comes from init_from."""
+
+    def __init__(self, config: TrainConfig, source: SampleSource | None = None) -> None:
+        self.config = config
+        self.settings = parse_settings(config.model)
+        self.label = f"{self.settings.type}/{config.stage}"
+        self.source = source  # given: the caller's (left open); None: the config's data, opened here
+        self._own_source: BatchSamples | None = None
+        self.trainee: Trainee | None = None
+
+    def build(self) -> list[dict[str, Any]]:
+        self.trainee = load_trainee(self.config, self.settings)
+        named = self.trainee.trainable()
+        return decay_groups(named, self.config.weight_decay, lambda _name, p: p.ndim <= 1)
+
+    def load_last(self, directory: Path, state: dict[str, Any]) -> None:
+        params = dict(self.trainee.net.named_parameters())
+        unknown = [n for n in state["trainable"] if n not in params]
+        if unknown:
+            raise InputError(f"{directory}: the saved training state does not fit this config ({unknown[0]} ...); start a new run_dir")
+        with torch.no_grad():
+            for n, t in state["trainable"].items():
+                params[n].copy_(t)
+
+    def save_last(self, directory: Path, state: dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().cpu() for n, p in self.trainee.trainable()}
+        tmp = directory / (STATE_NAME + ".tmp")
+        torch.save({"trainable": tensors, **state}, tmp)
+        tmp.replace(directory / STATE_NAME)
+
+    def open_batches(self, start_step: int) -> None:
+        if self.source is None:
+            self._own_source = BatchSamples(self.config, self.settings, start_step)
+
+    def accumulate(self) -> tuple[float, dict[str, float]]:
+        source = self.source or self._own_source
+        accum = self.settings.grad_accum
+        totals: dict[str, float] = {}
+        for _ in range(accum):
+            with autocast_for(self.trainee):
+                loss, parts = step_loss(self.trainee, source.next_samples())
+            (loss / accum).backward()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + v / accum
+        return totals.pop("loss"), totals
+
+    def close_batches(self) -> None:
+        if self._own_source is not None:
+            self._own_source.close()
+            self._own_source = None
+
+    def save_final(self, directory: Path, step: int) -> Path:
+        self.trainee.net.eval()
+        extra = {"steps": step, "stage": self.config.stage, "finetune": self.settings.finetune}
+        return save_merged(self.trainee, directory, extra)
+
+    def export(self, final: Path) -> None:
+        export = Path(self.config.export_to)
+        shutil.rmtree(export, ignore_errors=True)
+        shutil.copytree(final, export)
+
+
+def train_mllm(config: TrainConfig, *, progress: bool = True, source: SampleSource | None = None) -> Path:
     """Run (or resume) MLLM training from a TrainConfig; returns the final (merged) checkpoint.
 
     `source` (optional) has `next_samples() -> list[MLLMSample]`; by default batches come from
     the config's `data` section like the compact model's."""
-    settings = parse_settings(config.model)
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    run = Path(config.run_dir)
-    last = run / "checkpoints" / "last"
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "train_config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
-    trainee = load_trainee(config, settings)
-    opt, sched = make_optimizer(trainee, config)
-    start = load_state(trainee, opt, sched, last) if (last / STATE_NAME).is_file() else 0
-    own_source = source is None
-    source = source or BatchSamples(config, settings, start)
-    started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=start, file=sys.stderr, disable=not progress, desc=f"{settings.type}/{config.stage}")
-    step = start
-    params = [p for _, p in trainee.trainable()]
-    with open(run / "log.jsonl", "a") as logf:
-        while step < config.steps:
-            opt.zero_grad(set_to_none=True)
-            totals: dict[str, float] = {}
-            for _ in range(settings.grad_accum):
-                with autocast_for(trainee):
-                    loss, parts = step_loss(trainee, source.next_samples())
-                (loss / settings.grad_accum).backward()
-                for k, v in {"loss": float(loss.detach()), **parts}.items():
-                    totals[k] = totals.get(k, 0.0) + v / settings.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{totals['loss']:.3f}")
-            out_of_time = config.time_limit_min is not None and time.monotonic() - started > 60 * config.time_limit_min
-            if step % config.log_every == 0:
-                logf.write(json.dumps({"step": step, **totals, "lr": sched.get_last_lr()[0], "seconds": round(time.monotonic() - started, 1)}) + "\n")
-                logf.flush()
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save_state(trainee, opt, sched, step, last)
-            if out_of_time:
-                log.warning("time limit of %s min reached at step %d", config.time_limit_min, step)
-                break
-    bar.close()
-    if own_source:
-        source.close()
-    trainee.net.eval()
-    final = save_merged(trainee, run / "checkpoints" / "final", {"steps": step, "stage": config.stage, "finetune": settings.finetune})
-    if config.export_to:
-        export = Path(config.export_to)
-        shutil.rmtree(export, ignore_errors=True)
-        shutil.copytree(final, export)
-    return final
-
-
-def _jsonable(config) -> dict:
-    try:
-        return config.to_dict()
-    except AttributeError:
-        return asdict(config)
+    return run_training(MLLMTask(config, source), config, progress=progress)

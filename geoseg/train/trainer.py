@@ -1,25 +1,23 @@
-"""The training loop: build the model for a stage, draw batches, step, checkpoint, resume.
+"""The compact model's trainer: its model, loss, batches and checkpoints, as a `TrainingTask` of
+the one training loop (geoseg.train.loop, which owns budget, schedule, log, resume and the run
+directory).
 
 A run directory holds:
     train_config.json          the config the run was started with
     log.jsonl                  one line per `log_every` steps (losses, lr, seconds)
     checkpoints/last/          config.json + model.safetensors + trainer_state.pt (optimizer,
-                               schedule, step) -- `geoseg train` resumes from it when it exists
+                               schedule, step, training seconds) -- `geoseg train` resumes from it
     checkpoints/final/         config.json + model.safetensors of the finished run
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from geoseg.errors import InputError
 from geoseg.fileio import replace_directory
@@ -31,10 +29,14 @@ from geoseg.train.batch import Batch
 from geoseg.train.config import TrainConfig, averaged_checkpoints
 from geoseg.train.data import make_batch_source
 from geoseg.train.inventory import export_inventory
+from geoseg.train.loop import STATE_NAME, Budget, decay_groups, train
+from geoseg.train.loop import make_optimizer as _loop_optimizer
 from geoseg.train.losses import change_pretrain_loss, compact_loss
 
+__all__ = ["STATE_NAME", "Budget", "CompactTask", "batch_loss", "build_model", "export_final",
+           "init_weights", "make_optimizer", "save_checkpoint", "train"]
+
 log = logging.getLogger(__name__)
-STATE_NAME = "trainer_state.pt"
 
 
 def build_model(config: TrainConfig) -> CompactModel:
@@ -66,54 +68,21 @@ def init_weights(model: CompactModel, directory: Path) -> None:
     log.info("initialised %d of %d tensors from %s", len(fitting), len(own), directory)
 
 
-class Budget:
-    """How far training has come: by steps, or by wall clock when `time_limit_min` is set.
-
-    The learning-rate schedule follows whichever budget is nearer its end, so a run stopped by
-    its time limit has still annealed its learning rate. Training time is summed over resumes."""
-
-    def __init__(self, config: TrainConfig, elapsed_s: float = 0.0) -> None:
-        self.steps = config.steps
-        self.limit_s = 60 * config.time_limit_min if config.time_limit_min else None
-        self.elapsed_before = elapsed_s
-        self.started = time.monotonic()
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.elapsed_before + time.monotonic() - self.started
-
-    def progress(self, step: int) -> float:
-        done = step / max(1, self.steps)
-        if self.limit_s:
-            done = max(done, self.elapsed_s / self.limit_s)
-        return min(1.0, done)
-
-    def out_of_time(self) -> bool:
-        return self.limit_s is not None and self.elapsed_s >= self.limit_s
+def no_decay(name: str, p: torch.nn.Parameter) -> bool:
+    """Biases, norms and the learned scales are not decayed."""
+    return p.ndim <= 1 or name.endswith(".scale")
 
 
 def make_optimizer(
     model: CompactModel, config: TrainConfig, budget: Budget | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".scale") else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    budget = budget or Budget(config)
-    warm = config.warmup / max(1, config.steps)  # warm-up as a share of the budget
+    """AdamW with the loop's schedule over the model's trainable parameters."""
+    return _loop_optimizer(param_groups(model, config), config, budget)
 
-    def schedule(step: int) -> float:  # linear warm-up, then cosine to 5 %
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        t = min(1.0, max(0.0, budget.progress(step) - warm) / max(1e-6, 1 - warm))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+def param_groups(model: CompactModel, config: TrainConfig) -> list[dict[str, Any]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return decay_groups(named, config.weight_decay, no_decay)
 
 
 def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = None) -> Path:
@@ -126,17 +95,6 @@ def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = N
     return replace_directory(tmp, directory)
 
 
-def resume(model: CompactModel, opt, sched, directory: Path) -> tuple[int, float]:
-    """Load model + optimizer + schedule from `directory`; returns (step, training seconds so far)."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
-    state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"]), float(state.get("elapsed_s", 0.0))
-
-
 def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict]:
     if config.stage == "change_pretrain":
         feats = model.encode_images(batch.images, batch.before)
@@ -147,39 +105,54 @@ def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: Tra
     return compact_loss(out, batch.masks, config.loss, batch.change_masks, batch.valid)
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the final checkpoint directory."""
-    if config.model.get("type", "compact") != "compact":  # e.g. segearth_r1_generative: MLLM loop
-        from geoseg.train.mllm import train_mllm
+class CompactTask:
+    """The compact model (stages segment, change_pretrain, change) for geoseg.train.loop."""
 
-        return train_mllm(config, progress=progress)
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    run = Path(config.run_dir)
-    last = run / "checkpoints" / "last"
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.label = config.stage
+        self.model: CompactModel | None = None
+        self.text: TextEncoder | None = None
+        self.source = None
 
-    model = build_model(config).train()
-    budget = Budget(config)
-    opt, sched = make_optimizer(model, config, budget)
-    start = 0
-    if (last / STATE_NAME).is_file():
-        start, budget.elapsed_before = resume(model, opt, sched, last)
-    if start:
-        log.info("resuming %s from step %d", run, start)
-    final = run / "checkpoints" / "final"
-    if (start >= config.steps or budget.out_of_time()) and (final / WEIGHTS_NAME).is_file():
-        log.info("%s is already trained (step %d); keeping its final checkpoint", run, start)
-        return final  # not written again: its export (the shipped weights) stays byte for byte
-    step = _train_steps(model, opt, sched, budget, config, start, progress)
-    model.config.extra = {**model.config.extra, "trained_steps": step, "stage": config.stage}
-    save_checkpoint(model.eval(), final)
-    if config.export_to:
-        export_final(final, config)
+    def build(self) -> list[dict[str, Any]]:
+        self.model = build_model(self.config).train()
+        return param_groups(self.model, self.config)
+
+    def load_last(self, directory: Path, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+
+    def save_last(self, directory: Path, state: dict[str, Any]) -> None:
+        save_checkpoint(self.model, directory, state)
+
+    def open_batches(self, start_step: int) -> None:
+        cfg = self.model.config
+        self.text = shared_text_encoder(cfg.text_encoder, cfg.max_text_tokens)
+        self.source = make_batch_source(self.config, start_step=start_step)
+        if getattr(self.source, "vocabulary", None):  # encode every training wording once, up front
+            self.text.encode(self.source.vocabulary)
+
+    def accumulate(self) -> tuple[float, dict[str, float]]:
+        loss, parts = batch_loss(self.model, self.text, self.source.next_batch(), self.config)
+        loss.backward()
+        return float(loss.detach()), parts
+
+    def close_batches(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+    def save_final(self, directory: Path, step: int) -> Path:
+        model = self.model
+        model.config.extra = {**model.config.extra, "trained_steps": step, "stage": self.config.stage}
+        return save_checkpoint(model.eval(), directory)
+
+    def export(self, final: Path) -> None:
+        export_final(final, self.config)
         # the concepts and wordings this config trained, with the unknown-query rule (inventory.py)
-        export_inventory(Path(config.export_to), config)
-    return final
+        export_inventory(Path(self.config.export_to), self.config)
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:
@@ -216,47 +189,3 @@ def export_final(final: Path, config: TrainConfig) -> Path:
     for name in ("config.json", WEIGHTS_NAME):
         shutil.copy2(kept / name, export / name)
     return export
-
-
-def _train_steps(model: CompactModel, opt: torch.optim.Optimizer,
-                 sched: torch.optim.lr_scheduler.LambdaLR, budget: Budget, config: TrainConfig,
-                 start: int, progress: bool) -> int:
-    """Step from `start` until the step or time budget ends, logging and checkpointing to `last`;
-    returns the step reached."""
-    run = Path(config.run_dir)
-    last = run / "checkpoints" / "last"
-    text = shared_text_encoder(model.config.text_encoder, model.config.max_text_tokens)
-    source = make_batch_source(config, start_step=start)
-    if getattr(source, "vocabulary", None):  # encode every training wording once, up front
-        text.encode(source.vocabulary)
-    budget.started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=start, file=sys.stderr, disable=not progress, desc=config.stage)
-    step = start
-    with open(run / "log.jsonl", "a") as logf:
-        while step < config.steps and not budget.out_of_time():  # a resumed run may be at its end
-            batch = source.next_batch()
-            loss, parts = batch_loss(model, text, batch, config)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            out_of_time = budget.out_of_time()
-            if step % config.log_every == 0:
-                record = {"step": step, "loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
-                          "seconds": round(budget.elapsed_s, 1)}
-                logf.write(json.dumps(record) + "\n")
-                logf.flush()
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                         "elapsed_s": budget.elapsed_s}
-                save_checkpoint(model, last, state)
-            if out_of_time:
-                log.warning("time limit of %s min reached at step %d", config.time_limit_min, step)
-                break
-    bar.close()
-    source.close()
-    return step

@@ -7,10 +7,11 @@ full recipe is in docs/models/compact.md, "Training on a GPU"). Imports torch, n
 and geoseg modules that import nothing else: no rasterio, GDAL, shapely, scipy, PIL or MiniLM
 package (tests/test_gpu_pack.py runs it with those imports blocked).
 
-What a step does is what `geoseg train` does (geoseg.train.trainer): B images x their K queries,
-the frozen MiniLM's token features (precomputed in the pack), `compact_loss` with the config's
-weights, AdamW with decay on weights only, gradient clipping, linear warm-up then cosine to 5 %
-following whichever budget (--steps or --minutes) is nearer its end. What differs:
+What a step does is what `geoseg train` does (geoseg.train.trainer and .loop): B images x their
+K queries, the frozen MiniLM's token features (precomputed in the pack), `compact_loss` with the
+config's weights, AdamW with decay on weights only, gradient clipping, the loop's schedule
+(`lr_factor`: linear warm-up then cosine to 5 % following whichever budget, --steps or
+--minutes, is nearer its end). What differs:
 - the batches come from the pack: the crops a CPU run would have drawn, each shown again under a
   random flip / 90-degree rotation (drawn on the GPU) once the pack is used up;
 - bf16 autocast on CUDA (the loss in fp32), fp32 on a CPU; channels-last images and weights;
@@ -46,6 +47,7 @@ from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel, ModelOutput
 from geoseg.models.compact.text import TextFeatures
 from geoseg.train.gpu.codec import decode_images, decode_masks
+from geoseg.train.loop import lr_factor  # the schedule geoseg train uses
 from geoseg.train.losses import LossWeights, compact_loss
 
 STATE = "state.json"
@@ -155,15 +157,6 @@ def make_optimizer(model: CompactModel, lr: float, weight_decay: float) -> torch
             (no_decay if p.ndim <= 1 or name.endswith(".scale") else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-
-
-def lr_factor(step: int, warmup: int, steps: int, progress: float) -> float:
-    """geoseg.train.trainer's schedule: linear warm-up, then cosine to 5 % over the budget."""
-    if step < warmup:
-        return (step + 1) / warmup
-    warm = warmup / max(1, steps)
-    t = min(1.0, max(0.0, progress - warm) / max(1e-6, 1 - warm))
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
