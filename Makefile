@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean qgis-plugin
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,5 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# The QGIS plugin (Processing provider that runs geoseg), for Plugins > Install from ZIP; no venv needed.
+qgis-plugin: dist/geoseg_processing.zip
+
+dist/geoseg_processing.zip: docs/qgis/build_plugin.py $(wildcard docs/qgis/geoseg_processing/*)
+	$(PY) docs/qgis/build_plugin.py --out $@
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache dist/geoseg_processing.zip

@@ -60,6 +60,11 @@ def render(out: Path, raster: Path, gpkg: Path, names: list[str]) -> None:
     if not base.isValid():
         raise SystemExit(f"QGIS could not open {raster}")
     vectors = [load_vector(gpkg, n) for n in (names or polygon_layers(gpkg))]
+    render_layers(out, base, vectors)
+
+
+def render_layers(out: Path, base: QgsRasterLayer, vectors: list[QgsVectorLayer]) -> None:
+    """Draw the vector layers, as they are styled, over the raster at its extent."""
     settings = QgsMapSettings()
     settings.setLayers([*vectors, base])  # first is on top
     settings.setDestinationCrs(base.crs())
