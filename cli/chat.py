@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -13,7 +12,7 @@ from geoseg_cli.run import build_options
 
 
 @click.command(no_args_is_help=True)
-@click.argument("scene", type=click.Path(path_type=Path))
+@click.argument("scene")
 @run_options("chat", model="A generative SegEarth checkpoint directory or hub id (model_type segearth_r1_generative).")
 @output_opt
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per turn on stdout.")

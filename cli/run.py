@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from geoseg import remote
 from geoseg.errors import EmptyResultError
 from geoseg.options import RunOptions
 from geoseg_cli.options import command_options
@@ -40,7 +41,8 @@ def write_preview(png: Path | None, rasters: list, summary: RunSummary, opts, ti
         from geoseg import preview
 
         preview.preview_geopackage(rasters, summary.output, png, layers=[layer.name for layer in summary.layers],
-                                   titles=titles, bands=opts.bands, output_format=opts.output_format)
+                                   titles=titles, bands=opts.bands, output_format=opts.output_format,
+                                   asset=opts.asset)
 
 
 @click.command(no_args_is_help=True)
@@ -75,8 +77,8 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
 
 
 @click.command(no_args_is_help=True)
-@click.argument("before", type=click.Path(path_type=Path))
-@click.argument("after", type=click.Path(path_type=Path))
+@click.argument("before")  # a path, URL or STAC Item: a plain string (click.Path would mangle https://)
+@click.argument("after")
 @click.argument("query", nargs=-1)
 @click.option("--query", "extra_queries", multiple=True,
               help="A query (repeatable), as in `geoseg segment`; positional QUERYs may be given too.")
@@ -106,12 +108,13 @@ def change_command(ctx, before, after, query, extra_queries, as_json, fail_on_em
         return
     preview.check_output(preview_png, overwrite=opts.overwrite)
     summary = pipeline.change(before, after, list(query), output, opts)
-    write_preview(preview_png, [before, after], summary, opts, [f"before: {before.name}", f"after: {after.name}"])
+    names = [remote.display_name(p) for p in (before, after)]
+    write_preview(preview_png, [before, after], summary, opts, [f"before: {names[0]}", f"after: {names[1]}"])
     report(summary, as_json, fail_on_empty)
 
 
 @click.command(no_args_is_help=True)
-@click.argument("probabilities", type=click.Path(path_type=Path))
+@click.argument("probabilities")
 @click.option("--query", help="Query stored with the layer (default: the one recorded in the raster).")
 @command_options("vectorize")
 @click.pass_context

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from geoseg import formats, pipeline, resume
+from geoseg import formats, pipeline, remote, resume
 from geoseg.errors import GeosegError, InputError
 from geoseg.executors import Executor, Interrupted
 from geoseg.models.registry import default_model
@@ -210,7 +210,13 @@ def _complete(job: Job, defaults: JobDefaults) -> Job:
 
 
 def _render(template: str, job: Job) -> str:
-    first = Path(str(job.inputs[0]))
+    """The output path for a job from `template`. A remote input (URL, s3://, /vsi...) has no
+    local directory: {dir} is the current one, {stem}/{name} come from the URL's file name."""
+    given = str(job.inputs[0])
+    if remote.is_remote(given):
+        first = Path(".") / (remote.display_name(given) or "scene")
+    else:
+        first = Path(given)
     try:
         return template.format(dir=str(first.parent), stem=first.stem, name=first.name, index=job.index)
     except (KeyError, IndexError, ValueError) as e:

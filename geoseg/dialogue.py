@@ -48,7 +48,7 @@ class ChatSession:
         from geoseg.models.registry import load_segmenter
 
         self.options = options or RunOptions()
-        self.scene_path = Path(scene)
+        self.scene_path = scene if isinstance(scene, Path) else str(scene)  # a URL stays a URL
         self.output = Path(output)
         if self.options.layer:
             raise InputError("--layer does not apply to chat: each turn gets its own layer (turn_N_...)")

@@ -172,7 +172,7 @@ def blend_tiles(scene, model, queries, channels, plan, prob_paths, opts, summary
         stack.callback(blender.close)
         start = journal.replay(blender, plan)
         bar = stack.enter_context(tqdm(total=len(plan.tiles), initial=start, unit="tile", disable=not opts.progress,
-                                       desc=scene.paths[-1].name, leave=False))
+                                       desc=scene.inputs[-1].source.short_name, leave=False))
         batch: list[tiling.TileData] = []
         for data in tiling.read_tiles(scene, replace(plan, tiles=plan.tiles[start:]), workers=opts.workers):
             if data.empty:

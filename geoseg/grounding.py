@@ -27,7 +27,7 @@ def scene_overview(scene: raster.Scene, size: int) -> np.ndarray:
     height, width = scene.grid.height, scene.grid.width
     scale = max(height, width) / size
     out_h, out_w = (height, width) if scale <= 1 else (max(1, round(height / scale)), max(1, round(width / scale)))
-    with rasterio.open(source.path) as ds:
+    with rasterio.open(source.href) as ds:
         data = ds.read(
             list(source.bands), out_shape=(len(source.bands), out_h, out_w),
             resampling=Resampling.average, out_dtype="float32",

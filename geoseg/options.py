@@ -224,6 +224,13 @@ class RunOptions:
     gsd: str | float = value(
         "auto", READ, "Ground resolution to read at: auto reads scenes much finer than the model's range at its "
         "finest resolution; native keeps the file's pixels; a number forces that many metres.", to_gsd, "gsd")
+    asset: str | None = text(
+        READ, "STAC Item inputs: the asset to read (default: `visual`, else the red, green and blue assets stacked); "
+        "three names separated by commas (e.g. B04,B03,B02) stack single-band assets.", commands=(SEGMENT, CHANGE))
+    hash_inputs: bool = flag(
+        READ, "Also record the sha256 of remote inputs (URLs, s3://...): reads each whole file once more. Local "
+        "files are always hashed; a remote one is otherwise recorded by its URL, size, ETag and Last-Modified.",
+        commands=(SEGMENT, CHANGE, VECTORIZE))
     align_to: str = choice("before", ALIGN_TO, READ, "Which date's grid the other is warped onto.",
                            commands=(CHANGE,))
     resampling: str = choice("bilinear", RESAMPLING, READ, "Resampling used to warp the other date.",

@@ -15,7 +15,7 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from geoseg import formats, gpkg, provenance, raster, stitch, vectorize
+from geoseg import formats, gpkg, provenance, raster, remote, stitch, vectorize
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.options import RunOptions
 
@@ -125,13 +125,33 @@ def layer_for(query: str, gdf: gpd.GeoDataFrame, record: dict, layer: str | None
     return gpkg.LayerData(name=name, gdf=gdf, description=query, provenance=record)
 
 
-def input_record(source: raster.RasterInput) -> dict:
-    """What the provenance says about one input file (its sha256 read here, once per run)."""
-    return input_record_path(source.path) | {
+def input_record(source: raster.RasterInput, hash_remote: bool = False) -> dict:
+    """What the provenance says about one input: a local file's sha256 (read here, once per
+    run); a remote one's URL, size, ETag and Last-Modified (its sha256 with `hash_remote`); a
+    STAC Item's id, self link and asset hrefs."""
+    return source_record(source.source, hash_remote) | {
         "bands": list(source.bands), "nodata": source.nodata,
         "crs": source.native.crs.to_string() if source.native.crs else None,
         "width": source.native.width, "height": source.native.height,
     }
+
+
+def source_record(source: raster.Source, hash_remote: bool = False) -> dict:
+    """The bytes an input was read from: hashed when local, described by the server when not."""
+    record = dict(source.stac or {})
+    local = source.local_file
+    if local is not None:
+        return record | input_record_path(local)
+    if not source.asset_hrefs:
+        return record | remote.remote_record(source.given, source.href, hash_bytes=hash_remote)
+    parts = []
+    for href in source.asset_hrefs:
+        if remote.is_remote(href):
+            parts.append(remote.remote_record(href, remote.gdal_path(href), hash_bytes=hash_remote))
+        else:
+            local_asset = Path(href.removeprefix("file://"))
+            parts.append({"path": str(local_asset)} | input_record_path(local_asset))
+    return record | (parts[0] if len(parts) == 1 else {"assets": parts})
 
 
 def input_record_path(path: str | Path) -> dict:

@@ -87,7 +87,8 @@ def segment(
     check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(queries))
     for path in scenes:  # every input is validated before the (possibly large) model loads
         if not isinstance(path, raster.Scene):
-            raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords)
+            raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
+                              asset=opts.asset)
     model = segmenter or load_model("segment", opts)
     with queries_encoded_beside(model, queries):
         opened = [s if isinstance(s, raster.Scene) else open_scene(s, model, opts) for s in scenes]
@@ -114,7 +115,7 @@ def change(
     queries, output = validate_queries(queries), Path(output)
     check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
     for path in (before, after):  # each input is validated before the (possibly large) model loads
-        raster.open_input(path, bands=opts.bands, nodata=opts.nodata)
+        raster.open_input(path, bands=opts.bands, nodata=opts.nodata, asset=opts.asset)
     # Aligned and normalised once, after the model is known: its bands and ground resolution
     # range decide which bands are read and on which grid.
     model = segmenter or load_model("change", opts)
@@ -153,7 +154,7 @@ def run(
             work_directory(output, checkpoints.workdir if checkpoints else None) as tmp:
         # Each input is hashed once per run, beside the inference (hashlib lets go of the GIL),
         # so reading a large scene for its sha256 overlaps the model instead of following it.
-        hashed = {str(i.path): hasher.submit(input_record, i) for s in scenes for i in s.inputs}
+        hashed = {str(i.path): hasher.submit(input_record, i, opts.hash_inputs) for s in scenes for i in s.inputs}
         for n, scene in enumerate(scenes):
             scene_model, channels = channels_for(model, scene, queries, opts.dilate_px)
             prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
@@ -268,7 +269,8 @@ def open_scene(path: str | Path, model: Segmenter, opts: RunOptions) -> raster.S
     """One scene read as the model needs it: its bands, at a resolution inside its range (--gsd).
     A scene read outside the range gets one WARNING line (gsd_warning)."""
     scene = raster.open_scene(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
-                              model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range)
+                              model_bands=model.info.bands, gsd=opts.gsd, gsd_range=model.info.gsd_range,
+                              asset=opts.asset)
     _warn_gsd(scene)
     return scene
 
@@ -277,7 +279,7 @@ def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: Run
     """The two dates on one grid, read as the model needs them (see open_scene)."""
     scene = raster.open_pair(before, after, bands=opts.bands, nodata=opts.nodata, model_bands=model.info.bands,
                              align_to=opts.align_to, resampling=opts.resampling,
-                             gsd=opts.gsd, gsd_range=model.info.gsd_range)
+                             gsd=opts.gsd, gsd_range=model.info.gsd_range, asset=opts.asset)
     _warn_gsd(scene)
     return scene
 

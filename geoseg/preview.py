@@ -62,6 +62,7 @@ def preview_geopackage(
     bands: Sequence[int] | None = None,
     max_side: int = 1024,
     output_format: str | None = None,
+    asset: str | None = None,
 ) -> Path:
     """Draw the polygon layers of `geopackage` (all, or `layers`) over each raster; write a PNG.
     Any output geoseg writes works (geoseg.formats: by its extension, or `output_format`)."""
@@ -77,7 +78,7 @@ def preview_geopackage(
                 drawn.append(PreviewLayer(f"{name} [{kind}]", part, colour))
         else:
             drawn.append(PreviewLayer(name, gdf, style_colour(name)))
-    return render_preview(rasters, drawn, out, titles=titles, bands=bands, max_side=max_side)
+    return render_preview(rasters, drawn, out, titles=titles, bands=bands, max_side=max_side, asset=asset)
 
 
 def check_output(path: str | Path | None, *, overwrite: bool) -> None:
@@ -104,8 +105,12 @@ def render_preview(
     titles: Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
     max_side: int = 1024,
+    asset: str | None = None,
 ) -> Path:
-    """Panels of `rasters` side by side, every layer drawn on each, a legend below; PNG at `out`."""
+    """Panels of `rasters` side by side, every layer drawn on each, a legend below; PNG at `out`.
+    A raster may be a URL or a STAC Item (`asset` chooses its asset, as in geoseg.raster.resolve)."""
+    from geoseg import raster
+
     if not rasters:
         raise InputError("a preview needs at least one raster to draw on")
     if max_side < 16:
@@ -113,8 +118,9 @@ def render_preview(
     out = Path(out)
     if not out.parent.is_dir():
         raise InputError(f"{out}: its directory does not exist; create it first")
-    titles = list(titles) if titles is not None else [Path(r).name for r in rasters]
-    panels = [draw_panel(Path(r), layers, title, bands, max_side) for r, title in zip(rasters, titles, strict=True)]
+    sources = [raster.resolve(r, asset) for r in rasters]
+    titles = list(titles) if titles is not None else [s.short_name for s in sources]
+    panels = [draw_panel(s.href, layers, title, bands, max_side) for s, title in zip(sources, titles, strict=True)]
     width = sum(p.width for p in panels) + GAP * (len(panels) - 1)
     height = max(p.height for p in panels) + LEGEND_HEIGHT
     sheet = Image.new("RGB", (width, height), BACKGROUND)
@@ -136,7 +142,7 @@ def render_preview(
 
 
 def draw_panel(
-    path: Path, layers: Sequence[PreviewLayer], title: str, bands: Sequence[int] | None, max_side: int
+    path: str | Path, layers: Sequence[PreviewLayer], title: str, bands: Sequence[int] | None, max_side: int
 ) -> Image.Image:
     with rasterio.open(path) as src:
         scale = max_side / max(src.width, src.height)

@@ -27,6 +27,7 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from geoseg import gsd as gsd_
+from geoseg import remote, stac
 from geoseg.errors import GeosegError, InputError
 
 log = logging.getLogger("geoseg")
@@ -88,11 +89,68 @@ class BandStats:
         return {"low": list(self.low), "high": list(self.high), "percentiles": list(PERCENTILES)}
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where an input's pixels come from: a local file, a URL or /vsi path GDAL reads remotely,
+    or a STAC Item's asset(s). `name` is what messages, the `source` field and the provenance
+    show (a URL without credentials); `href` is what GDAL opens."""
+
+    name: str | Path
+    href: str
+    remote: bool = False
+    given: str = ""  # as the user gave it (may hold credentials: never shown)
+    stac: dict | None = None  # item id, self link, asset hrefs (geoseg.stac)
+    asset_hrefs: tuple[str, ...] = ()
+
+    @property
+    def local_file(self) -> Path | None:
+        """The file on disk whose bytes are the input, when there is exactly one."""
+        if self.remote or self.href.startswith("/vsi"):
+            return None
+        return Path(self.href)
+
+    @property
+    def short_name(self) -> str:
+        return remote.display_name(self.asset_hrefs[0] if self.asset_hrefs else self.name)
+
+
+def resolve(path: str | Path | Source, asset: str | None = None) -> Source:
+    """What the user named as an input, resolved: a path stays a Path; a URL (https://, s3://,
+    gs://, az://) or /vsi path is read remotely; a STAC Item (.json) becomes its chosen asset(s)."""
+    if isinstance(path, Source):
+        return path
+    text = str(path)
+    if stac.is_stac(text):
+        item = _stac_item(text, asset)
+        first = item.asset_hrefs[0] if item.asset_hrefs else item.href
+        return Source(item.name, item.href, remote=remote.is_remote(first) or remote.is_remote(text), given=text,
+                      stac=item.record, asset_hrefs=item.asset_hrefs)
+    if remote.is_remote(text):
+        remote.configure_gdal(text)
+        return Source(remote.redact(text), remote.gdal_path(text), remote=True, given=text)
+    return Source(Path(path), str(path), given=text)
+
+
+_stac_lock = threading.Lock()
+_stac_cache: dict[tuple[str, str | None], stac.ItemAssets] = {}
+
+
+def _stac_item(text: str, asset: str | None) -> stac.ItemAssets:
+    """An Item is read once per process and asset choice (validated, then opened)."""
+    key = (text, asset)
+    with _stac_lock:
+        if key not in _stac_cache:
+            if len(_stac_cache) > 256:
+                _stac_cache.clear()
+            _stac_cache[key] = stac.resolve(text, asset)
+        return _stac_cache[key]
+
+
 @dataclass
 class RasterInput:
     """One validated input file, optionally warped onto a reference grid."""
 
-    path: Path
+    source: Source
     bands: tuple[int, ...]  # 1-based band indexes read from the file
     nodata: float | None
     native: Grid
@@ -100,11 +158,26 @@ class RasterInput:
     resampling: Resampling = Resampling.bilinear
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
+    @property
+    def path(self) -> str | Path:
+        """The input as messages, fields and provenance name it (a URL without credentials)."""
+        return self.source.name
+
+    @property
+    def href(self) -> str:
+        """What GDAL opens."""
+        return self.source.href
+
     def _dataset(self):
         """A dataset handle per thread: GDAL handles must not be shared across reader threads."""
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            ds = rasterio.open(self.path)
+            try:
+                ds = rasterio.open(self.href)
+            except RasterioIOError as e:
+                if self.source.remote:
+                    remote.raise_for(str(self.path), str(e), opening=False)
+                raise
             if self.warp_to is not None:
                 ds = WarpedVRT(
                     ds,
@@ -130,6 +203,8 @@ class RasterInput:
             else:
                 valid = _any_band_valid(ds.read_masks(list(self.bands), window=window))
         except RasterioError as e:
+            if self.source.remote:
+                remote.raise_for(str(self.path), str(e), opening=False)
             raise GeosegError(
                 f"{self.path}: reading window {window} failed ({e}); the file may be truncated or "
                 "corrupt: check it with `gdalinfo -checksum` and re-export it"
@@ -145,7 +220,7 @@ class RasterInput:
             # A resized read grid (geoseg.gsd) covers the file's own pixels: sample the file
             # itself, which GDAL decimates from blocks or overviews, rather than have the warped
             # view resample the whole scene once just for a sample.
-            with rasterio.open(self.path) as ds:
+            with rasterio.open(self.href) as ds:
                 return self._sample(ds, self.native)
         return self._sample(self._dataset(), grid)
 
@@ -166,6 +241,8 @@ class RasterInput:
                     ds.read_masks(list(self.bands), window=window, out_shape=(len(self.bands), out_h, out_w))
                 )
         except RasterioError as e:
+            if self.source.remote:
+                remote.raise_for(str(self.path), str(e), opening=False)
             raise InputError(
                 f"{self.path}: the file cannot be read ({e}); it may be truncated or corrupt: "
                 "check it with `gdalinfo -checksum` and re-export it"
@@ -194,7 +271,7 @@ class Scene:
     gsd: gsd_.GsdChoice | None = None  # the ground resolution `grid` reads the files at
 
     @property
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[str | Path]:
         return [i.path for i in self.inputs]
 
     def read_tile(self, window: Window) -> tuple[list[np.ndarray], np.ndarray]:
@@ -211,27 +288,35 @@ class Scene:
 
 
 def open_input(
-    path: str | Path,
+    path: str | Path | Source,
     *,
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
     pixel_coords: bool = False,
     default_bands: int = 3,
+    asset: str | None = None,
 ) -> RasterInput:
-    """Validate a raster file and describe it; every failure is one line naming the file.
+    """Validate a raster file, URL or STAC Item and describe it; every failure is one line
+    naming the input.
 
-    Without `bands`, the first `default_bands` bands are read (the model's band count).
+    Without `bands`, the first `default_bands` bands are read (the model's band count); `asset`
+    chooses a STAC Item's asset(s) (geoseg.stac).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a raster file")
+    source = resolve(path, asset)
+    path = source.name
+    local = source.local_file
+    if local is not None and not source.stac:
+        if not local.exists():
+            raise InputError(f"{path}: no such file; check the path")
+        if local.is_dir():
+            raise InputError(f"{path}: is a directory, not a raster file")
     try:
-        with rasterio.open(path) as src:
+        with rasterio.open(source.href) as src:
             profile = (src.count, src.width, src.height, src.transform, src.crs, src.nodata, src.dtypes)
-            _probe_first_block(src, path)
+            _probe_first_block(src, path, source.remote)
     except RasterioIOError as e:
+        if source.remote:
+            remote.raise_for(str(path), str(e), opening=True)
         raise InputError(
             f"{path}: not a readable raster ({_first_line(e)}); give a GeoTIFF or another GDAL raster"
         ) from None
@@ -256,24 +341,26 @@ def open_input(
     if use_nodata is not None and math.isnan(use_nodata):
         use_nodata = None  # NaN never compares equal; the finite check in read() covers it
     return RasterInput(
-        path=path,
+        source=source,
         bands=tuple(selected),
         nodata=use_nodata,
         native=Grid(width, height, transform, crs),
     )
 
 
-def _probe_first_block(src, path: Path) -> None:
+def _probe_first_block(src, path: str | Path, is_remote: bool = False) -> None:
     """Read one small window so a truncated or corrupt file fails here, not mid-run."""
     try:
         src.read(1, window=Window(0, 0, min(src.width, 64), min(src.height, 64)))
     except RasterioError as e:
+        if is_remote:
+            remote.raise_for(str(path), str(e), opening=True)
         raise InputError(
             f"{path}: the file is corrupt or truncated ({_first_line(e)}); re-export or re-download it"
         ) from None
 
 
-def _select_bands(path: Path, count: int, bands: Sequence[int] | None, default: int) -> list[int]:
+def _select_bands(path: str | Path, count: int, bands: Sequence[int] | None, default: int) -> list[int]:
     if not bands:
         return list(range(1, min(count, default) + 1))
     bad = [b for b in bands if b < 1 or b > count]
@@ -295,12 +382,14 @@ def open_scene(
     pixel_coords: bool = False,
     gsd: gsd_.GsdSetting = "native",
     gsd_range: tuple[float, float] | None = None,
+    asset: str | None = None,
 ) -> Scene:
     """Open one scene and compute its normalisation statistics.
 
     `gsd` ("native", "auto" or metres) with the model's `gsd_range` decides the grid the scene is
     read at (see geoseg.gsd); the choice is logged once and kept in `Scene.gsd`."""
-    source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands)
+    source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands,
+                        asset=asset)
     choice, grid = read_grid(source, gsd, gsd_range)
     read_on(source, grid, decimating=choice.coarsens)
     stats = compute_stats([source], grid)
@@ -345,15 +434,16 @@ def open_pair(
     resampling: str = "bilinear",
     gsd: gsd_.GsdSetting = "native",
     gsd_range: tuple[float, float] | None = None,
+    asset: str | None = None,
 ) -> Scene:
     """Open a bi-temporal pair and warp the other date onto the reference date's grid.
 
     With `gsd`/`gsd_range` (see open_scene) the reference date's resolution decides the read
     grid, and both dates are read on it."""
-    first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands)
-    second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands)
-    n_first = _count(first.path)
-    n_second = _count(second.path)
+    first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands, asset=asset)
+    second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands, asset=asset)
+    n_first = _count(first.href)
+    n_second = _count(second.href)
     if not bands and n_first != n_second:
         raise InputError(
             f"{second.path}: has {n_second} band(s) but {first.path} has {n_first}; "
@@ -381,7 +471,7 @@ def open_pair(
     )
 
 
-def _count(path: Path) -> int:
+def _count(path: str) -> int:
     with rasterio.open(path) as src:
         return src.count
 

@@ -44,6 +44,9 @@ KEY_VERSION = 1  # bump when the meaning of a key changes (old records then neve
 
 # RunOptions fields that do not change what a run writes: left out of the job key.
 NOT_IN_KEY = frozenset({"progress", "workers", "batch_size", "device", "overwrite", "append"})
+# Options added after keys were first written: left out at their default, so a job's key from
+# before them still matches.
+KEY_DEFAULTS = {"asset": None, "hash_inputs": False}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,8 +66,27 @@ CREATE TABLE IF NOT EXISTS scenes (
 # ---------------------------------------------------------------- keys
 
 
-def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Absolute path, size and modification time: what make and rsync trust, without reading GBs."""
+def file_fingerprint(path: str | Path, asset: str | None = None) -> dict[str, Any]:
+    """Absolute path, size and modification time: what make and rsync trust, without reading GBs.
+
+    A remote input (URL, s3://, /vsi...): its URL without credentials, size, ETag and
+    Last-Modified as the server gives them; a STAC Item: the item's and its assets' fingerprints."""
+    from geoseg import raster, remote, stac
+
+    if stac.is_stac(path):
+        source = raster.resolve(path, asset)
+        item = remote.fingerprint(str(path), remote.gdal_path(path)) if remote.is_remote(path) \
+            else _local_fingerprint(path)
+        return {"stac": item, "assets": [remote.fingerprint(h, remote.gdal_path(h)) if remote.is_remote(h)
+                                         else _local_fingerprint(h.removeprefix("file://"))
+                                         for h in source.asset_hrefs]}
+    if remote.is_remote(path):
+        remote.configure_gdal(path)
+        return remote.fingerprint(str(path), remote.gdal_path(path))
+    return _local_fingerprint(path)
+
+
+def _local_fingerprint(path: str | Path) -> dict[str, Any]:
     p = Path(path).resolve()
     try:
         st = p.stat()
@@ -92,8 +114,10 @@ def job_key(
     """sha256 over everything that decides what the job writes (see the module docstring)."""
     identity = {
         "version": KEY_VERSION, "mode": mode, "queries": list(queries),
-        "inputs": [file_fingerprint(p) for p in inputs], "output": str(Path(output).resolve()),
-        "parameters": {k: v for k, v in sorted(parameters.items()) if k not in NOT_IN_KEY},
+        "inputs": [file_fingerprint(p, parameters.get("asset")) for p in inputs],
+        "output": str(Path(output).resolve()),
+        "parameters": {k: v for k, v in sorted(parameters.items())
+                       if k not in NOT_IN_KEY and not (k in KEY_DEFAULTS and v == KEY_DEFAULTS[k])},
         "model": model,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -10,16 +10,17 @@ import time
 from pathlib import Path
 
 import rasterio
+from rasterio.errors import RasterioError
 
-from geoseg import provenance, raster, vectorize
+from geoseg import provenance, raster, remote, vectorize
 from geoseg.options import RunOptions
 from geoseg.outputs import (
     RunSummary,
     check_outputs,
     commit_outputs,
     finish,
-    input_record_path,
     layer_for,
+    source_record,
     vector_options,
     with_fields,
 )
@@ -36,20 +37,25 @@ def vectorize_raster(
     """Re-vectorise a saved probability raster (from --probabilities) without running a model."""
     opts = options or RunOptions()
     started = time.perf_counter()
-    probabilities, output = Path(probabilities), Path(output)
-    source = raster.open_input(probabilities, pixel_coords=opts.pixel_coords)  # validates the file
+    output = Path(output)
+    source = raster.open_input(probabilities, pixel_coords=opts.pixel_coords)  # validates the file (or URL)
     check_outputs(output, opts, n_scenes=1, n_queries=1)
-    with rasterio.open(probabilities) as src:
+    with rasterio.open(source.href) as src:
         tags = src.tags()
-    query = validate_queries([query or tags.get("geoseg_query") or probabilities.stem])[0]
+    query = validate_queries([query or tags.get("geoseg_query") or Path(source.source.short_name).stem])[0]
     run_id = provenance.new_run_id()
     summary = RunSummary("vectorize", str(output), run_id, tags.get("geoseg_model", "none"))
-    gdf = vectorize.vectorize_probabilities(probabilities, vector_options(opts), progress=opts.progress)
+    try:
+        gdf = vectorize.vectorize_probabilities(source.href, vector_options(opts), progress=opts.progress)
+    except RasterioError as e:
+        if not source.source.remote:
+            raise
+        remote.raise_for(str(source.path), str(e), opening=False)
     gdf = with_fields(gdf, query=query, model=(summary.model, tags.get("geoseg_model_version", "")),
-                      run_id=run_id, source=str(probabilities))
+                      run_id=run_id, source=str(source.path))
     record = provenance.run_record(
         run_id=run_id, command="vectorize", query=query,
-        inputs={str(probabilities): input_record_path(probabilities)},
+        inputs={str(source.path): source_record(source.source, opts.hash_inputs)},
         model={"name": summary.model, "from_raster_tags": tags}, parameters=opts.record(),
         scene={"width": source.native.width, "height": source.native.height},
     )

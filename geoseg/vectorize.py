@@ -753,9 +753,8 @@ def vectorize_probabilities(
     """
     options = options or VectorizeOptions()
     options.validate()
-    path = Path(path)
     try:
-        src = rasterio.open(path)
+        src = rasterio.open(path)  # a str as given: a /vsi path must not go through Path
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{path}: cannot open as a raster ({exc})") from exc
     with src:
