@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from remote_server import FileServer
 
 from doubles import ConvOracle
-from geoseg import batch, formats, pipeline, provenance, remote
+from geoseg import batch, formats, pipeline, provenance, raster, remote
 from geoseg.executors import local
 from geoseg.executors.local import LocalExecutor
 from geoseg_cli.main import cli
@@ -301,3 +301,41 @@ def test_batch_resumes_and_skips_remote_jobs(www, monkeypatch, tmp_path):
         r = CliRunner().invoke(cli, ["-q", "batch", "-", "--query", "roads"], input=f"{server.url}/town2.tif?token=t\n")
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["status"] in ("ok", "empty") and (work / "town2.gpkg").exists()
+
+
+def test_stac_api_item_url_and_asset_without_extension(tmp_path):
+    (tmp_path / "collections" / "c" / "items").mkdir(parents=True)
+    shutil.copy(SAMPLES / "village_4326_1m.tif", tmp_path / "collections" / "c" / "village")  # no extension
+    with FileServer(tmp_path) as server:
+        item = stac_item({"image": {"href": f"{server.url}/collections/c/village", "roles": ["visual"]}}, "v")
+        (tmp_path / "collections" / "c" / "items" / "v").write_text(json.dumps(item))
+        source = raster.open_input(f"{server.url}/collections/c/items/v")
+        assert source.native.width == 512 and server.range_requests("collections/c/village")
+    assert source.path == f"{server.url}/collections/c/items/v#image"
+    assert source.source.stac["stac_assets"] == {"image": f"{server.url}/collections/c/village"}
+
+
+def test_change_between_two_remote_dates(www, model, tmp_path):
+    for name in ("pair_before", "pair_after"):
+        make_cog(SAMPLES / f"{name}.tif", www / f"{name}.tif")
+    out = tmp_path / "change.gpkg"
+    with FileServer(www) as server:
+        before, after = f"{server.url}/pair_before.tif", f"{server.url}/pair_after.tif"
+        r = run("-q", "change", before, after, "new buildings", "-o", out)
+        assert r.exit_code == 0, r.output
+        assert server.range_requests("pair_before.tif") and server.range_requests("pair_after.tif")
+    assert set(record_of(out)["inputs"]) == {before, after}
+
+
+def test_remote_settings_leave_the_users_and_local_files_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "7")
+    remote.configure_gdal("https://h.org/a.tif")
+    assert os.environ["GDAL_HTTP_TIMEOUT"] == "7" and os.environ["GDAL_HTTP_CONNECTTIMEOUT"]
+    # GDAL_DISABLE_READDIR_ON_OPEN is set for remote paths only: a local file still finds its
+    # .aux.xml sidecar (here: the nodata value it declares)
+    path = tmp_path / "scene.tif"
+    shutil.copy(SAMPLES / "village_4326_1m.tif", path)
+    (tmp_path / "scene.tif.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><NoDataValue>7</NoDataValue></PAMRasterBand></PAMDataset>')
+    with rasterio.open(path) as ds:
+        assert ds.nodata == 7
