@@ -337,6 +337,15 @@ def raise_for(what: str, message: str, *, opening: bool) -> NoReturn:
         raise InputError(
             f"{what}: access denied (HTTP {status or 403}); give credentials (AWS_*/GS_*/AZURE_* "
             "settings, GDAL_HTTP_HEADERS or GDAL_HTTP_AUTH) or check that a signed URL has not expired") from None
+    if ("no_sign_request" in low or "credentials" in low) and ("gs://" in what or what.startswith("/vsigs")):
+        raise InputError(
+            f"{what}: no credentials for Google Cloud Storage ({text}); set GOOGLE_APPLICATION_CREDENTIALS "
+            "(or GS_ACCESS_KEY_ID/GS_SECRET_ACCESS_KEY), or GS_NO_SIGN_REQUEST=YES for a public bucket") from None
+    if ("no_sign_request" in low or "credentials" in low) and ("az://" in what or what.startswith("/vsiaz")):
+        raise InputError(
+            f"{what}: no credentials for Azure Blob Storage ({text}); set AZURE_STORAGE_CONNECTION_STRING "
+            "(or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN), or "
+            "AZURE_NO_SIGN_REQUEST=YES for a public container") from None
     if "aws_secret_access_key" in low or "no_sign_request" in low or "credentials" in low:
         raise InputError(
             f"{what}: no credentials for the object store ({text}); set AWS_ACCESS_KEY_ID/"
