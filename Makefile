@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean qgis-plugin
+.PHONY: install demo test lint typecheck bench clean qgis-plugin
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# mypy over geoseg/ and cli/ as [tool.mypy] in pyproject.toml sets it (untyped bodies checked too)
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
@@ -36,4 +40,4 @@ dist/geoseg_processing.zip: docs/qgis/build_plugin.py $(wildcard docs/qgis/geose
 	$(PY) docs/qgis/build_plugin.py --out $@
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache dist/geoseg_processing.zip
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache dist/geoseg_processing.zip

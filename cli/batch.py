@@ -7,7 +7,7 @@ import time
 
 import click
 
-from geoseg_cli.options import click_option
+from .options import click_option
 
 # geoseg.batch and the executors import torch; they are imported when the command runs.
 JOB_MODES = ("segment", "change")  # geoseg.batch.MODES (tests/test_cli.py checks they agree)

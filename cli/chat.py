@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from geoseg_cli.options import output_opt, run_options
-from geoseg_cli.run import build_options
+from .options import output_opt, run_options
+from .run import build_options
 
 
 @click.command(no_args_is_help=True)

@@ -11,11 +11,12 @@ import click
 
 import geoseg
 from geoseg.errors import GeosegError
-from geoseg_cli.batch import batch_command
-from geoseg_cli.chat import chat_command
-from geoseg_cli.info import models_command
-from geoseg_cli.run import change_command, segment_command, vectorize_command
-from geoseg_cli.train import evaluate_command, train_command
+
+from .batch import batch_command
+from .chat import chat_command
+from .info import models_command
+from .run import change_command, segment_command, vectorize_command
+from .train import evaluate_command, train_command
 
 
 class GeosegGroup(click.Group):

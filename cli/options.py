@@ -20,6 +20,7 @@ class LibraryValue(click.ParamType):
         self.name = option.type_name
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        assert self.option.parser is not None  # only "value" options get this type
         try:
             return self.option.parser(value)
         except ValueError as e:
@@ -29,7 +30,8 @@ class LibraryValue(click.ParamType):
 def click_type(option: Option) -> Any:
     limited = option.low is not None or option.high is not None
     if option.kind == "int":
-        return click.IntRange(option.low, option.high) if limited else int
+        low, high = (None if b is None else int(b) for b in (option.low, option.high))  # whole() bounds are ints
+        return click.IntRange(low, high) if limited else int
     if option.kind == "float":
         return click.FloatRange(option.low, option.high) if limited else float
     if option.kind == "choice":

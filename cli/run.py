@@ -11,7 +11,8 @@ import click
 from geoseg import remote
 from geoseg.errors import EmptyResultError
 from geoseg.options import RunOptions
-from geoseg_cli.options import command_options
+
+from .options import command_options
 
 if TYPE_CHECKING:  # imported when a command runs: `geoseg --help` and completion need no torch
     from geoseg.outputs import RunSummary

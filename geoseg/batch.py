@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from geoseg import formats, pipeline, remote, resume
 from geoseg.errors import GeosegError, InputError
@@ -79,7 +79,7 @@ class JobDefaults:
         self.options = parse_options(self.options, "--set")
 
 
-def read_jobs(source: str | Path | TextIO, defaults: JobDefaults | None = None, *, name: str | None = None) -> Iterator[Job]:
+def read_jobs(source: str | Path | IO[str], defaults: JobDefaults | None = None, *, name: str | None = None) -> Iterator[Job]:
     """Jobs from a JSONL/CSV/paths file, or an open text stream (stdin), read lazily line by line."""
     defaults = defaults or JobDefaults()
     if isinstance(source, (str, Path)):
@@ -102,7 +102,7 @@ def _format_from_suffix(path: Path) -> str | None:
     return "csv" if suffix == ".csv" else None
 
 
-def _parse(stream: TextIO, name: str, fmt: str | None, defaults: JobDefaults) -> Iterator[Job]:
+def _parse(stream: IO[str], name: str, fmt: str | None, defaults: JobDefaults) -> Iterator[Job]:
     lines = ((n, line) for n, line in enumerate(stream, 1))
     content = ((n, line) for n, line in lines if line.strip() and not line.lstrip().startswith("#"))
     first = next(content, None)
@@ -139,7 +139,7 @@ def _sniff(line: str) -> str:
     return "paths"
 
 
-def _csv_rows(header: list[str], content) -> Iterator[tuple[int, dict[str, str]]]:
+def _csv_rows(header: list[str], content) -> Iterator[tuple[int, dict[str, Any]]]:
     header = [h.strip().lower() for h in header]
     for n, line in content:
         values = next(csv.reader(io.StringIO(line)), [])
@@ -327,8 +327,9 @@ class BatchRunner:
                             break
                         self._start_executor_for(job)
                         out = _output_key(job)
-                        fut = pool.submit(self._run_after, last_for_output.get(out), job)
-                        fut.job_index = job.index  # results that finish together are reported in job order
+                        fut = pool.submit(self._run_after, last_for_output.get(out) if out is not None else None, job)
+                        # results that finish together are reported in job order (a tag on the future)
+                        fut.job_index = job.index  # type: ignore[attr-defined]
                         if out is not None:
                             last_for_output[out] = fut
                         pending.add(fut)

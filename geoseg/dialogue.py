@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from geoseg import gpkg, raster
 from geoseg.errors import InputError
@@ -26,6 +27,9 @@ from geoseg.models.base import Dialogue
 from geoseg.options import RunOptions
 from geoseg.outputs import check_outputs
 from geoseg.queries import validate_queries
+
+if TYPE_CHECKING:
+    from geoseg.models.segearth.generate import Answer as SegEarthAnswer
 
 
 @dataclass
@@ -74,7 +78,7 @@ class ChatSession:
 
         query = validate_queries([query])[0]
         number = len(self.history) + 1
-        view = self.model.with_history(self.history)
+        view = cast(Dialogue, self.model).with_history(self.history)  # checked in __init__
         grounded = answer_scene(view, self.scene, [query])
         answer = grounded.answers[0]
         layer = gpkg.unique_layer_names([*self.layers, gpkg.layer_name_for(f"turn {number} {query}")])[-1]
@@ -84,6 +88,6 @@ class ChatSession:
             overwrite=self.options.overwrite and first, append=self.options.append or not first,
         )  # fmt: skip
         summary = pipeline.segment([self.scene], [query], self.output, opts, segmenter=grounded)  # opened once per session
-        self.history.append(answer.turn)
+        self.history.append(cast("SegEarthAnswer", answer).turn)  # dialogue answers are SegEarth's
         self.layers.append(layer)
         return TurnResult(number, query, answer.text, list(answer.phrases), layer, summary.layers[0].features)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import rasterio
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from geoseg import raster, stitch, tiling
 from geoseg.grounding import answer_scene
-from geoseg.models.base import Generative, Grounded, Segmenter, TorchBacked
+from geoseg.models.base import ChangeAware, Generative, Grounded, Segmenter, TorchBacked
 from geoseg.models.change import change_types, change_view
 from geoseg.options import RunOptions
 from geoseg.outputs import RunSummary
@@ -217,16 +217,20 @@ def predict_channels(
     ]
     if dates == 2:
         before, after = stacked
-        pred = model.predict_change(after, before, [queries[c.query_index] for c in channels],
-                                    direction=[c.change_type for c in channels])
+        directions = [c.change_type for c in channels if c.change_type is not None]
+        assert len(directions) == len(channels)  # channels_for gives each channel of a pair its direction
+        pred = cast(ChangeAware, model).predict_change(after, before, [queries[c.query_index] for c in channels],
+                                                       direction=directions)
         return pred.probabilities.float().cpu().numpy()
     pred = model.predict(stacked[0], queries)
     if all(c.target is None for c in channels):
         return pred.probabilities.float().cpu().numpy()
     # Named targets of a generative answer: each is its own channel.
+    targets = pred.targets
+    assert targets is not None  # a channel names a target only for a generative model's answers
     per_tile = [
         torch.stack([
-            pred.targets[b][c.query_index][c.target].probabilities if c.target is not None
+            targets[b][c.query_index][c.target].probabilities if c.target is not None
             else pred.probabilities[b, c.query_index]
             for c in channels
         ])

@@ -47,9 +47,14 @@ GEOPARQUET_VERSION = "1.1.0"
 class Writer(Protocol):
     """What every output format does."""
 
-    name: str  # --format value
-    label: str  # what messages call it
-    extension: str
+    @property
+    def name(self) -> str: ...  # --format value
+
+    @property
+    def label(self) -> str: ...  # what messages call it
+
+    @property
+    def extension(self) -> str: ...
 
     def check(self, path: Path, *, overwrite: bool, append: bool) -> None: ...
 
@@ -127,6 +132,12 @@ class TableWriter:
     def sidecar(self, path: Path) -> Path | None:
         return None if self.driver is None else path.with_name(path.name + SIDECAR_SUFFIX)
 
+    def _own_sidecar(self, path: Path) -> Path:
+        """The sidecar of a format that has one (a GDAL driver)."""
+        side = self.sidecar(path)
+        assert side is not None
+        return side
+
     def records(self, path: Path) -> dict[str, Any]:
         """The file's run-records document; InputError when it has none (not written by geoseg)."""
         path = Path(path)
@@ -137,13 +148,13 @@ class TableWriter:
                 metadata = pq.read_schema(path).metadata or {}
                 text = metadata.get(PARQUET_METADATA_KEY.encode())
             else:
-                side = self.sidecar(path)
+                side = self._own_sidecar(path)
                 text = side.read_bytes() if side.exists() else None
             doc = json.loads(text) if text is not None else None
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read it as a {self.label} file written by geoseg ({exc})") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
-            where = f"no {self.sidecar(path).name} beside it" if self.driver else f"no '{PARQUET_METADATA_KEY}' metadata"
+            where = f"no {self._own_sidecar(path).name} beside it" if self.driver else f"no '{PARQUET_METADATA_KEY}' metadata"
             raise InputError(f"{path}: {where}, so geoseg did not write it; --append adds to geoseg's own files "
                              "(or pass --overwrite)")
         return doc
@@ -220,6 +231,7 @@ class TableWriter:
             else:
                 pyogrio.write_dataframe(table, tmp, driver=self.driver, geometry_type="MultiPolygon",
                                         promote_to_multi=True, layer=path.stem)
+                assert side_tmp is not None  # a GDAL-driver format has a sidecar
                 side_tmp.write_text(records, encoding="utf-8")
             self._verify(tmp, len(table))
             _commit(tmp, path, side_tmp, side)
@@ -290,7 +302,10 @@ def _write_geoparquet(table: gpd.GeoDataFrame, tmp: Path, records: str) -> None:
     buffer.seek(0)
     arrow = pq.read_table(buffer)
     fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in arrow.schema]
-    metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY.encode(): records.encode("utf-8")}
+    metadata: dict[bytes | str, bytes | str] = {}
+    for key, value in (arrow.schema.metadata or {}).items():
+        metadata[key] = value
+    metadata[PARQUET_METADATA_KEY.encode()] = records.encode("utf-8")
     arrow = arrow.cast(pa.schema(fields, metadata=metadata))
     pq.write_table(arrow, tmp, compression="snappy")
 
@@ -306,6 +321,7 @@ def _commit(tmp: Path, path: Path, side_tmp: Path | None, side: Path | None) -> 
     if side_tmp is None:
         os.replace(tmp, path)
         return
+    assert side is not None  # side_tmp is the sidecar's temporary copy
     backup = None
     if path.exists():
         backup = _temp_path(path)

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
+from shapely.geometry.base import BaseGeometry
 
 from geoseg import qgis_style
 from geoseg.errors import GeosegError, InputError, OutputExistsError
@@ -188,7 +189,7 @@ def _check_layers(layers: Sequence[LayerData]) -> None:
 # ------------------------------------------------------------------------- features
 
 
-def _as_multipolygon(geom: shapely.Geometry | None) -> shapely.MultiPolygon | None:
+def _as_multipolygon(geom: BaseGeometry | None) -> shapely.MultiPolygon | None:
     """Valid MultiPolygon (Polygons promoted, invalid repaired, non-areal parts dropped)."""
     if geom is None or geom.is_empty:
         return None

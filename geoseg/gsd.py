@@ -166,6 +166,7 @@ def choose_gsd(
     mode = setting if isinstance(setting, str) else "metres"
     if sides_m is None:
         if mode == "metres":
+            assert not isinstance(setting, str)  # metres: parse_gsd gave a number
             raise InputError(
                 f"{path}: has no CRS, so --gsd {_fmt(setting)} (metres) cannot be applied; "
                 "drop --gsd or georeference the file"

@@ -156,6 +156,7 @@ class Option:
         if self.kind == "path":
             return Path(value)
         if self.kind == "value":
+            assert self.parser is not None  # value options always declare one (value())
             return self.parser(value)
         return str(value)
 
@@ -194,7 +195,7 @@ def text(group: str, help: str, default: str | None = None, **spec: Any) -> Any:
     return _declare(default, group, help, "text", **spec)
 
 
-def choice(default: str, choices: tuple[str, ...], group: str, help: str, **spec: Any) -> Any:
+def choice(default: str | None, choices: tuple[str, ...], group: str, help: str, **spec: Any) -> Any:
     return _declare(default, group, help, "choice", choices=choices, **spec)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 
@@ -38,6 +39,7 @@ from geoseg.engine import (
     plan_for,
 )
 from geoseg.errors import InputError
+from geoseg.gsd import GsdChoice
 from geoseg.models.base import EncodesQueries, KnowsConcepts, ProvenanceSource, Segmenter
 from geoseg.models.concepts import QueryKnowledge
 from geoseg.models.registry import default_model, load_segmenter
@@ -169,8 +171,8 @@ def run(
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
         inputs = {path: record.result() for path, record in hashed.items()}
-        scene_record = {"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in scenes],
-                        "gsd": [s.gsd.to_dict() for s in scenes]}
+        scene_record: dict[str, Any] = {"plans": [p.summary() for p in plans], "stats": [s.stats.to_dict() for s in scenes],
+                        "gsd": [_gsd_of(s).to_dict() for s in scenes]}
         if pair:
             scene_record |= {"overlap_fraction": scenes[0].overlap_fraction, "align_to": opts.align_to}
         layers = []
@@ -183,11 +185,17 @@ def run(
             )
             direction = written_direction({c.change_type for c in channels if c.query_index == qi}) if pair else None
             layers.append(layer_for(query, merge_scenes(parts[qi], opts.dst_crs), record, opts.layer, direction))
+        assert first_raster is not None  # a run has at least one scene and one channel
         commit_outputs(output, layers, opts, [first_raster], summary)
     return finish(summary, started)
 
 
-def written_direction(change_types: set[str | None]) -> str:
+def _gsd_of(scene: raster.Scene) -> GsdChoice:
+    assert scene.gsd is not None  # open_scene and open_pair always choose the read resolution
+    return scene.gsd
+
+
+def written_direction(change_types: set[str | None]) -> str | None:
     """What a change layer holds (its provenance's `change_direction`): appeared, disappeared,
     both (the two directions), or changed (a model that cannot tell them apart)."""
     return "both" if len(change_types) > 1 else next(iter(change_types))
@@ -220,7 +228,7 @@ def dry_run(
             "inputs": [str(p) for p in scene.paths],
             "width": scene.grid.width, "height": scene.grid.height,
             "crs": scene.grid.crs.to_string() if scene.grid.crs else None,
-            "gsd": scene.gsd.to_dict(),  # width/height and the plan are on the grid read at this resolution
+            "gsd": _gsd_of(scene).to_dict(),  # width/height and the plan are on the grid read at this resolution
             **plan.summary(), "batch_size": batch, "batches": -(-len(plan.tiles) // batch),
             "memory_estimate_mb": {
                 "blend_window_per_query": round(blender_bytes / 2**20, 1),

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -75,7 +76,8 @@ def preview_geopackage(
         if "change_type" in gdf.columns and len(gdf):
             for kind, part in gdf.groupby("change_type", sort=True):
                 colour = CHANGE_COLOURS.get(str(kind), style_colour(f"{name}:{kind}"))
-                drawn.append(PreviewLayer(f"{name} [{kind}]", part, colour))
+                # a GeoDataFrame's groups are GeoDataFrames (the stubs type them as DataFrames)
+                drawn.append(PreviewLayer(f"{name} [{kind}]", cast(gpd.GeoDataFrame, part), colour))
         else:
             drawn.append(PreviewLayer(name, gdf, style_colour(name)))
     return render_preview(rasters, drawn, out, titles=titles, bands=bands, max_side=max_side, asset=asset)
@@ -235,7 +237,7 @@ def to_pixels(ring, inverse: Affine) -> list[tuple[float, float]]:
 # ------------------------------------------------------------------------------ text
 
 
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=13)
     except TypeError:  # Pillow < 10.1 has no sized default font

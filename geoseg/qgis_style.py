@@ -36,7 +36,8 @@ def style_colour(name: str) -> tuple[int, int, int]:
 
 
 def _outline_colour(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(round(c * 0.6) for c in rgb)  # type: ignore[return-value]
+    r, g, b = rgb
+    return round(r * 0.6), round(g * 0.6), round(b * 0.6)
 
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

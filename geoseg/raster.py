@@ -25,6 +25,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 from geoseg import gsd as gsd_
 from geoseg import remote, stac
@@ -281,6 +282,7 @@ class Scene:
             raw, ok = source.read(window)
             arrays.append(to_model_bands(normalise(raw, self.stats), self.model_bands))
             valid = ok if valid is None else valid & ok
+        assert valid is not None  # a scene has at least one input
         return arrays, valid
 
 
@@ -482,7 +484,7 @@ def overlap_fraction(ref: Grid, other: Grid) -> float:
     Footprints are the true (possibly rotated) outlines, not their bounding boxes, which for a
     rotated scene would count the empty corners of the box as covered."""
     ref_outline = ref.footprint()
-    other_outline = other.footprint(ref.crs)
+    other_outline: BaseGeometry = other.footprint(ref.crs)
     if other_outline.is_empty:
         return 0.0
     if not other_outline.is_valid:  # a reprojection that folds the outline (antimeridian, poles)

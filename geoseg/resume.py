@@ -320,5 +320,5 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write beside, then rename: a reader never sees half a file."""
     part = path.with_name(path.name + ".part")
     with open(part, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
     os.replace(part, path)

@@ -78,9 +78,10 @@ def resolve(source: str | Path, asset: str | None = None) -> ItemAssets:
     keys = choose_assets(item, asset, what)
     hrefs = tuple(item.assets[k].get_absolute_href() or item.assets[k].href for k in keys)
     self_link = item.get_single_link("self")
+    self_abs = self_link.get_absolute_href() if self_link else text
     record = {
         "stac_item": item.id,
-        "stac_self": remote.redact(self_link.get_absolute_href() if self_link else text),
+        "stac_self": remote.redact(self_abs if self_abs is not None else text),
         "stac_href": what,
         "stac_assets": {k: remote.redact(h) for k, h in zip(keys, hrefs, strict=True)},
     }
@@ -115,7 +116,7 @@ def choose_assets(item: Any, asked: str | None, what: str) -> list[str]:
     visual = [k for k, a in assets.items() if "visual" in (a.roles or [])]
     if visual:
         return [visual[0]]
-    by_colour = {}
+    by_colour: dict[str, str] = {}
     for key, a in assets.items():
         names = {key.lower()} | {b.get("common_name") for b in a.extra_fields.get("eo:bands", []) or []
                                  if isinstance(b, dict)}

@@ -80,7 +80,7 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePla
         )
     ys = axis_starts(height, tile_size, overlap)
     xs = axis_starts(width, tile_size, overlap)
-    tiles = []
+    tiles: list[Tile] = []
     for r, y in enumerate(ys):
         h = min(tile_size, height)
         for c, x in enumerate(xs):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -46,6 +47,7 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.features import shapes
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from geoseg.errors import InputError
@@ -225,7 +227,7 @@ def _merge_parts(polys: list[shapely.Polygon], connectivity: int) -> list[shapel
         return list(shapely.get_parts(shapely.union_all(polys)))
     shells = shapely.polygons(shapely.get_exterior_ring(np.array(polys, dtype=object)))
     merged = shapely.union_all(shells)
-    if merged.geom_type != "Polygon":  # cannot happen for a 4-connected group; keep it correct anyway
+    if not isinstance(merged, shapely.Polygon):  # cannot happen for a 4-connected group; keep it correct anyway
         return list(shapely.get_parts(shapely.union_all(polys)))
     holes = [*merged.interiors, *(ring for p in polys for ring in p.interiors)]
     return [shapely.Polygon(merged.exterior, holes)]
@@ -256,16 +258,17 @@ def _to_world(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geoms, apply)
 
 
-def _polygonal(geom: shapely.Geometry) -> shapely.Geometry | None:
+def _polygonal(geom: BaseGeometry) -> BaseGeometry | None:
     """Valid polygonal part of a geometry (None when nothing is left)."""
     if not geom.is_valid:
         geom = shapely.make_valid(geom)
+    result: BaseGeometry | None = geom
     if geom.geom_type == "GeometryCollection":
         polys = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
-        geom = shapely.union_all(polys) if polys else None
-    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        result = shapely.union_all(polys) if polys else None
+    if result is None or result.is_empty or result.geom_type not in ("Polygon", "MultiPolygon"):
         return None
-    return geom
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +393,8 @@ def _polygonise(foreground: np.ndarray, col0: int, row0: int) -> _Polygonised:
     polygon_of_ring = np.repeat(np.arange(len(rings_per_polygon)), rings_per_polygon)
     polygon_of_point = polygon_of_ring[ring_of_point]
     if rings:
-        polygons = shapely.polygons(shapely.linearrings(xy, indices=ring_of_point), indices=polygon_of_ring)
+        rings_array = cast(np.ndarray, shapely.linearrings(xy, indices=ring_of_point))  # arrays in, arrays out
+        polygons = cast(np.ndarray, shapely.polygons(rings_array, indices=polygon_of_ring))
     else:
         polygons = np.empty(0, dtype=object)
     return _Polygonised(polygons, _first_pixels(xy, polygon_of_point), xy, ring_of_point, polygon_of_point)
@@ -447,6 +451,7 @@ def _labelled_block(
     labels, n = ndimage.label(foreground, structure=structure)
     # Background and nodata fall into bin 0, which is never used.
     counts = np.bincount(labels.ravel(), minlength=n + 1)
+    sums: np.ndarray
     if coding.is_mask:
         sums = np.zeros(n + 1)
     else:
@@ -712,6 +717,7 @@ def polygon_metrics(geoms: gpd.GeoSeries | Iterable[shapely.Geometry], crs) -> t
         k = _unit_factor(crs)
         return shapely.area(geoms) * k * k, shapely.length(geoms) * k
     geod = crs.get_geod() or ProjCRS.from_epsg(4326).get_geod()
+    assert geod is not None  # EPSG:4326 has an ellipsoid
     # One polygon_area_perimeter call per ring rather than pyproj's Geod.geometry_area_perimeter:
     # that one's perimeter leaves the holes out and it adds hole areas with their ring's sign
     # (orientation-dependent); with geometry_length(boundary) for the perimeter it is 1.1-1.6x

@@ -37,3 +37,15 @@ def test_pinned_set_is_inside_the_ranges():
 def test_shapely_floor_has_coverage_simplify():
     # shapely.coverage_simplify (vectorize's --simplify) arrived in shapely 2.1
     assert not requirements()["shapely"].specifier.contains("2.0.7")
+
+
+def test_type_check_covers_the_package_without_exemptions():
+    # mypy (make typecheck): geoseg/ and cli/, untyped bodies checked; overrides only for third-party modules
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert set(mypy["files"]) == {"geoseg", "cli"}
+    assert mypy["check_untyped_defs"] is True
+    assert "ignore_errors" not in mypy and "ignore_missing_imports" not in mypy
+    overridden = [m for o in mypy.get("overrides", []) for m in o["module"]]
+    assert overridden and not [m for m in overridden if m.split(".")[0] in ("geoseg", "geoseg_cli", "cli")]
+    assert all(set(o) == {"module", "ignore_missing_imports"} for o in mypy["overrides"])
+    assert "mypy" in requirements()

@@ -64,12 +64,19 @@ class Forwarder:
         raise NotImplementedError
 
 
-class _ChangeAware:
+class _Forwarding:
+    """What the capability mixins below call on the Forwarder they are mixed into (types only)."""
+
+    _call: Callable[..., Any]
+    _view: Callable[..., Forwarder]
+
+
+class _ChangeAware(_Forwarding):
     def predict_change(self, after, before, queries, *, direction="appeared") -> Prediction:
         return self._call("predict_change", after, before, queries, direction=direction)
 
 
-class _Generative:
+class _Generative(_Forwarding):
     def answer(self, images, queries) -> list[list[Answer]]:
         return self._call("answer", images, queries)
 
@@ -77,7 +84,7 @@ class _Generative:
         return self._view("grounded", answers)
 
 
-class _Dialogue:
+class _Dialogue(_Forwarding):
     def with_history(self, history) -> Forwarder:
         return self._view("with_history", history)
 
@@ -86,17 +93,17 @@ class _Grounded:
     """Only a data member (`answers`), copied by Forwarder.__init__."""
 
 
-class _ProvenanceSource:
+class _ProvenanceSource(_Forwarding):
     def provenance(self, query_index: int) -> dict:
         return self._call("provenance", query_index)
 
 
-class _EncodesQueries:
+class _EncodesQueries(_Forwarding):
     def encode_queries(self, queries) -> None:
         return self._call("encode_queries", queries)
 
 
-class _KnowsConcepts:
+class _KnowsConcepts(_Forwarding):
     def check_queries(self, queries) -> list:
         return self._call("check_queries", queries)
 

@@ -293,7 +293,8 @@ class RayExecutor:
     def pool(self) -> HostPool:
         if self._pool is None:
             n, resources = self.placement()
-            host = ray.remote(**resources)(ModelHost)
+            # ray.remote's overloads name each option; resources holds num_cpus/num_gpus
+            host = ray.remote(**resources)(ModelHost)  # type: ignore[call-overload]
             self._pool = HostPool([host.remote(self._load) for _ in range(n)])
             log.info("ray: %d model hosts, each %s", n, resources)
         return self._pool

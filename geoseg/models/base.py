@@ -70,10 +70,12 @@ class Prediction:
     @staticmethod
     def concat(parts: Sequence[Prediction]) -> Prediction:
         """One prediction from the predictions of consecutive batches of tiles (same queries)."""
-        targets = None if any(p.targets is None for p in parts) else [t for p in parts for t in p.targets]
+        all_targets = [p.targets for p in parts if p.targets is not None]
+        targets = [t for p in all_targets for t in p] if len(all_targets) == len(parts) else None
         text = None
-        if all(p.text is not None for p in parts):
-            text = ["\n".join(dict.fromkeys(p.text[q] for p in parts)) for q in range(len(parts[0].text))]
+        all_text = [p.text for p in parts if p.text is not None]
+        if len(all_text) == len(parts):
+            text = ["\n".join(dict.fromkeys(t[q] for t in all_text)) for q in range(len(all_text[0]))]
         return Prediction(torch.cat([p.probabilities for p in parts]), targets, text)
 
 

@@ -8,6 +8,8 @@ bounding box centred on the origin; pixel units throughout.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import shapely
 
@@ -89,7 +91,7 @@ def outlines(batch: Batch) -> np.ndarray:
     local = pts[keep]
     rep = np.repeat(np.arange(n), counts)
     world = place_many(local, batch["cx"][rep], batch["cy"][rep], batch["angle"][rep])
-    return shapely.polygons(shapely.linearrings(world, indices=rep))
+    return cast(np.ndarray, shapely.polygons(shapely.linearrings(world, indices=rep)))  # arrays in, arrays out
 
 
 def placed_boxes(batch: Batch, local_boxes: np.ndarray, owner: np.ndarray, pad: float) -> np.ndarray:

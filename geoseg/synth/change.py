@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 from shapely.geometry import LineString
+from shapely.geometry.base import BaseGeometry
 
 from . import palette, scanline
 from .buildings import concat
@@ -80,6 +81,7 @@ class PairArrays:
         concept = resolve(phrase)
         if concept.kind != "change":
             return self.after.mask(phrase)
+        assert concept.change is not None  # set for every change concept
         return self.change[concept.change]
 
 
@@ -126,16 +128,17 @@ def _new_roads(b: _Builder) -> list[Instance]:
     blocker_tree = shapely.STRtree(blockers) if blockers else None
     for _ in range(int(b.rng.integers(1, 3))):
         for _attempt in range(20):
-            line = _branch_line(b)
+            branch = _branch_line(b)
+            line: LineString | None = branch
             width_m = b.u(4, 7)
             if blocker_tree is not None:  # stop the road short of the first building or bank in its way
-                hit = blocker_tree.query(line, predicate="dwithin", distance=b.m(width_m / 2 + 2.0))
+                hit = blocker_tree.query(branch, predicate="dwithin", distance=b.m(width_m / 2 + 2.0))
                 if len(hit):
                     keep_out = shapely.union_all([blockers[i] for i in hit]).buffer(b.m(width_m / 2 + 2.0), quad_segs=2)
-                    line = _first_piece(line, keep_out)
+                    line = _first_piece(branch, keep_out)
             if line is None or line.length < b.m(40):
                 continue
-            poly = line.buffer(b.m(width_m) / 2, cap_style="flat", quad_segs=3)
+            poly: BaseGeometry = line.buffer(b.m(width_m) / 2, cap_style="flat", quad_segs=3)
             if blocker_tree is not None and len(blocker_tree.query(poly.buffer(b.m(1.5)), predicate="intersects")):
                 continue
             roads = [i.geometry for i in b.instances if i.cls == "road" and i.geometry.intersects(poly)]
@@ -156,7 +159,7 @@ def _new_roads(b: _Builder) -> list[Instance]:
     return out
 
 
-def _first_piece(line: LineString, keep_out: shapely.Geometry) -> LineString | None:
+def _first_piece(line: LineString, keep_out: BaseGeometry) -> LineString | None:
     """The part of `line` from its start up to where it first enters `keep_out`."""
     start = shapely.Point(line.coords[0])
     if keep_out.contains(start):
@@ -194,11 +197,12 @@ def _branch_line(b: _Builder) -> LineString:
         x, y = p.x, p.y
     if x is None:
         x, y, angle = b.u(0.2, 0.8) * b.w, b.u(0.2, 0.8) * b.h, b.u(0, 2 * math.pi)
+    assert y is not None and angle is not None  # set with x
     end = (x + math.cos(angle) * length, y + math.sin(angle) * length)
     return LineString([(x, y), end])
 
 
-def _cut_open_land(b: _Builder, road: shapely.Geometry) -> None:
+def _cut_open_land(b: _Builder, road: BaseGeometry) -> None:
     """A new road replaces the fields, woods, lone trees and bare ground in its way."""
     margin = road.buffer(b.m(1.0), quad_segs=2)
     for inst in list(b.instances):

@@ -146,6 +146,7 @@ def export_dataset(out_dir: Path | str, n: int, seed: int, *, size: int = 256,
             item_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
             gsd = float(gsd_choices[int(rng.integers(0, len(gsd_choices)))])
             season = seasons[int(rng.integers(0, len(seasons)))]
+            present_of: PairArrays | SceneArrays
             if change:
                 pair = render_pair(item_seed, size, size, gsd, bands=bands, season_before=season,
                                    change_kinds=tuple(change_kinds))
@@ -170,6 +171,7 @@ def export_dataset(out_dir: Path | str, n: int, seed: int, *, size: int = 256,
                         "concept": phrase.concept, "kind": phrase.kind, "synonym": phrase.synonym,
                         "attribute": phrase.attribute, "gsd": gsd, "seed": item_seed, "season": season}
                 if change:
+                    assert isinstance(present_of, PairArrays)
                     line["season_after"] = present_of.after.season
                 fh.write(json.dumps(line) + "\n")
     return manifest

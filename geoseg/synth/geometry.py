@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import shapely
-from shapely.geometry import LineString, Polygon
+from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from .scanline import covers_any, rasterize
@@ -75,9 +75,9 @@ def parts_of(geom: BaseGeometry) -> list[Polygon]:
     """Polygon parts of any (multi)polygon or collection, dropping lines and points."""
     if geom.is_empty:
         return []
-    if geom.geom_type == "Polygon":
+    if isinstance(geom, Polygon):
         return [geom]
-    if geom.geom_type in ("MultiPolygon", "GeometryCollection"):
+    if isinstance(geom, MultiPolygon | GeometryCollection):
         out: list[Polygon] = []
         for g in geom.geoms:
             out.extend(parts_of(g))

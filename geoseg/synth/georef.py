@@ -69,7 +69,7 @@ def to_map(geoms, transform: Affine) -> np.ndarray:
 def truth_frame(instances: list[Instance], transform: Affine, crs: CRS) -> gpd.GeoDataFrame:
     """One row per instance: id, class, subclass, its attributes, geometry in map coordinates."""
     rows = [{"id": i.id, "class": i.cls, "subclass": i.subclass, **i.attrs} for i in instances]
-    geoms = to_map([i.geometry for i in instances], transform) if instances else []
+    geoms: np.ndarray | list = to_map([i.geometry for i in instances], transform) if instances else []
     df = pd.DataFrame(rows, columns=None if rows else ["id", "class", "subclass"])
     return tidy(gpd.GeoDataFrame(df, geometry=list(geoms), crs=crs))
 
@@ -323,6 +323,7 @@ def write_pair(out_dir: Path | str, seed: int, height: int, width: int, gsd: flo
         after_image, after_nodata = pair.after.image, None
     else:
         src_transform = transform @ Affine.translation(-margin, -margin)
+        assert padded.after.reflectance is not None  # compose() keeps it
         warped, cover = warp_image(padded.after.reflectance[..., :bands], crs_obj, src_transform, a_crs, a_transform, ah, aw)
         full = cover.all()
         after_image = quantise(warped, bands, dtype, None if full else cover)

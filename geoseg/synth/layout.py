@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import shapely
-from shapely.geometry import LineString, Point, Polygon, box
+from shapely.geometry import LineString, MultiLineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from . import buildings as bld
@@ -162,7 +162,7 @@ class _Builder:
 
     # ---- roads ----------------------------------------------------------------------------------
     def _road(self, line: LineString, width_m: float, kind: str, paved: bool, bridge: bool) -> None:
-        poly = line.buffer(self.m(width_m) / 2, cap_style="flat", quad_segs=3)
+        poly: BaseGeometry = line.buffer(self.m(width_m) / 2, cap_style="flat", quad_segs=3)
         roads = [i.geometry for i in self.instances if i.cls == "road" and i.geometry.intersects(poly)]
         if roads:  # junctions belong to the road that was there first
             poly = safe_difference(poly, shapely.union_all(roads))
@@ -243,10 +243,11 @@ class _Builder:
                     continue
                 c = np.array([cx, cy]) + n * (k * spacing + offset0)
                 line = LineString([c - d * r * 1.2, c + d * r * 1.2]).intersection(disk)
-                for seg in (line.geoms if line.geom_type == "MultiLineString" else [line]):
+                for seg in (line.geoms if isinstance(line, MultiLineString) else [line]):
                     if seg.is_empty or seg.length < spacing:
                         continue
-                    self._road(seg, width_m, "street", bool(self.rng.random() < paved_p), bridge=False)
+                    # a disk cuts a line into lines; what is empty or a point has no length
+                    self._road(cast(LineString, seg), width_m, "street", bool(self.rng.random() < paved_p), bridge=False)
 
     # ---- buildings ------------------------------------------------------------------------------
     def shapes(self, large: np.ndarray) -> bld.Batch:
@@ -263,7 +264,7 @@ class _Builder:
         n = len(batch["cx"])
         local_boxes, owner = bld.boxes(batch)
         pad = max(self.m(clearance_m), 0.75)
-        probes = shapely.polygons(bld.placed_boxes(batch, local_boxes, owner, pad))
+        probes = cast(np.ndarray, shapely.polygons(bld.placed_boxes(batch, local_boxes, owner, pad)))  # arrays in, arrays out
         outlines = bld.outlines(batch)
         free = self.occ.free(probes)
         ok = (np.bincount(owner, weights=~free, minlength=n) == 0) & shapely.intersects(outlines, self.domain)
@@ -388,11 +389,11 @@ class _Builder:
                                   (p[:, 1] + np.cos(ang) * side * off).tolist(), rr.tolist(), strict=True))
         for b in self.by_class("building"):
             if self.rng.random() < 0.35:
-                rr = self.u(2, 4.5)
+                radius = self.u(2, 4.5)
                 minx, miny, maxx, maxy = b.geometry.bounds
-                ang = self.u(0, 2 * math.pi)
-                dist = max(maxx - minx, maxy - miny) / 2 + self.m(rr + self.u(1, 5))
-                cands.append((b.paint["cx"] + math.cos(ang) * dist, b.paint["cy"] + math.sin(ang) * dist, rr))
+                heading = self.u(0, 2 * math.pi)
+                dist = max(maxx - minx, maxy - miny) / 2 + self.m(radius + self.u(1, 5))
+                cands.append((b.paint["cx"] + math.cos(heading) * dist, b.paint["cy"] + math.sin(heading) * dist, radius))
         self.commit_trees(cands)
 
     def place_scattered_trees(self) -> None:
@@ -403,7 +404,7 @@ class _Builder:
     def _woodland(self, x: float, y: float) -> None:
         """A patch of closed canopy: one tree instance whose texture shows many crowns."""
         rad = self.m(min(self.u(20, 110), 0.3 * self.extent_m))
-        geom = blob(x, y, rad, self.rng, roughness=0.35)
+        geom: BaseGeometry = blob(x, y, rad, self.rng, roughness=0.35)
         geom = clean(self.occ.subtract_from(geom, margin=self.m(1.5)))
         crown_m = self.u(2.2, 4.5)
         for part in parts_of(geom):
@@ -433,7 +434,7 @@ class _Builder:
                     continue
                 if self.rng.random() < 0.15:
                     continue
-                rect = Polygon(rotated_rect(mid[0], mid[1], length - gap, depth - gap, angle))
+                rect: BaseGeometry = Polygon(rotated_rect(mid[0], mid[1], length - gap, depth - gap, angle))
                 rect = rect.intersection(self.domain.buffer(self.m(10)))
                 if rect.is_empty:
                     continue
@@ -455,7 +456,7 @@ class _Builder:
     def place_bare(self) -> None:
         for _ in range(int(self.rng.integers(0, 3))):
             x, y = self.u(0, self.w), self.u(0, self.h)
-            geom = blob(x, y, self.m(min(self.u(10, 40), 0.15 * self.extent_m)), self.rng, roughness=0.35)
+            geom: BaseGeometry = blob(x, y, self.m(min(self.u(10, 40), 0.15 * self.extent_m)), self.rng, roughness=0.35)
             geom = clean(self.occ.subtract_from(geom, margin=self.m(1)))
             kind = ("soil", "sand", "gravel")[int(self.rng.integers(0, 3))]
             for part in parts_of(geom):

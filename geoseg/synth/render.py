@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import shapely
@@ -62,7 +63,7 @@ class DateParams:
             haze=float(rng.uniform(0.0, 0.08)),
             noise=float(rng.uniform(0.005, 0.018)),
             blur=float(rng.uniform(0.35, 0.7)),
-            tint=(*(float(v) for v in rng.uniform(0.94, 1.06, size=3)), 1.0),
+            tint=(*_rgb(rng.uniform(0.94, 1.06, size=3)), 1.0),
             cloud_shadow=float(rng.uniform(0.05, 0.35)) if rng.random() < 0.15 else 0.0,
         )
 
@@ -126,6 +127,11 @@ class SceneArrays:
         return ids_mask(self.labels, [i.id for i in self.select(phrase)])
 
 
+def _rgb(values: np.ndarray) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
 def ids_mask(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     """Pixels whose instance id is one of `ids`."""
     if not ids:
@@ -156,7 +162,8 @@ def _instance_colour(inst: Instance, veg: dict) -> np.ndarray:
     if inst.cls == "water":
         return np.asarray(palette.WATER[inst.subclass], dtype=np.float32) * (1 + 0.1 * tone)
     if inst.cls == "tree":
-        return palette.mix(*veg["tree"], t01) * (1 + 0.05 * tone)
+        a, b = veg["tree"]
+        return palette.mix(a, b, t01) * (1 + 0.05 * tone)
     if inst.cls == "field":
         return np.asarray(veg["crop"][inst.attrs["crop"]], dtype=np.float32) * (1 + 0.06 * tone)
     if inst.cls == "bare":
@@ -342,8 +349,9 @@ def _paint_markings(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float) 
         shapes += [line.offset_curve(side * half) for side in (-1, 1)]
     if not shapes:
         return
+    h, w = cls.shape
     marks = scanline.rasterize(shapely.buffer(np.asarray(shapes, dtype=object), width / 2, cap_style="flat"), 1,
-                               *cls.shape, dtype="uint8").astype(bool)
+                               h, w, dtype="uint8").astype(bool)
     marks &= cls == CLASS_CODE["road"]
     img[marks] = img[marks] * 0.25 + _c((0.85, 0.85, 0.82, 0.6), img.shape[2]) * 0.75
 
@@ -374,7 +382,7 @@ def _paint_cars(layout: Layout, img: np.ndarray, cls: np.ndarray, m: float, rng:
         local = np.stack([np.c_[-length, -width], np.c_[length, -width], np.c_[length, width], np.c_[-length, width]], 1) / 2
         c, s_ = np.cos(ang)[:, None], np.sin(ang)[:, None]
         xy = np.stack([local[..., 0] * c - local[..., 1] * s_ + cx[:, None], local[..., 0] * s_ + local[..., 1] * c + cy[:, None]], -1)
-        rects.append(shapely.polygons(xy))
+        rects.append(cast(np.ndarray, shapely.polygons(xy)))  # arrays in, arrays out
         colours.append(rng.integers(0, len(CAR_COLOURS), size=n))
     if not rects:
         return
@@ -411,7 +419,7 @@ def shadow_shapes(layout: Layout, date: DateParams) -> list:
         swept.append((UNIT_CIRCLE[None] * c[:, 2, None, None] + c[:, None, :2], np.asarray(crown_lifts)))
     for corners, lift in swept:
         moved = corners + (lift[:, None] * per_m)[:, None, :]
-        shapes += list(shapely.convex_hull(shapely.multipoints(np.concatenate([corners, moved], axis=1))))
+        shapes += list(cast(np.ndarray, shapely.convex_hull(shapely.multipoints(np.concatenate([corners, moved], axis=1)))))
     return shapes
 
 

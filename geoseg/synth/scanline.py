@@ -14,7 +14,7 @@ import numpy as np
 import shapely
 
 
-def spans(geoms: Sequence, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spans(geoms: Sequence | np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Horizontal pixel runs covered by each geometry: (geometry index, flat start, length).
 
     Geometries are (multi)polygons in pixel coordinates (x = column, y = row, pixel (r, c) spans
@@ -22,10 +22,10 @@ def spans(geoms: Sequence, height: int, width: int) -> tuple[np.ndarray, np.ndar
     Runs come sorted by geometry index.
     """
     empty = (np.zeros(0, np.int64),) * 3
-    geoms = np.asarray(list(geoms), dtype=object)
-    if geoms.size == 0:
+    array = np.asarray(list(geoms), dtype=object)
+    if array.size == 0:
         return empty
-    parts, part_geom = shapely.get_parts(geoms, return_index=True)
+    parts, part_geom = shapely.get_parts(array, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
     if coords.shape[0] < 2:
@@ -65,7 +65,7 @@ def spans(geoms: Sequence, height: int, width: int) -> tuple[np.ndarray, np.ndar
     return geom_of[a], row[a] * width + c0, length
 
 
-def rasterize(geoms: Sequence, values: Sequence[int] | np.ndarray | int, height: int, width: int,
+def rasterize(geoms: Sequence | np.ndarray, values: Sequence[int] | np.ndarray | int, height: int, width: int,
               dtype: str = "int32") -> np.ndarray:
     """Burn `values` (one per geometry, or one for all) into a height x width array of zeros.
 
@@ -84,7 +84,7 @@ def rasterize(geoms: Sequence, values: Sequence[int] | np.ndarray | int, height:
     return out
 
 
-def covers_any(geoms: Sequence, marked: np.ndarray) -> np.ndarray:
+def covers_any(geoms: Sequence | np.ndarray, marked: np.ndarray) -> np.ndarray:
     """Per geometry: does any pixel it covers (centre rule) have `marked` set?"""
     geoms = list(geoms)
     h, w = marked.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def stack_batch(images: list[np.ndarray], queries: list[str], index: list[int], 
         images=to_tensor_images(images),
         queries=queries,
         image_index=torch.tensor(index, dtype=torch.long),
-        masks=stack(masks),
+        masks=cast(torch.Tensor, stack(masks)),  # None only for an empty batch, as before
         before=to_tensor_images(befores) if befores else None,
         change_masks=stack(changes),
         valid=stack(valid),

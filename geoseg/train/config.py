@@ -13,6 +13,7 @@ Example (configs/compact-real.yaml has the full set):
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -126,9 +127,9 @@ def load_train_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise InputError(f"training config {path} does not exist")
     text = path.read_text()
-    try:
-        import tomllib  # Python >= 3.11
-    except ImportError:  # pragma: no cover - Python 3.10
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
         tomllib = None
     try:
         if path.suffix == ".toml":

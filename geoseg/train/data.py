@@ -10,6 +10,7 @@ batches, so the data never repeats exactly while rendering costs little.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class SynthSource:
             picks = choose_queries(
                 self.rng,
                 self.concepts,
-                lambda key, ids=ids, table=scene.table: concept_mask(key, ids, table),
+                partial(concept_mask, instance_ids=ids, table=scene.table),
                 self.cfg.queries_per_image,
                 self.cfg.empty_share,
             )
@@ -116,7 +117,8 @@ class SynthSource:
 
     def _crop(self, image: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = self.cfg.tile
-        y, x = _crop_box(self.rng, *ids.shape, t)
+        h, w = ids.shape
+        y, x = _crop_box(self.rng, h, w, t)
         image, ids = _augment(self.rng, [image[y : y + t, x : x + t], ids[y : y + t, x : x + t]])
         return image, ids
 
@@ -155,7 +157,8 @@ class ChangeSource:
         befores, afters, changes, queries, index, masks = [], [], [], [], [], []
         for b in range(self.batch_size):
             pair = self.pool[int(self.rng.integers(len(self.pool)))]
-            y, x = _crop_box(self.rng, *pair.change.shape, t)
+            h, w = pair.change.shape
+            y, x = _crop_box(self.rng, h, w, t)
             win = (slice(y, y + t), slice(x, x + t))
             kinds = list(pair.change_by_type)
             crops = _augment(self.rng, [pair.before[win], pair.after[win], pair.change[win]] + [pair.change_by_type[k][win] for k in kinds])
@@ -200,11 +203,12 @@ class ManifestSource:
         images, befores, queries, masks = [], [], [], []
         for _ in range(self.batch_size):
             s = self.samples[int(self.rng.integers(len(self.samples)))]
-            image = load_image(s.after if s.is_change else s.image)
+            image = load_image(s.shown)
             mask = load_mask(s.mask)
-            arrays = [image, mask] + ([load_image(s.before)] if s.is_change else [])
+            arrays = [image, mask] + ([load_image(s.before_image)] if s.is_change else [])
             arrays = [_pad_to(a, t) for a in arrays]
-            y, x = _crop_box(self.rng, *arrays[1].shape, t)
+            h, w = arrays[1].shape
+            y, x = _crop_box(self.rng, h, w, t)
             arrays = _augment(self.rng, [a[y : y + t, x : x + t] for a in arrays])
             images.append(arrays[0])
             masks.append(arrays[1])
@@ -256,6 +260,7 @@ def make_batch_source(config: TrainConfig, start_step: int = 0):
     With `data.real` manifests and `data.real_share` > 0, that share of the batches comes from
     real imagery (geoseg.train.real) and the rest from the synthetic (or manifest) source."""
     seed = config.data.seed + 7919 * start_step
+    main: ManifestSource | SynthSource | ChangeSource
     if config.data.source != "synth":
         main = ManifestSource(config, seed)
     elif config.stage == "segment":

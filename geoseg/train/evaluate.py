@@ -103,11 +103,11 @@ def manifest_samples(path: str | Path, tags: Sequence[str] = ()) -> Iterator[Eva
         return (str(s.image), str(s.before), str(s.after))
 
     records.sort(key=key)
-    for _, group in groupby(records, key=key):
-        group = list(group)
+    for _, members in groupby(records, key=key):
+        group = list(members)
         first = group[0]
-        image = load_image(first.after if first.is_change else first.image)
-        before = load_image(first.before) if first.is_change else None
+        image = load_image(first.shown)
+        before = load_image(first.before_image) if first.is_change else None
         yield EvalSample(
             image=image,
             before=before,

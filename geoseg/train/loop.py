@@ -196,6 +196,7 @@ def run_training(task: TrainingTask, config: TrainConfig, *, progress: bool = Tr
     opt, sched = make_optimizer(groups, config, budget)
     if state is not None:
         state = read_state(last)  # all of it now, into memory (the optimizer moments are updated in place)
+        assert state is not None  # the glance above found it
         task.load_last(last, state)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -49,7 +49,8 @@ def pixel_contrastive_loss(relevance: torch.Tensor, target: torch.Tensor) -> tor
     Cells at least half covered by the target are positives, cells it does not touch negatives
     (cells partly covered are ignored). Samples without positives or negatives are skipped.
     """
-    cover = F.adaptive_avg_pool2d(target[:, None], relevance.shape[-2:])[:, 0].flatten(1)
+    cells_h, cells_w = relevance.shape[-2:]
+    cover = F.adaptive_avg_pool2d(target[:, None], (cells_h, cells_w))[:, 0].flatten(1)
     rel = relevance.flatten(1)
     pos = cover >= 0.5
     pos = torch.where(pos.any(1, keepdim=True), pos, cover >= cover.amax(1, keepdim=True).clamp(min=1e-6))

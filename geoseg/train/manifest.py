@@ -39,6 +39,19 @@ class ManifestSample:
     def is_change(self) -> bool:
         return self.before is not None
 
+    @property
+    def shown(self) -> Path:
+        """The image the mask belongs to: `after` for a change sample, `image` otherwise."""
+        path = self.after if self.is_change else self.image
+        assert path is not None  # read_manifest checks every sample has its images
+        return path
+
+    @property
+    def before_image(self) -> Path:
+        """A change sample's `before` image."""
+        assert self.before is not None, "a single-date sample has no before image"
+        return self.before
+
 
 def read_manifest(path: str | Path) -> Iterator[ManifestSample]:
     path = Path(path)

@@ -31,14 +31,14 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from geoseg.errors import InputError
 from geoseg.models.segearth import BITEMPORAL_TYPE, GENERATIVE_TYPE, LoadedNetwork, load_network
-from geoseg.models.segearth.bitemporal import pair_prompt, refer_pool
+from geoseg.models.segearth.bitemporal import SegEarthBitemporal, pair_prompt, refer_pool
 from geoseg.models.segearth.checkpoint import save_checkpoint
 from geoseg.models.segearth.generate import (
     IGNORE,
@@ -263,9 +263,9 @@ def prepare(loaded: LoadedNetwork, settings: MLLMSettings, stage: str) -> Traine
     if settings.loss.attention > 0 and stage != "change_pretrain":
         net.model.set_attn_implementation("eager")  # sdpa does not return attention weights
         for layer in net.model.layers:
-            layer.self_attn.register_forward_hook(_attention_hook(trainee))
+            cast(nn.Module, layer.self_attn).register_forward_hook(_attention_hook(trainee))
     net.train()
-    net.model.vision_tower.train(settings.train_vision)
+    net.vision_tower.train(settings.train_vision)
     return trainee
 
 
@@ -303,10 +303,16 @@ def encode_for_training(trainee: Trainee, images: torch.Tensor, before: torch.Te
         xb, _ = preprocess(before.to(trainee.device), net.cfg.options.image_size)
         x = torch.cat([xb, x], 0)
     with torch.set_grad_enabled(trainee.settings.train_vision and torch.is_grad_enabled()):
-        levels = net.model.vision_tower(x)
-    if before is not None:
-        return net.features_from_pair_levels(levels), pad
+        levels = net.vision_tower(x)
+    if before is not None:  # a pair: the bi-temporal network
+        return cast(SegEarthBitemporal, net).features_from_pair_levels(levels), pad
     return net.features_from_levels(levels), pad
+
+
+def _present(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The tensors of a change batch's optional fields (every sample of such a batch has them)."""
+    assert all(t is not None for t in tensors)
+    return [t for t in tensors if t is not None]
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -344,11 +350,11 @@ def step_loss(trainee: Trainee, samples: Sequence[MLLMSample]) -> tuple[torch.Te
     net = trainee.net
     images = _stack([s.image for s in samples])
     if trainee.stage == "change_pretrain":
-        feats, pad = encode_for_training(trainee, images, _stack([s.before for s in samples]))
-        target = _frame_masks([s.change for s in samples], pad, trainee.device)
-        loss = bce_dice(net.change_logits(feats), target)
+        feats, pad = encode_for_training(trainee, images, _stack(_present([s.before for s in samples])))
+        target = _frame_masks(_present([s.change for s in samples]), pad, trainee.device)
+        loss = bce_dice(cast(SegEarthBitemporal, net).change_logits(feats), target)  # change stages train it
         return loss, {"change": float(loss.detach())}
-    before = _stack([s.before for s in samples]) if trainee.settings.variant == "bitemporal" else None
+    before = _stack(_present([s.before for s in samples])) if trainee.settings.variant == "bitemporal" else None
     feats, pad = encode_for_training(trainee, images, before)
     tokens = net.cfg.num_visual_tokens
     if trainee.settings.variant == "bitemporal":
@@ -407,7 +413,7 @@ def step_loss(trainee: Trainee, samples: Sequence[MLLMSample]) -> tuple[torch.Te
 def merge_in_place(trainee: Trainee) -> None:
     """Fold the LoRA adapters into the base weights (end of training); no-op without LoRA."""
     if trainee.lora is not None:
-        trainee.net = merge_lora(trainee.lora)
+        trainee.net = cast(SegEarthR1, merge_lora(trainee.lora))  # the plain network again
         trainee.lora = None
 
 
@@ -484,13 +490,17 @@ class MLLMTask:
         self._own_source: BatchSamples | None = None
         self.trainee: Trainee | None = None
 
+    def _built(self) -> Trainee:
+        assert self.trainee is not None, "build() runs first"
+        return self.trainee
+
     def build(self) -> list[dict[str, Any]]:
         self.trainee = load_trainee(self.config, self.settings)
         named = self.trainee.trainable()
         return decay_groups(named, self.config.weight_decay, lambda _name, p: p.ndim <= 1)
 
     def load_last(self, directory: Path, state: dict[str, Any]) -> None:
-        params = dict(self.trainee.net.named_parameters())
+        params = dict(self._built().net.named_parameters())
         unknown = [n for n in state["trainable"] if n not in params]
         if unknown:
             raise InputError(f"{directory}: the saved training state does not fit this config ({unknown[0]} ...); start a new run_dir")
@@ -500,7 +510,7 @@ class MLLMTask:
 
     def save_last(self, directory: Path, state: dict[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().cpu() for n, p in self.trainee.trainable()}
+        tensors = {n: p.detach().cpu() for n, p in self._built().trainable()}
         tmp = directory / (STATE_NAME + ".tmp")
         torch.save({"trainable": tensors, **state}, tmp)
         tmp.replace(directory / STATE_NAME)
@@ -511,11 +521,13 @@ class MLLMTask:
 
     def accumulate(self) -> tuple[float, dict[str, float]]:
         source = self.source or self._own_source
+        assert source is not None, "open_batches() runs first"
+        trainee = self._built()
         accum = self.settings.grad_accum
         totals: dict[str, float] = {}
         for _ in range(accum):
-            with autocast_for(self.trainee):
-                loss, parts = step_loss(self.trainee, source.next_samples())
+            with autocast_for(trainee):
+                loss, parts = step_loss(trainee, source.next_samples())
             (loss / accum).backward()
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v / accum
@@ -527,11 +539,13 @@ class MLLMTask:
             self._own_source = None
 
     def save_final(self, directory: Path, step: int) -> Path:
-        self.trainee.net.eval()
+        trainee = self._built()
+        trainee.net.eval()
         extra = {"steps": step, "stage": self.config.stage, "finetune": self.settings.finetune}
-        return save_merged(self.trainee, directory, extra)
+        return save_merged(trainee, directory, extra)
 
     def export(self, final: Path) -> None:
+        assert self.config.export_to is not None  # the loop exports only when it is set
         export = Path(self.config.export_to)
         shutil.rmtree(export, ignore_errors=True)
         shutil.copytree(final, export)

@@ -98,6 +98,7 @@ def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = N
 def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict]:
     if config.stage == "change_pretrain":
         feats = model.encode_images(batch.images, batch.before)
+        assert feats.change_logits is not None and batch.change_masks is not None  # a change batch
         loss = change_pretrain_loss(feats.change_logits, batch.change_masks, config.loss)
         return loss, {"change": float(loss.detach())}
     feats = model.encode_images(batch.images, batch.before)
@@ -113,7 +114,11 @@ class CompactTask:
         self.label = config.stage
         self.model: CompactModel | None = None
         self.text: TextEncoder | None = None
-        self.source = None
+        self.source: Any = None  # make_batch_source's (duck-typed) source while batches are open
+
+    def _built(self) -> CompactModel:
+        assert self.model is not None, "build() runs first"
+        return self.model
 
     def build(self) -> list[dict[str, Any]]:
         self.model = build_model(self.config).train()
@@ -122,20 +127,21 @@ class CompactTask:
     def load_last(self, directory: Path, state: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
-        self.model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        self._built().load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
 
     def save_last(self, directory: Path, state: dict[str, Any]) -> None:
-        save_checkpoint(self.model, directory, state)
+        save_checkpoint(self._built(), directory, state)
 
     def open_batches(self, start_step: int) -> None:
-        cfg = self.model.config
-        self.text = shared_text_encoder(cfg.text_encoder, cfg.max_text_tokens)
+        cfg = self._built().config
+        self.text = text = shared_text_encoder(cfg.text_encoder, cfg.max_text_tokens)
         self.source = make_batch_source(self.config, start_step=start_step)
         if getattr(self.source, "vocabulary", None):  # encode every training wording once, up front
-            self.text.encode(self.source.vocabulary)
+            text.encode(self.source.vocabulary)
 
     def accumulate(self) -> tuple[float, dict[str, float]]:
-        loss, parts = batch_loss(self.model, self.text, self.source.next_batch(), self.config)
+        assert self.text is not None, "open_batches() runs first"
+        loss, parts = batch_loss(self._built(), self.text, self.source.next_batch(), self.config)
         loss.backward()
         return float(loss.detach()), parts
 
@@ -145,12 +151,13 @@ class CompactTask:
             self.source = None
 
     def save_final(self, directory: Path, step: int) -> Path:
-        model = self.model
+        model = self._built()
         model.config.extra = {**model.config.extra, "trained_steps": step, "stage": self.config.stage}
         return save_checkpoint(model.eval(), directory)
 
     def export(self, final: Path) -> None:
         export_final(final, self.config)
+        assert self.config.export_to is not None  # the loop exports only when it is set
         # the concepts and wordings this config trained, with the unknown-query rule (inventory.py)
         export_inventory(Path(self.config.export_to), self.config)
 
@@ -162,6 +169,7 @@ def export_final(final: Path, config: TrainConfig) -> Path:
 
     An average is also kept beside `final` as `exported`: the shipped weights are overwritten by
     the next phase's export, and a later phase may start from or average with this one's."""
+    assert config.export_to is not None  # the loop exports only when it is set
     export = Path(config.export_to)
     export.mkdir(parents=True, exist_ok=True)
     others = averaged_checkpoints(config)

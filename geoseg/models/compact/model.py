@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,9 @@ class ModelOutput:
 
 
 class CompactModel(nn.Module):
+    mean: torch.Tensor  # buffers (register_buffer below)
+    std: torch.Tensor
+
     def __init__(self, config: CompactConfig) -> None:
         super().__init__()
         self.config = config
@@ -86,10 +90,10 @@ class CompactModel(nn.Module):
 
     def _change_logits(self, feats: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         s4 = feats[0]
-        x = sum(
+        x = cast(torch.Tensor, sum(
             F.interpolate(head(f), size=s4.shape[-2:], mode="bilinear", align_corners=False)
             for head, f in zip(self.change_head, feats[:3], strict=True)
-        )
+        ))
         logits = self.change_out(F.gelu(x))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).squeeze(1)
 
@@ -150,7 +154,9 @@ class CompactModel(nn.Module):
             elif isinstance(module, ConvBlock):
                 pairs = [("dw", "norm")]
             for conv, norm in pairs:
-                setattr(module, conv, fuse_conv_bn_eval(module.get_submodule(conv), module.get_submodule(norm)))
+                conv_module, norm_module = module.get_submodule(conv), module.get_submodule(norm)
+                assert isinstance(conv_module, nn.Conv2d) and isinstance(norm_module, nn.BatchNorm2d)
+                setattr(module, conv, fuse_conv_bn_eval(conv_module, norm_module))
                 setattr(module, norm, nn.Identity())
                 folded += 1
         return folded

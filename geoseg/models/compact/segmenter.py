@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,8 @@ class CompactSegmenter:
     def __init__(self, model: CompactModel, text: TextEncoder, info: ModelInfo, device: torch.device) -> None:
         # channels-last weights: the layout in which the encoder's depthwise convolutions ran
         # fastest on a 2-core CPU (outputs equal to 2e-7; docs/models/compact.md, "Speed")
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        # torch's stub of Module.to lacks memory_format, which it accepts
+        self.model = model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         self.model.fold_batch_norms()
         self.text = text
         self.info = info
@@ -65,7 +67,7 @@ class CompactSegmenter:
             before = None
         text = self.text.encode(list(queries)).to(self.device)
         scales = self.model.config.inference_scales
-        probabilities = sum(self._read(images, before, text, scale) for scale in scales) / len(scales)
+        probabilities = cast(torch.Tensor, sum(self._read(images, before, text, scale) for scale in scales)) / len(scales)
         return Prediction(probabilities=probabilities.float())
 
     def _read(self, images: torch.Tensor, before: torch.Tensor | None, text: TextFeatures, scale: float) -> torch.Tensor:
@@ -120,7 +122,7 @@ def directed_wording(query: str, direction: str) -> str:
     return f"{DIRECTION_WORDS[direction]} {query}"
 
 
-class AsksDirections:
+class AsksDirections(CompactSegmenter):
     """ChangeAware for compact-change: each (query, direction) asked with the direction's wording
     (directed_wording), all of a batch's wordings in one call, so each pair of tiles is encoded once."""
 

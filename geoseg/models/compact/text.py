@@ -77,7 +77,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.cache_dir = _encoder_cache_dir(cache_dir, hub_id, max_tokens, self.device)
         self._cache: dict[str, tuple[torch.Tensor, int]] = {}
-        self._loaded = None
+        self._loaded: tuple[Tokenizer, BertEncoder] | None = None
         # encode() may run in the pipeline's query thread and in predict at once: one at a time
         self._lock = threading.Lock()
 

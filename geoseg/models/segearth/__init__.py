@@ -16,6 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -149,11 +150,12 @@ def load_network(
     variant = variant or own
     options = dataclasses.replace(cfg.options, task=task or cfg.options.task)
     default_task = "reasoning" if variant == "generative" else guess_task(checkpoint_name(path))
-    cfg = dataclasses.replace(cfg, options=dataclasses.replace(options, task=options.task or default_task))
+    task_name = options.task or default_task
+    cfg = dataclasses.replace(cfg, options=dataclasses.replace(options, task=task_name))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     files, pickled = weight_files(path, allow_pickle)
     tokenizer = _load_tokenizer(path)
-    prompt = prepare_tokenizer(tokenizer, cfg.options.task, cfg.vocab_size, str(path))
+    prompt = prepare_tokenizer(tokenizer, task_name, cfg.vocab_size, str(path))
     fresh = ("temporal_fusion.", "change_query") if variant == "bitemporal" and own != "bitemporal" else ()
     if fresh:  # tensors the checkpoint lacks keep a real initialisation
         net = build_network(cfg, variant)
@@ -192,7 +194,7 @@ def load_segearth_segmenter(
         path, variant=variant, device=device, dtype=dtype, allow_pickle=allow_pickle, task=task
     )
     net, cfg = loaded.net, loaded.cfg
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {"gate_min_score": gate_min_score, "gate_min_area": gate_min_area}.items()
         if v is not None
@@ -228,6 +230,7 @@ def load_segearth_segmenter(
         },
     )
     if loaded.variant == "bitemporal":
+        assert isinstance(net, SegEarthBitemporal)  # load_network builds the variant it names
         return BitemporalSegmenter(net, loaded.tokenizer, loaded.prompt, info, device, options)
     if loaded.variant == "generative":
         ids = generative_ids(

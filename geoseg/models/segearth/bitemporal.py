@@ -70,6 +70,7 @@ class TemporalFusionBlock(nn.Module):
         )
         # Start as the plain average of the dates: training moves away from it.
         nn.init.zeros_(self.fuse.weight)
+        assert self.fuse.bias is not None  # nn.Conv2d's default bias=True
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -97,14 +98,14 @@ class SegEarthBitemporal(SegEarthR1):
 
     def encode_pair(self, after: torch.Tensor, before: torch.Tensor) -> ImageFeatures:
         """Both dates B x 3 x S x S (preprocessed). visual_tokens: B x 2T x D (before, then after)."""
-        return self.features_from_pair_levels(self.model.vision_tower(torch.cat([before, after], 0)))
+        return self.features_from_pair_levels(self.vision_tower(torch.cat([before, after], 0)))
 
     def features_from_pair_levels(self, levels: list[torch.Tensor]) -> ImageFeatures:
         """Fusion, pixel decoder and connectors over the backbone levels of [before; after]."""
         b = levels[0].shape[0] // 2
         fused = [blk(x[:b], x[b:]) for blk, x in zip(self.temporal_fusion, levels, strict=True)]
         mask_features, multi_scale = self.pixel_decoder(fused)
-        visual = self.model.mm_projector(levels[-1])  # each date's own tokens
+        visual = self.mm_projector(levels[-1])  # each date's own tokens
         return ImageFeatures(
             visual_tokens=torch.cat([visual[:b], visual[b:]], 1),
             res5_tokens=fused[-1].flatten(2).transpose(1, 2),

@@ -97,11 +97,11 @@ def suppress_unchanged(
             labels, n = ndimage.label(binary)
             if n == 0:
                 continue
-            labels = torch.from_numpy(labels.astype(np.int64))
-            scores = region_change_scores(labels, feats_after[b], feats_before[b], pad)
+            label_ids = torch.from_numpy(labels.astype(np.int64))
+            scores = region_change_scores(label_ids, feats_after[b], feats_before[b], pad)
             keep = torch.ones(n + 1, dtype=torch.bool)
             keep[1:] = ~(scores <= limit)  # NaN (unjudgeable) stays kept
-            drop = (~keep)[labels].to(out.device)
+            drop = (~keep)[label_ids].to(out.device)
             out[b, q][drop] = 0.0
     return out
 

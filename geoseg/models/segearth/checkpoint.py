@@ -112,7 +112,8 @@ def split_fused_qkv(
     if rows % (3 * heads):
         raise ValueError(f"{rows} fused rows are not 3 x {heads} heads x head_dim")
     grouped = fused.reshape(heads, 3, rows // (3 * heads), *rest)
-    return tuple(grouped[:, s].reshape(rows // 3, *rest).contiguous() for s in range(3))
+    q, k, v = (grouped[:, s].reshape(rows // 3, *rest).contiguous() for s in range(3))
+    return q, k, v
 
 
 def _fused_heads(module: nn.Module, attn: str) -> int | None:

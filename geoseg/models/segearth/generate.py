@@ -181,7 +181,9 @@ def multimodal_batch(
     rows, id_rows, starts, image_pos = [], [], [], []
     for i, prompt in enumerate(prompts):
         answer = list(answers[i]) if answers is not None else []
-        parts, part_ids, images, pos = [], [], iter(visual[i]), []
+        parts: list[torch.Tensor] = []
+        part_ids: list[torch.Tensor] = []
+        images, pos = iter(visual[i]), []
         text: list[int] = []
 
         def flush(text=text, parts=parts, part_ids=part_ids):
@@ -227,7 +229,8 @@ def seg_positions(batch: MultimodalBatch, seg_id: int) -> tuple[torch.Tensor, to
     """(sample index, position) of every [SEG] of the current answers, in reading order."""
     positions = torch.arange(batch.ids.shape[1], device=batch.ids.device)[None]
     is_seg = (batch.ids == seg_id) & (positions >= batch.answer_start[:, None])
-    return is_seg.nonzero(as_tuple=True)
+    samples, positions_of_seg = is_seg.nonzero(as_tuple=True)
+    return samples, positions_of_seg
 
 
 def decode_targets(
@@ -256,7 +259,7 @@ def greedy_generate(
     n = batch.embeds.shape[0]
     cache = DynamicCache(config=net.phi_config)
     out = net.model(inputs_embeds=batch.embeds, past_key_values=cache, use_cache=True)
-    tokens = [[] for _ in range(n)]
+    tokens: list[list[int]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool, device=batch.embeds.device)
     last = out.last_hidden_state[:, -1]
     for _ in range(max_new_tokens):
@@ -369,7 +372,7 @@ def assemble(
 ) -> Prediction:
     b, h, w = len(encoded), encoded.pad.height, encoded.pad.width
     probs = torch.zeros(b, len(per_query_targets), h, w, device=device)
-    targets = [[[] for _ in per_query_targets] for _ in range(b)]
+    targets: list[list[list[Target]]] = [[[] for _ in per_query_targets] for _ in range(b)]
     for q, per_image in enumerate(per_query_targets):
         for i, found in enumerate(per_image):
             targets[i][q] = found

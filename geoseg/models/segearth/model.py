@@ -21,6 +21,7 @@ pixel decoder: once per tile) and `segment` (Phi + projectors + transformer deco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -92,23 +93,33 @@ class SegEarthR1(nn.Module):
         self.pixel_decoder = PixelDecoder(cfg.mask, cfg.swin.channels)
         self.predictor = MaskedTransformerDecoder(cfg.mask)
 
+    @property
+    def vision_tower(self) -> SwinBackbone:
+        """model.vision_tower, typed (nn.Module attributes read back as Tensor | Module)."""
+        return cast(SwinBackbone, self.model.vision_tower)
+
+    @property
+    def mm_projector(self) -> CompressionConnector:
+        """model.mm_projector, typed."""
+        return cast(CompressionConnector, self.model.mm_projector)
+
     def reset_runtime_buffers(self, device: torch.device) -> None:
         """Rebuild the buffers that are not in a checkpoint (after building on the meta device)."""
         with torch.device(device):
             self.model.rotary_emb = PhiRotaryEmbedding(self.phi_config)
-        self.model.vision_tower.reset_relative_position_index(device)
+        self.vision_tower.reset_relative_position_index(device)
 
     # --- image side: once per tile ---------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         """images: B x 3 x S x S, already normalised (see preprocess)."""
-        return self.features_from_levels(self.model.vision_tower(images))
+        return self.features_from_levels(self.vision_tower(images))
 
     def features_from_levels(self, feats: list[torch.Tensor]) -> ImageFeatures:
         """Connector + pixel decoder over the backbone's res2..res5 (training runs the frozen
         backbone without gradients and calls this with its output)."""
         mask_features, multi_scale = self.pixel_decoder(feats)
         return ImageFeatures(
-            visual_tokens=self.model.mm_projector(feats[-1]),
+            visual_tokens=self.mm_projector(feats[-1]),
             res5_tokens=feats[-1].flatten(2).transpose(1, 2),
             mask_features=mask_features,
             multi_scale=multi_scale,

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,7 +85,8 @@ class DescriptionProjector(nn.Module):
 
     def forward(self, latents: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
         """latents: B x N x D, media: B x M x D -> B x D (the first latent)."""
-        for attn, ff in self.layers:
+        for layer in self.layers:
+            attn, ff = cast(nn.ModuleList, layer)
             latents = attn(media, latents) + latents
             latents = ff(latents) + latents
         return self.norm(latents)[:, 0]

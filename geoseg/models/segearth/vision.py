@@ -34,6 +34,7 @@ one in transformers: the published tensor is loaded into the library's buffer an
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -142,7 +143,8 @@ def library_swin_config(cfg: SwinConfig) -> LibrarySwinConfig:
         window_size=cfg.window_size,
         mlp_ratio=cfg.mlp_ratio,
         drop_path_rate=0.0,  # the reference runs the frozen backbone without stochastic depth
-        out_features=[f"stage{i + 1}" for i in range(len(cfg.depths))],
+        # SwinConfig takes out_features through its **kwargs (its typed signature lacks it)
+        out_features=[f"stage{i + 1}" for i in range(len(cfg.depths))],  # type: ignore[call-arg]
     )
     config._attn_implementation = "sdpa"
     return config
@@ -160,23 +162,26 @@ class SwinBackbone(LibrarySwinBackbone):
         super().__init__(library_swin_config(cfg))
         # The final LayerNorm of SwinModel feeds its pooled output only, which the backbone never
         # uses; the published checkpoints have no such weights.
-        self.swin.layernorm = nn.Identity()
-        self.swin.get_input_embeddings = self.get_input_embeddings  # the inner SwinModel too
+        self.swin.layernorm = nn.Identity()  # type: ignore[assignment]  # an Identity in the LayerNorm's place
+        # the inner SwinModel too (an instance attribute over the method)
+        self.swin.get_input_embeddings = self.get_input_embeddings  # type: ignore[method-assign, assignment]
         # A checkpoint sets every weight; a model built without one (tests, fresh heads around a
         # random backbone) gets PyTorch's default initialisation and zero bias tables, as geoseg's
         # former module had, instead of transformers' N(0, 0.02).
         for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if module is not self and reset is not None:
+                reset()
         for _, attention in self.attention_blocks():
             nn.init.zeros_(attention.relative_position_bias.relative_position_bias_table)
         self.register_state_dict_post_hook(_swin_state_dict_hook)
         self.register_load_state_dict_pre_hook(_swin_load_hook)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    # one tensor in, the feature maps out: narrower than the library's forward, by design
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         return list(super().forward(images).feature_maps)
 
-    def get_input_embeddings(self) -> None:
+    def get_input_embeddings(self) -> None:  # type: ignore[override]  # deliberately None (below)
         """None: the backbone sits under the PhiModel (`model.vision_tower`), whose gradient
         checkpointing hooks the input embeddings of every PreTrainedModel below it to require
         grads; Swin's patch embedding returns a tuple and needs no such hook."""
@@ -270,19 +275,22 @@ class PixelDecoder(Mask2FormerPixelDecoder):
         # (which the library follows) in two points. Its convs (adapter_1.0, layer_1.0) have a
         # bias, and its lateral adapter_1 ends with a ReLU. Both are patched into the library's
         # own Sequentials, so its forward uses them; no parameters are added beyond the biases.
-        for seq in (self.adapter_1, self.layer_1):
+        for seq in (cast(nn.Sequential, self.adapter_1), cast(nn.Sequential, self.layer_1)):
             conv = seq[0]
-            seq[0] = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding
-            )
-        self.adapter_1.append(nn.ReLU())
+            assert isinstance(conv, nn.Conv2d)
+            # a Conv2d's kernel_size and padding are pairs (torch types them as any-length tuples)
+            kernel = cast(tuple[int, int], conv.kernel_size)
+            padding = cast("tuple[int, int] | str", conv.padding)
+            seq[0] = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, padding=padding)
+        cast(nn.Sequential, self.adapter_1).append(nn.ReLU())
         # The library allocates level_embed uninitialised; a checkpoint sets it. Zeros, as geoseg's
         # former module had, for a model built without one.
         nn.init.zeros_(self.level_embed)
         self.register_state_dict_post_hook(_pixel_decoder_state_dict_hook)
         self.register_load_state_dict_pre_hook(_pixel_decoder_load_hook)
 
-    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    # the levels in, (mask features, multi-scale maps) out: narrower than the library's, by design
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:  # type: ignore[override]
         out = super().forward(list(feats), return_dict=True)
         return out.mask_features, list(out.multi_scale_features)
 

@@ -229,7 +229,7 @@ def build_pack(config_path: str | Path, out: str | Path, *, max_mb: float = 20.0
     offsets = np.cumsum([0] + [len(f) for f in features]).astype(np.int64)
     arrays["text_tokens"] = np.concatenate(features).astype(np.float16)
     arrays["text_offsets"] = offsets
-    np.savez(tmp / SAMPLES, **arrays)
+    np.savez(tmp / SAMPLES, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
 
     n_images = sum(c["images"] for c in chunks)
     n_pairs = sum(c["pairs"] for c in chunks)

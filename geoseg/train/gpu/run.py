@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -80,11 +81,11 @@ class PackData:
         self.images = torch.cat(images)  # N x 3 x t x t uint8
         self.masks = torch.cat(masks)  # M x t x t bool
         self.valid = torch.cat(valid)
-        pair_image = np.concatenate(pair_image)
-        if np.any(np.diff(pair_image) < 0):
+        pair_images = np.concatenate(pair_image)
+        if np.any(np.diff(pair_images) < 0):
             raise SystemExit(f"{folder}: pairs are not in image order")
         self.pair_query = torch.from_numpy(np.concatenate(pair_query)).to(device)
-        self.pair_start = np.searchsorted(pair_image, np.arange(len(self.images) + 1))  # CSR: image -> pairs
+        self.pair_start = np.searchsorted(pair_images, np.arange(len(self.images) + 1))  # CSR: image -> pairs
         # query features, padded to max_tokens as TextEncoder.encode pads them
         tokens, offsets = arrays["text_tokens"], arrays["text_offsets"]
         width = int(self.meta["text_encoder"]["max_tokens"])
@@ -151,7 +152,8 @@ def build_model(pack: PackData, init: Path | None) -> tuple[CompactModel, int]:
 
 
 def make_optimizer(model: CompactModel, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".scale") else decay).append(p)
@@ -202,15 +204,16 @@ def load_checkpoint(folder: Path, model: CompactModel, opt: torch.optim.AdamW, d
         moments = load_file(str(folder / OPTIMIZER))
         current = opt.state_dict()
         params = [p for g in opt.param_groups for p in g["params"]]
-        restored = {}
+        restored: dict[int, dict[str, torch.Tensor]] = {}
+        fits = True
         for i, p in enumerate(params):
             if f"{i}.exp_avg" not in moments or moments[f"{i}.exp_avg"].shape != p.shape:
-                restored = None
+                fits = False
                 break
             restored[i] = {"step": moments[f"{i}.step"].reshape(()).float(),
                            "exp_avg": moments[f"{i}.exp_avg"].to(device, torch.float32),
                            "exp_avg_sq": moments[f"{i}.exp_avg_sq"].to(device, torch.float32)}
-        if restored is not None:
+        if fits:
             opt.load_state_dict({"state": restored, "param_groups": current["param_groups"]})
         else:
             print(f"warning: {folder / OPTIMIZER} does not fit the model; fresh optimizer moments", file=sys.stderr)
@@ -292,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         init = None
     model, copied = build_model(pack, init)
-    model = model.to(device, memory_format=torch.channels_last).train()
+    # torch's stub of Module.to lacks memory_format, which it accepts
+    model = model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     opt = make_optimizer(model, lr, cfg["weight_decay"])
     step, elapsed_before, init_label = 0, 0.0, str(init) if init else None
     if resuming:
@@ -304,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         if state.get("finished") and step >= steps:
             print(json.dumps({"event": "already finished", "step": step}))
             return 0
-    runner = torch.compile(model) if args.compile else model
+    # the compiled module forwards attribute access (encode_images, decode) to the model
+    runner = cast(CompactModel, torch.compile(model)) if args.compile else model
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - started
