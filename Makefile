@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # mypy over geoseg/ and cli/ as [tool.mypy] in pyproject.toml sets it (untyped bodies checked too)
 typecheck: $(STAMP)

@@ -49,3 +49,11 @@ def test_type_check_covers_the_package_without_exemptions():
     assert overridden and not [m for m in overridden if m.split(".")[0] in ("geoseg", "geoseg_cli", "cli")]
     assert all(set(o) == {"module", "ignore_missing_imports"} for o in mypy["overrides"])
     assert "mypy" in requirements()
+
+
+def test_lint_and_ci_run_the_type_check():
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check" in lint and "mypy" in lint
+    ci = [line.split("#")[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci.index("make typecheck") < ci.index("make test")

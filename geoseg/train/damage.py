@@ -177,7 +177,8 @@ def _piece_size(footprint: np.ndarray, rng: np.random.Generator, style: DamageSt
 def _irregular_spill(rng: np.random.Generator, footprint: np.ndarray, width: int) -> np.ndarray:
     """The footprint grown by 0.3 to 1.2 x `width` pixels on a noisy edge."""
     dist = ndimage.distance_transform_edt(~footprint)
-    edge = width * np.clip(0.6 + 0.5 * value_noise(rng, *footprint.shape, max(2.0, width * 1.5)), 0.3, 1.2)
+    h, w = footprint.shape
+    edge = width * np.clip(0.6 + 0.5 * value_noise(rng, h, w, max(2.0, width * 1.5)), 0.3, 1.2)
     return footprint | (dist <= edge)
 
 
@@ -270,7 +271,8 @@ def destroyed_pair(
     after = comp.image
     destroyed = comp.masks["destroyed buildings"]
     if destroyed.any() and rng.random() < 0.3:  # cleared: bare ground where the rubble was
-        ground = _pick(rng, style.mud) * (1 + 0.08 * value_noise(rng, *destroyed.shape, 3.0))[..., None]
+        h, w = destroyed.shape
+        ground = _pick(rng, style.mud) * (1 + 0.08 * value_noise(rng, h, w, 3.0))[..., None]
         grown = ndimage.binary_dilation(destroyed, iterations=style.spill[0])
         sl = (slice(None), slice(None))
         _blend(after, grown, ground, sl, 0.9)
@@ -292,12 +294,13 @@ def export_damage_set(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines: list[dict] = []
     for m in manifests:
         for k, s in enumerate(x for x in read_manifest(m) if tag in x.tags and x.expression == "buildings"):
             source = s.tags[0] if s.tags else Path(m).parent.name
             name = f"{source}_{k:04d}"
             rng = np.random.default_rng(np.random.SeedSequence([seed, k, len(lines)]))
+            assert s.image is not None, f"{m}: damage composites are drawn on single-date samples"
             comp = composite_damage(rng, load_image(s.image), load_mask(s.mask), style)
             np.save(out / "images" / f"{name}.npy", comp.image)
             for concept, mask in comp.masks.items():

@@ -127,7 +127,7 @@ def _load_manifest(path: Path) -> list[RealImage]:
     for s in read_manifest(path):
         if s.is_change or VAL_TAG in s.tags:
             continue
-        by_image.setdefault(s.image, []).append(s)
+        by_image.setdefault(s.shown, []).append(s)
     images = []
     for image_path, samples in by_image.items():
         gsd, ignore = extras[str(samples[0].mask)]
