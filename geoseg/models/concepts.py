@@ -67,8 +67,8 @@ class KnownRule:
 
 
 # Used when an inventory declares no rule of its own (e.g. weights exported before the rule was
-# chosen for them): the threshold chosen for compact 0.7.1 (docs/models/compact.md).
-DEFAULT_RULE = KnownRule(0.6, "default: the threshold chosen for compact 0.7.1's inventory")
+# chosen for them): the threshold chosen for compact 0.7.1 and 0.8.0 (docs/models/compact.md).
+DEFAULT_RULE = KnownRule(0.5294, "default: the threshold chosen for compact 0.7.1's and 0.8.0's inventories")
 
 
 @dataclass(frozen=True)

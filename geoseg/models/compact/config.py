@@ -18,7 +18,7 @@ class CompactConfig:
     """Architecture hyper-parameters (and the facts a loader needs) of a compact segmenter."""
 
     model_type: str = MODEL_TYPE
-    version: str = "0.7.1"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters; 0.7: a sixth, half and half with 0.6; 0.7.1: the same weights read at 1 and 0.75x, averaged
+    version: str = "0.8.0"  # 0.2: EfficientNet-Lite0 encoder, real data; 0.3: a second phase, averaged; 0.4: a third on 256 px tiles; 0.5: a fourth, thirds averaged; 0.6: a fifth (compact only), quarters; 0.7: a sixth, half and half with 0.6; 0.7.1: the same weights read at 1 and 0.75x, averaged; 0.8: a seventh phase (farmland, rural roads, inland water, composited damage, unrelated concepts), read at 1.25x
     # vision encoder: EfficientNet-Lite0 (ImageNet-initialised), features at strides 4, 8, 16, 32;
     # encoder_width < 1 shrinks it for tiny test models
     encoder: str = "efficientnet_lite0"
