@@ -35,6 +35,7 @@ import pyogrio
 
 from geoseg import gpkg
 from geoseg.errors import GeosegError, InputError, OutputExistsError
+from geoseg.fileio import check_output_target
 from geoseg.options import OUTPUT_FORMATS
 
 LAYER_COLUMN = "layer"  # the one-table formats: which layer (query) a feature belongs to
@@ -109,15 +110,7 @@ class TableWriter:
 
     def check(self, path: Path, *, overwrite: bool, append: bool) -> None:
         path = Path(path)
-        if overwrite and append:
-            raise InputError(f"{path}: --overwrite and --append cannot be used together; pick one")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{path}: directory {parent} does not exist; create it first")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"{path}: directory {parent} is not writable; choose another output path")
-        if path.is_dir():
-            raise InputError(f"{path} is a directory; give a {self.extension} file path")
+        check_output_target(path, overwrite=overwrite, append=append, extension=self.extension)
         if self.driver is None:
             _need_pyarrow(path)
         if not path.exists():

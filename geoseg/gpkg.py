@@ -50,6 +50,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg import qgis_style
 from geoseg.errors import GeosegError, InputError, OutputExistsError
+from geoseg.fileio import check_output_target
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +124,9 @@ def unique_layer_names(names: Iterable[str]) -> list[str]:
 def check_output_path(path: str | Path, *, overwrite: bool, append: bool) -> None:
     """Fail fast (before any heavy work) when the output cannot be written as asked."""
     path = Path(path)
-    if overwrite and append:
-        raise InputError(f"{path}: --overwrite and --append cannot be used together; pick one")
-    if path.suffix.lower() != ".gpkg":
+    if path.suffix.lower() != ".gpkg" and not (overwrite and append):
         raise InputError(f"{path}: the output must be a GeoPackage file ending in .gpkg")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: directory {parent} is not writable; choose another output path")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; give a .gpkg file path")
+    check_output_target(path, overwrite=overwrite, append=append, extension=".gpkg")
     if not path.exists():
         return
     if not (overwrite or append):
