@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from geoseg.errors import InputError
 
 MAX_QUERY_CHARS = 100_000
-APPEARED_WORDS = r"new|newly|built|constructed|appeared|appearing|added|emerging|expanded|flooded|flooding"
-DISAPPEARED_WORDS = r"demolished|removed|destroyed|lost|cleared|disappeared|razed|torn|vanished|felled"
+APPEARED_WORDS = r"new|newly|built|constructed|construction|appeared|appearing|added|emerging|expanded|flood|flooded|flooding|inundated"
+DISAPPEARED_WORDS = r"demolished|removed|destroyed|lost|missing|cleared|disappeared|razed|torn|vanished|felled"
 
 
 def validate_queries(queries: Iterable[str]) -> list[str]:

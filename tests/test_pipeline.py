@@ -100,6 +100,19 @@ def test_change_direction_words():
     assert queries.change_direction("changed buildings") == "both"
 
 
+def test_every_trained_change_wording_names_its_direction():
+    """A change-native model is asked once per direction when a query names none, so a wording
+    it was trained on ("missing buildings", "road construction", "flood water") must parse to its
+    own direction, or it would be asked as "new missing buildings"."""
+    from geoseg.synth.vocab import CHANGE_PHRASES
+
+    expected = {"new_buildings": "appeared", "new_roads": "appeared", "flooding": "appeared",
+                "demolished_buildings": "disappeared"}
+    for kind, direction in expected.items():
+        for phrase in CHANGE_PHRASES[kind]:
+            assert queries.change_direction(phrase) == direction, phrase
+
+
 def test_single_date_model_change_both_directions(tmp_path):
     t = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
     a, b = truth_polygons_utm()[:2]
