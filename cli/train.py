@@ -33,7 +33,7 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
       geoseg train configs/segearth-bitemporal-stage1.yaml configs/segearth-bitemporal-stage2.yaml
     """
     from geoseg.train.config import load_train_config
-    from geoseg.train.loop import train
+    from geoseg.train.trainer import train
 
     if len(configs) > 1 and (steps is not None or run_dir is not None):
         raise click.UsageError("--steps and --run-dir apply to a single config; edit the configs of a chain")

@@ -83,9 +83,7 @@ class GeoPackageWriter:
         gpkg.write_geopackage(path, layers, overwrite=overwrite, append=append)
 
     def layers(self, path: Path) -> list[str]:
-        from geoseg.preview import polygon_layers
-
-        return polygon_layers(path)
+        return gpkg.polygon_layers(path)
 
     def read_layer(self, path: Path, layer: str) -> gpd.GeoDataFrame:
         return pyogrio.read_dataframe(path, layer=layer)

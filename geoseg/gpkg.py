@@ -121,6 +121,11 @@ def unique_layer_names(names: Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------------ output checks
 
 
+def polygon_layers(geopackage: str | Path) -> list[str]:
+    """Names of the layers that hold geometries (not layer_styles or other plain tables)."""
+    return [str(name) for name, geometry_type in pyogrio.list_layers(geopackage) if geometry_type]
+
+
 def check_output_path(path: str | Path, *, overwrite: bool, append: bool) -> None:
     """Fail fast (before any heavy work) when the output cannot be written as asked."""
     path = Path(path)
@@ -492,6 +497,6 @@ def read_description(path: str | Path, layer: str) -> str | None:
 
 __all__ = [
     "FIELD_TYPES", "GEOMETRY_COLUMN", "LAYER_METADATA_KEY", "LayerData", "PROVENANCE_URI",
-    "check_output_path", "layer_name_for", "provenance_json", "read_description", "read_provenance",
+    "check_output_path", "layer_name_for", "polygon_layers", "provenance_json", "read_description", "read_provenance",
     "unique_layer_names", "write_geopackage",
 ]

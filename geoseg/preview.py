@@ -26,7 +26,6 @@ from typing import cast
 
 import geopandas as gpd
 import numpy as np
-import pyogrio
 import rasterio
 import shapely
 from affine import Affine
@@ -92,11 +91,6 @@ def check_output(path: str | Path | None, *, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise InputError(f"{path}: its directory does not exist; create it first")
-
-
-def polygon_layers(geopackage: str | Path) -> list[str]:
-    """Names of the layers that hold geometries (not layer_styles or other plain tables)."""
-    return [str(name) for name, geometry_type in pyogrio.list_layers(geopackage) if geometry_type]
 
 
 def render_preview(

@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # not at run time: geoseg.train.gpu.run imports this module w
     from geoseg.train.config import TrainConfig
 
 __all__ = ["STATE_NAME", "Budget", "TrainingTask", "decay_groups", "lr_factor", "make_optimizer",
-           "read_state", "run_training", "train"]
+           "read_state", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +239,3 @@ def run_training(task: TrainingTask, config: TrainConfig, *, progress: bool = Tr
     if config.export_to:
         task.export(final)
     return final
-
-
-def train(config: TrainConfig, *, progress: bool = True) -> Path:
-    """`geoseg train`: the compact model, or a SegEarth MLLM when `model.type` names one."""
-    if config.model.get("type", "compact") != "compact":
-        from geoseg.train.mllm import MLLMTask
-
-        return run_training(MLLMTask(config), config, progress=progress)
-    from geoseg.train.trainer import CompactTask
-
-    return run_training(CompactTask(config), config, progress=progress)

@@ -29,7 +29,7 @@ from geoseg.train.batch import Batch
 from geoseg.train.config import TrainConfig, averaged_checkpoints
 from geoseg.train.data import make_batch_source
 from geoseg.train.inventory import export_inventory
-from geoseg.train.loop import STATE_NAME, Budget, decay_groups, train
+from geoseg.train.loop import STATE_NAME, Budget, decay_groups, run_training
 from geoseg.train.loop import make_optimizer as _loop_optimizer
 from geoseg.train.losses import change_pretrain_loss, compact_loss
 
@@ -197,3 +197,13 @@ def export_final(final: Path, config: TrainConfig) -> Path:
     for name in ("config.json", WEIGHTS_NAME):
         shutil.copy2(kept / name, export / name)
     return export
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> Path:
+    """`geoseg train`: the compact model, or a SegEarth MLLM when `model.type` names one; both run
+    in the one loop (geoseg.train.loop), which knows neither."""
+    if config.model.get("type", "compact") != "compact":
+        from geoseg.train.mllm import MLLMTask
+
+        return run_training(MLLMTask(config), config, progress=progress)
+    return run_training(CompactTask(config), config, progress=progress)
