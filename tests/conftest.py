@@ -42,6 +42,18 @@ def cluster():
 
 
 @pytest.fixture
+def oracle(monkeypatch):
+    """The pipeline's model replaced by a BandOracle (its probabilities are a band of the scene),
+    so engine and output tests know the exact answer; a test module may override it."""
+    from doubles import BandOracle
+    from geoseg import pipeline
+
+    model = BandOracle(tile_size=128, overlap=16)
+    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
+    return model
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no ../shared); real-file tests skipped")

@@ -19,13 +19,6 @@ T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
 
 
 @pytest.fixture
-def oracle(monkeypatch):
-    model = BandOracle(tile_size=128, overlap=16)
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
-    return model
-
-
-@pytest.fixture
 def scene(tmp_path):
     path = tmp_path / "scene.tif"
     write_truth_scene(path, [box(500020, 5000020, 500060, 5000080)], width=256, height=240, transform=T)

@@ -20,7 +20,6 @@ from click.testing import CliRunner
 from shapely.geometry import box
 
 from conftest import write_truth_scene
-from doubles import BandOracle
 from geoseg import formats, gpkg, pipeline
 from geoseg.errors import InputError, OutputExistsError
 from geoseg.options import RunOptions
@@ -34,13 +33,6 @@ TABLE_FORMATS = ["parquet", "fgb", "geojson"]
 FIELDS = ["query", "target", "score", "pixel_count", "area_m2", "perimeter_m", "model", "model_version",
           "run_id", "source"]
 CHANGE_FIELDS = ["before", "after", "change_type"]
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    model = BandOracle(tile_size=128, overlap=16)
-    monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)
-    return model
 
 
 @pytest.fixture
