@@ -111,7 +111,6 @@ def composite_damage(
     states = np.where(draw < p_destroyed, DESTROYED, np.where(draw < p_destroyed + p_damaged, DAMAGED, INTACT))
     states[sizes[1:] < min_pixels] = INTACT
     out = image.astype(np.float32).copy()
-    h, w = buildings.shape
     for i in np.flatnonzero(states != INTACT):
         footprint = labels == i + 1
         if states[i] == DESTROYED:
@@ -124,7 +123,6 @@ def composite_damage(
     damaged = buildings & (state_map != INTACT)
     destroyed = buildings & (state_map == DESTROYED)
     masks = {"buildings": buildings & ~destroyed, "damaged buildings": damaged, "destroyed buildings": destroyed}
-    assert out.shape == (h, w, 3)
     return DamageComposite(np.clip(out, 0, 1).astype(np.float32), masks, states)
 
 
@@ -203,10 +201,10 @@ def _destroy(rng: np.random.Generator, out: np.ndarray, footprint: np.ndarray, s
         ys, xs = np.nonzero(fp)
         if rng.random() < 0.5:
             y = int(rng.choice(ys))
-            line = fp & (np.abs(np.arange(h)[:, None] - y) <= 0)
+            line = fp & (np.arange(h)[:, None] == y)
         else:
             x = int(rng.choice(xs))
-            line = fp & (np.abs(np.arange(w)[None, :] - x) <= 0)
+            line = fp & (np.arange(w)[None, :] == x)
         out[sl][line] = out[sl][line] * 0.3 + np.float32(rng.uniform(0.75, 0.9)) * 0.7
 
 
