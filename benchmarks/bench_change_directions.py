@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from shapely.ops import unary_union
 
-from geoseg import pipeline
 from geoseg.models.base import Prediction
 from geoseg.models.compact.segmenter import AsksDirections, directed_wording
 from geoseg.models.registry import load_segmenter
 from geoseg.queries import change_direction
-from geoseg.synth.change import render_pair
+from geoseg.run import pipeline
 from geoseg.train.manifest import percentile_stretch
+from geoseg.train.synth.change import render_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name: ((appeared query, dates swapped), (disappeared query, dates swapped))
@@ -47,7 +47,7 @@ def ask(seg, a: torch.Tensor, b: torch.Tensor, cache: dict, q: str, swap: bool) 
     """compact-change's answer to `q` (threshold 0.5), the dates swapped when `swap`; once per pair."""
     if (q, swap) not in cache:
         x, y = (b, a) if swap else (a, b)
-        cache[q, swap] = seg.predict(x, [q], before=y).probabilities[0, 0].numpy() > 0.5
+        cache[q, swap] = seg._predict(x, [q], y).probabilities[0, 0].numpy() > 0.5  # the raw wording
     return cache[q, swap]
 
 
@@ -83,7 +83,7 @@ def swapped(self, after, before, queries, *, direction="appeared"):
     for q, d in zip(queries, dirs, strict=True):
         swap = d == "disappeared" and change_direction(q) == "both"
         x, y = (before, after) if swap else (after, before)
-        out.append(self.predict(x, [directed_wording(q, "appeared" if swap else d)], before=y).probabilities[:, 0])
+        out.append(self._predict(x, [directed_wording(q, "appeared" if swap else d)], y).probabilities[:, 0])
     return Prediction(torch.stack(out, 1))
 
 

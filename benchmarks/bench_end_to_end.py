@@ -13,7 +13,7 @@ Two runs of `segment` on a sample scene (default: sample_tiles/town_utm_0p5m.tif
          it before). Each scene and thread count gets a cache folder of its own.
 
 km2/h = MP/s x 3600 x (pixel area in m2); the pixel area comes from the scene's geotransform
-(geographic CRSs: at the scene centre). Scenes: the sample (1 MP) and a larger geoseg.synth town
+(geographic CRSs: at the scene centre). Scenes: the sample (1 MP) and a larger geoseg.train.synth town
 at the same GSD. Each with torch on one thread and with torch's default (every core): on a
 loaded machine the default can be far slower (OpenMP threads waiting for each other on busy
 cores), and that is worth knowing. For GPUs see bench_gpu_mllm.py.
@@ -102,10 +102,10 @@ def cold_run(scene: Path, model: str, query: str, threads: int | None, out: Path
 
 
 def synth_scene(side: int, work: Path) -> Path:
-    """A geoseg.synth town at 0.5 m (the sample's GSD), `side` px square, cached."""
+    """A geoseg.train.synth town at 0.5 m (the sample's GSD), `side` px square, cached."""
     path = work / f"synth_town_{side}.tif"
     if not path.exists():
-        from geoseg.synth import write_scene
+        from geoseg.train.synth import write_scene
 
         part = path.with_name(path.name + ".part.tif")
         write_scene(part, 21, side, side, 0.5, crs="EPSG:32633")
@@ -145,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scene", type=Path, default=DEFAULT_SCENE)
     ap.add_argument("--synth-side", type=int, default=4096,
-                    help="also a geoseg.synth town of this side at 0.5 m (0: none; default 4096)")
+                    help="also a geoseg.train.synth town of this side at 0.5 m (0: none; default 4096)")
     ap.add_argument("--model", default="compact", help="registry name or checkpoint directory (default compact)")
     ap.add_argument("--query", default="buildings")
     ap.add_argument("--threads", default="1,default",

@@ -8,7 +8,7 @@ default model. Image features are computed once per tile and reused by every que
 extra query adds the text/decoder part of the model and its own blending, vectorising and layer.
 
 One worker process loads the model once (as `geoseg batch` does), segments a synthetic scene
-(geoseg.synth: buildings, roads, water, trees, fields) once to warm up, then runs
+(geoseg.train.synth: buildings, roads, water, trees, fields) once to warm up, then runs
 `pipeline.segment` for each K, `--repeats` times, the order of K reversed on every other repeat
 so drift on a shared machine does not favour one K. Each run is the whole flow: reading, the
 model, blending, vectorising and writing the GeoPackage (one layer per query). Reported: median
@@ -51,7 +51,7 @@ def chunked_decode(model, pairs: int):
 
     from geoseg.models.base import Prediction
 
-    def predict(images, queries, *, before=None):
+    def predict(images, queries):
         b, q = images.shape[0], len(queries)
         with torch.inference_mode():
             feats = model.model.encode_images(images.to(model.device, torch.float32))
@@ -72,9 +72,9 @@ def worker(scene: str, out_dir: str, model_spec: str, ks: list[int], repeats: in
     import torch
 
     torch.set_num_threads(threads)
-    from geoseg import pipeline
-    from geoseg.executors import job_segmenter
+    from geoseg.batch.executors import job_segmenter
     from geoseg.models.registry import load_segmenter
+    from geoseg.run import pipeline
 
     started = time.perf_counter()
     model = load_segmenter(model_spec, device="cpu")
@@ -191,7 +191,7 @@ def main() -> int:
     work = common.workdir(args.workdir)
     scene = work / f"synth_town_{args.side}.tif"
     if not scene.exists():
-        from geoseg.synth import write_scene
+        from geoseg.train.synth import write_scene
 
         part = scene.with_name(scene.name + ".part.tif")
         write_scene(part, 21, args.side, args.side, 0.5, crs="EPSG:32633")

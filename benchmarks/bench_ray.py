@@ -3,7 +3,7 @@
     nice -n 19 .venv/bin/python benchmarks/bench_ray.py                    # default model, 4 scenes of 1024²
     nice -n 19 .venv/bin/python benchmarks/bench_ray.py --scenes 2 --no-save
 
-The same batch (N synthetic scenes from geoseg.synth, two queries each, one job per scene) runs
+The same batch (N synthetic scenes from geoseg.train.synth, two queries each, one job per scene) runs
 three ways, each in a fresh process:
 
 - **local, 1 worker**: one model in the process, jobs one after another, torch on all cores;
@@ -86,13 +86,13 @@ def worker(config: str, scenes: list[str], out_dir: str, model: str) -> dict:
     torch.set_num_threads(spec.get("threads") or cores)
     started = time.perf_counter()
     if spec["executor"] == "ray":
-        from geoseg.executors.ray_executor import RayExecutor
+        from geoseg.batch.executors.ray_executor import RayExecutor
 
         executor = RayExecutor(workers=spec["workers"], replicas=spec["replicas"],
                                init={"num_cpus": cores})
         executor.model(model)  # start the hosts and load the model before the clock starts
     else:
-        from geoseg.executors.local import LocalExecutor
+        from geoseg.batch.executors.local import LocalExecutor
 
         executor = LocalExecutor(workers=spec["workers"])
         executor.shared_model(model)
@@ -135,7 +135,7 @@ def render(result: dict) -> str:
             f"| {'yes' if r['identical'] else 'no'} | {'yes' if r['same_polygons'] else '**no**'}, "
             f"{r['max_score_diff']:.1e} |")
     m = result["machine"]
-    lines += ["", f"{result['scenes']} scenes of {result['side']}² px (geoseg.synth), queries "
+    lines += ["", f"{result['scenes']} scenes of {result['side']}² px (geoseg.train.synth), queries "
               + ", ".join(f"`{q}`" for q in QUERIES) + f", model `{result['model']}`; one job per scene. "
               f"Outputs are compared with those of `{rows[0]['same_as']}` (the local executor with the replicas' "
               "thread count): *identical* = the same digest over every layer's geometries and attributes (run "
@@ -165,7 +165,7 @@ def main() -> int:
     for i in range(args.scenes):
         path = work / f"synth_ray_{args.side}_{i}.tif"
         if not path.exists():
-            from geoseg.synth import write_scene
+            from geoseg.train.synth import write_scene
 
             part = path.with_name(path.name + ".part.tif")
             write_scene(part, 100 + i, args.side, args.side, 0.5, crs="EPSG:32633")

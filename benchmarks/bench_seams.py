@@ -64,7 +64,7 @@ def probabilities(scene: Path, tile: int, overlap: int, blend: str, make_model, 
     import numpy as np
     import rasterio
 
-    from geoseg import pipeline, stitch
+    from geoseg.run import pipeline, stitch
 
     out = work / f"p_{tile}_{overlap}_{blend}.tif"
     opts = pipeline.RunOptions(tile_size=tile, overlap=overlap, blend=blend, probabilities=out,
@@ -78,7 +78,7 @@ def probabilities(scene: Path, tile: int, overlap: int, blend: str, make_model, 
 
 def seam_lines(length: int, tile: int, overlap: int) -> list[float]:
     """Where consecutive tiles hand over along one axis."""
-    from geoseg import tiling
+    from geoseg.run import tiling
 
     starts = tiling.axis_starts(length, tile, overlap)
     return [(nxt + prev + tile) / 2 for prev, nxt in zip(starts, starts[1:], strict=False)]
@@ -165,7 +165,7 @@ def truth_mask(scene: Path, spec: str):
 def compare_variants(scene: Path, make_model, label, query: str, work: Path, truth=None) -> list[dict]:
     import numpy as np
 
-    from geoseg import raster
+    from geoseg.io import raster
 
     side = raster.open_input(scene).native.width
     reference, ref_s = probabilities(scene, side, 0, "cosine", make_model, query, work)

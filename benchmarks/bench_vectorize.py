@@ -56,7 +56,9 @@ def shapes_worker(mask: str, out: str) -> None:
 def library_worker(mask: str, out: str) -> None:
     """What `geoseg vectorize` does with a mask, as library calls: polygons, the command's fields,
     a provenance record, the GeoPackage. No torch, no CLI."""
-    from geoseg import gpkg, vectorize
+    from geoseg import vectorize
+    from geoseg.io import gpkg
+    from geoseg.queries import layer_name_for
 
     started = time.perf_counter()
     gdf = vectorize.vectorize_probabilities(mask)
@@ -64,7 +66,7 @@ def library_worker(mask: str, out: str) -> None:
     gdf["query"], gdf["target"] = query, query
     gdf["model"], gdf["model_version"], gdf["run_id"], gdf["source"] = "none", "", "bench", mask
     record = {"command": "vectorize", "query": query, "inputs": [mask], "run_id": "bench"}
-    layer = gpkg.LayerData(gpkg.layer_name_for(query), gdf, query, record)
+    layer = gpkg.LayerData(layer_name_for(query), gdf, query, record)
     gpkg.write_geopackage(out, [layer], overwrite=True)
     print(json.dumps({"features": len(gdf), "seconds": round(time.perf_counter() - started, 3)}))
 

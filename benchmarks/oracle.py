@@ -26,7 +26,7 @@ class SeparableConvOracle(ConvOracle):
         super().__init__(tile_size, overlap)
         self.radius = radius  # receptive field 2 * radius + 1 pixels
 
-    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         grey = images.mean(dim=1, keepdim=True)
         k, r = 2 * self.radius + 1, self.radius
         blurred = F.avg_pool2d(grey, (1, k), stride=1, padding=(0, r), count_include_pad=True)

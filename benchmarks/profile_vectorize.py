@@ -30,19 +30,21 @@ STEPS = {  # label: (file suffix, function name) whose cumulative time is report
     "seam dissolve (_canonical)": ("geoseg/vectorize.py", "_canonical"),
     "vectorize_probabilities (all of it)": ("geoseg/vectorize.py", "vectorize_probabilities"),
     "pyogrio write": ("pyogrio/raw.py", "write"),
-    "write_geopackage (all of it)": ("geoseg/gpkg.py", "write_geopackage"),
+    "write_geopackage (all of it)": ("geoseg/io/gpkg.py", "write_geopackage"),
 }
 
 
 def profile(mask: Path) -> tuple[pstats.Stats, float, int]:
-    from geoseg import gpkg, vectorize
+    from geoseg import vectorize
+    from geoseg.io import gpkg
+    from geoseg.queries import layer_name_for
 
     prof = cProfile.Profile(time.process_time)
     with tempfile.TemporaryDirectory(prefix="geoseg-prof-") as tmp:
         prof.enable()
         gdf = vectorize.vectorize_probabilities(mask)
         gdf["query"] = gdf["target"] = mask.stem
-        layer = gpkg.LayerData(gpkg.layer_name_for(mask.stem), gdf, mask.stem, {"command": "profile"})
+        layer = gpkg.LayerData(layer_name_for(mask.stem), gdf, mask.stem, {"command": "profile"})
         gpkg.write_geopackage(Path(tmp) / "out.gpkg", [layer])
         prof.disable()
     stats = pstats.Stats(prof)

@@ -33,9 +33,9 @@ class TimedModel:
         self.model, self.info, self.device = model, model.info, model.device
         self.seconds, self.calls, self.tiles = 0.0, 0, 0
 
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         start = time.perf_counter()
-        out = self.model.predict(images, queries, before=before)
+        out = self.model.predict(images, queries)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         self.tiles += int(images.shape[0])
@@ -99,7 +99,8 @@ def timed(module, name: str, totals: dict, memory: PhaseMemory | None = None, st
 def geoseg_worker(scene: str, out: str, model_name: str | None, query: str, batch: int | None) -> dict:
     import torch
 
-    from geoseg import gpkg, pipeline
+    from geoseg.io import gpkg
+    from geoseg.run import pipeline
 
     start = time.perf_counter()
     if model_name is None:

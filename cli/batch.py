@@ -69,7 +69,7 @@ def batch_command(ctx, jobs, on_error, resume, force, workers, executor, ray_add
       geoseg batch jobs.csv --executor ray --ray-address auto
     """
     from geoseg import batch
-    from geoseg.executors import make_executor
+    from geoseg.batch.executors import make_executor
 
     options = dict(settings)
     for name, value in (("model", model), ("device", device), ("overwrite", overwrite or None)):

@@ -29,7 +29,7 @@ def chat_command(ctx, scene, output, as_json, **kw):
       printf 'buildings\\nonly the damaged ones\\nthe ones next to the river\\n' |
           geoseg chat scene.tif -o chat.gpkg --model runs/r2/checkpoints/final
     """
-    from geoseg.dialogue import ChatSession
+    from geoseg.run.dialogue import ChatSession
 
     opts = build_options(ctx, kw)
     session = ChatSession(scene, output, opts)

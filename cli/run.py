@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geoseg import remote
 from geoseg.errors import EmptyResultError
+from geoseg.io import remote
 from geoseg.options import RunOptions
 
 from .options import command_options
 
 if TYPE_CHECKING:  # imported when a command runs: `geoseg --help` and completion need no torch
-    from geoseg.outputs import RunSummary
+    from geoseg.run.outputs import RunSummary
 
 
 def build_options(ctx: click.Context, kw: dict) -> RunOptions:
@@ -39,7 +39,7 @@ def report(summary: RunSummary, as_json: bool, fail_on_empty: bool) -> None:
 def write_preview(png: Path | None, rasters: list, summary: RunSummary, opts, titles=None) -> None:
     """The quick-look PNG, drawn from the vector file the run just wrote."""
     if png is not None:
-        from geoseg import preview
+        from geoseg.io import preview
 
         preview.preview_geopackage(rasters, summary.output, png, layers=[layer.name for layer in summary.layers],
                                    titles=titles, bands=opts.bands, output_format=opts.output_format,
@@ -62,7 +62,8 @@ def segment_command(ctx, args, extra_queries, as_json, fail_on_empty, dry_run, o
       geoseg segment scene.tif "damaged buildings" -o damage.gpkg
       geoseg segment a.tif b.tif --query roads --query rivers -o out.gpkg --json
     """
-    from geoseg import pipeline, preview
+    from geoseg.io import preview
+    from geoseg.run import pipeline
 
     scenes, queries = (list(args), list(extra_queries)) if extra_queries else (list(args[:-1]), [args[-1]])
     if not scenes:
@@ -98,7 +99,8 @@ def change_command(ctx, before, after, query, extra_queries, as_json, fail_on_em
       geoseg change before.tif after.tif "new roads" -o roads.gpkg
       geoseg change before.tif after.tif --query "new roads" --query "demolished buildings" -o c.gpkg
     """
-    from geoseg import pipeline, preview
+    from geoseg.io import preview
+    from geoseg.run import pipeline
 
     query = (*query, *extra_queries)  # `segment`'s --query works here too: users learn one spelling
     if not query:
@@ -125,7 +127,8 @@ def vectorize_command(ctx, probabilities, query, as_json, fail_on_empty, output,
     \b
       geoseg vectorize probs.tif --threshold 0.6 -o out.gpkg
     """
-    from geoseg import preview, revectorize  # torch-free: this command never loads a model
+    from geoseg.io import preview
+    from geoseg.run import revectorize  # torch-free: this command never loads a model
 
     opts = build_options(ctx, kw)
     preview.check_output(preview_png, overwrite=opts.overwrite)

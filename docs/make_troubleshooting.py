@@ -43,33 +43,30 @@ WIDTH = 100
 # The longest matching prefix of "path:function" wins; a new file outside these falls into "Other".
 GROUPS = {
     "cli/": "Command line (printed by Click)",
-    "geoseg/raster.py": "Reading input rasters",
-    "geoseg/gsd.py": "Reading input rasters",
-    "geoseg/vectorize.py:_coding_of": "Reading input rasters",
-    "geoseg/vectorize.py:vectorize_probabilities": "Reading input rasters",
+    "geoseg/io/raster.py": "Reading input rasters",
+    "geoseg/io/gsd.py": "Reading input rasters",
+    "geoseg/vectorize/pixels.py:coding_of": "Reading input rasters",
+    "geoseg/vectorize/polygons.py:vectorize_probabilities": "Reading input rasters",
     "geoseg/__init__.py": "Options and queries",
     "geoseg/options.py": "Options and queries",
     "geoseg/queries.py": "Options and queries",
-    "geoseg/pipeline.py": "Options and queries",
-    "geoseg/engine.py": "Options and queries",
-    "geoseg/outputs.py": "Outputs",
-    "geoseg/revectorize.py": "Outputs",
-    "geoseg/tiling.py": "Options and queries",
-    "geoseg/vectorize.py": "Options and queries",
-    "geoseg/stitch.py": "Options and queries",
-    "geoseg/rowfeed.py": "Options and queries",
+    "geoseg/run/pipeline.py": "Options and queries",
+    "geoseg/run/engine.py": "Options and queries",
+    "geoseg/run/outputs.py": "Outputs",
+    "geoseg/run/revectorize.py": "Outputs",
+    "geoseg/run/tiling.py": "Options and queries",
+    "geoseg/vectorize/": "Options and queries",
+    "geoseg/run/stitch.py": "Options and queries",
     "geoseg/models/": "Models",
-    "geoseg/dialogue.py": "Models",
-    "geoseg/gpkg.py": "Outputs",
-    "geoseg/preview.py": "Outputs",
+    "geoseg/run/dialogue.py": "Models",
+    "geoseg/io/gpkg.py": "Outputs",
+    "geoseg/io/preview.py": "Outputs",
     "cli/run.py:report": "Outputs",
-    "geoseg/batch.py": "Batch runs and executors",
-    "geoseg/resume.py": "Batch runs and executors",
-    "geoseg/executors/": "Batch runs and executors",
+    "geoseg/batch/": "Batch runs and executors",
     "cli/batch.py": "Batch runs and executors",
     "geoseg/train/": "Training and evaluation",
     "cli/train.py": "Training and evaluation",
-    "geoseg/synth/": "Synthetic scenes (library only)",
+    "geoseg/train/synth/": "Synthetic scenes (library only)",
 }
 ORDER = ["Reading input rasters", "Options and queries", "Models", "Outputs", "Batch runs and executors",
          "Training and evaluation", "Command line (printed by Click)", "Synthetic scenes (library only)", "Other"]
@@ -226,20 +223,22 @@ def message(node: ast.expr, consts: dict) -> str | None:
     return None
 
 
-def indirect_messages(tree: ast.Module, attribute: str, consts: dict) -> list[str]:
-    """Messages kept in an attribute and raised later (batch: `raise InputError(job.problem)`):
-    every string given as `attribute=` to a call, or returned by a function whose result is
-    assigned to `x.attribute`."""
-    out, producers = [], set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            out += [m for k in node.keywords if k.arg == attribute and (m := message(k.value, consts))]
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                and any(isinstance(t, ast.Attribute) and t.attr == attribute for t in node.targets)):
-            producers.add(ast.unparse(node.value.func))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name in producers:
-            out += [m for r in ast.walk(node) if isinstance(r, ast.Return) and r.value and (m := message(r.value, consts))]
+def indirect_messages(sources: list[tuple[ast.Module, dict]], attribute: str) -> list[str]:
+    """Messages kept in an attribute and raised later, maybe in another module (batch: jobs.py sets
+    `job.problem`, runner.py raises `InputError(job.problem)`): every string given as `attribute=`
+    to a call, or returned by a function whose result is assigned to `x.attribute`."""
+    out = []
+    for tree, consts in sources:
+        producers = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                out += [m for k in node.keywords if k.arg == attribute and (m := message(k.value, consts))]
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                    and any(isinstance(t, ast.Attribute) and t.attr == attribute for t in node.targets)):
+                producers.add(ast.unparse(node.value.func))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name in producers:
+                out += [m for r in ast.walk(node) if isinstance(r, ast.Return) and r.value and (m := message(r.value, consts))]
     return out
 
 
@@ -280,7 +279,7 @@ def collect() -> tuple[dict[str, dict[tuple[str, str], Row]], dict[str, int], li
             arg = exc.args[0]
             texts = [message(arg, consts[name])]
             if texts[0] is None and isinstance(arg, ast.Attribute):
-                texts = indirect_messages(tree, arg.attr, consts[name]) or [None]
+                texts = indirect_messages([(t, consts[n]) for n, (_, t) in mods.items()], arg.attr) or [None]
             if texts[0] is None:
                 skipped.append(f"{place}: re-raises the text of another error ({ast.unparse(arg)})")
                 continue

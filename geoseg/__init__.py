@@ -37,15 +37,15 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access)
 _EXPORTS = {
-    "segment": "geoseg.pipeline",
-    "change": "geoseg.pipeline",
-    "dry_run": "geoseg.pipeline",
-    "vectorize_raster": "geoseg.revectorize",
+    "segment": "geoseg.run.pipeline",
+    "change": "geoseg.run.pipeline",
+    "dry_run": "geoseg.run.pipeline",
+    "vectorize_raster": "geoseg.run.revectorize",
     "RunOptions": "geoseg.options",
     "MinArea": "geoseg.options",
-    "RunSummary": "geoseg.outputs",
+    "RunSummary": "geoseg.run.outputs",
     "load_segmenter": "geoseg.models.registry",
-    "ChatSession": "geoseg.dialogue",
+    "ChatSession": "geoseg.run.dialogue",
     "GeosegError": "geoseg.errors",
     "InputError": "geoseg.errors",
     "OutputExistsError": "geoseg.errors",

@@ -26,11 +26,11 @@ GROUPS = (READ, TILE, MODEL, VECTORISE, WRITE)
 SEGMENT, CHANGE, CHAT, VECTORIZE = "segment", "change", "chat", "vectorize"
 MODEL_RUNS = (SEGMENT, CHANGE, CHAT)
 
-BLEND_MODES = ("cosine", "average", "none")  # geoseg.stitch implements them
+BLEND_MODES = ("cosine", "average", "none")  # geoseg.run.stitch implements them
 ALIGN_TO = ("before", "after")
 RESAMPLING = ("nearest", "bilinear", "cubic")
 UNKNOWN_QUERY = ("warn", "error")  # what a query the model was not trained on does (geoseg.models.concepts)
-OUTPUT_FORMATS = ("gpkg", "parquet", "fgb", "geojson")  # geoseg.formats writes them
+OUTPUT_FORMATS = ("gpkg", "parquet", "fgb", "geojson")  # geoseg.io.formats writes them
 EVAL_SCALE_MAX = 4.0  # geoseg evaluate --scale takes a factor in (0, this]
 
 
@@ -111,8 +111,8 @@ class MinArea:
 
 
 def to_gsd(value: Any) -> str | float:
-    """auto | native | a positive number of metres (geoseg.gsd parses it)."""
-    from geoseg.gsd import parse_gsd  # imported here: pyproj is not needed to build --help
+    """auto | native | a positive number of metres (geoseg.io.gsd parses it)."""
+    from geoseg.io.gsd import parse_gsd  # imported here: pyproj is not needed to build --help
 
     try:
         return parse_gsd(value)

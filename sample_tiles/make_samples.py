@@ -1,4 +1,4 @@
-"""Regenerate the committed sample tiles and their README from geoseg.synth.
+"""Regenerate the committed sample tiles and their README from geoseg.train.synth.
 
     .venv/bin/python sample_tiles/make_samples.py
 
@@ -17,7 +17,7 @@ import rasterio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from geoseg.synth import CLASS_NAMES, SynthPair, SynthScene, write_pair, write_scene  # noqa: E402
+from geoseg.train.synth import CLASS_NAMES, SynthPair, SynthScene, write_pair, write_scene  # noqa: E402
 
 COMMAND = ".venv/bin/python sample_tiles/make_samples.py"
 
@@ -60,7 +60,7 @@ def main() -> None:
     lines = [
         "# Sample tiles",
         "",
-        "Small synthetic GeoTIFFs with exact ground truth, made by `geoseg.synth` (procedural scenes:",
+        "Small synthetic GeoTIFFs with exact ground truth, made by `geoseg.train.synth` (procedural scenes:",
         "buildings with red/grey/white/... roofs, some damaged or reduced to rubble, paved and dirt roads,",
         "a river or lake, trees and woods with shadows, striped fields, bare ground). `make demo` segments",
         "`town_utm_0p5m.tif` with the query \"buildings\".",

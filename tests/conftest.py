@@ -46,7 +46,7 @@ def oracle(monkeypatch):
     """The pipeline's model replaced by a BandOracle (its probabilities are a band of the scene),
     so engine and output tests know the exact answer; a test module may override it."""
     from doubles import BandOracle
-    from geoseg import pipeline
+    from geoseg.run import pipeline
 
     model = BandOracle(tile_size=128, overlap=16)
     monkeypatch.setattr(pipeline, "load_segmenter", lambda *a, **k: model)

@@ -36,11 +36,9 @@ class BandOracle:
         self.device = torch.device("cpu")
         self.calls = 0
 
-    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         self.calls += 1
         mask = (images[:, -1] > 0.5).float()
-        if before is not None:  # change-native behaviour: the mask appeared since `before`
-            mask = mask * (before[:, -1] <= 0.5).float()
         return Prediction(mask[:, None].expand(-1, len(queries), -1, -1).contiguous())
 
 
@@ -51,7 +49,7 @@ class ConvOracle:
         self.info = ModelInfo("conv-oracle", "test", tile_size, overlap, bands=3)
         self.device = torch.device("cpu")
 
-    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         grey = images.mean(dim=1, keepdim=True)
         k = 2 * self.radius + 1
         blurred = F.avg_pool2d(grey, k, stride=1, padding=self.radius, count_include_pad=True)
@@ -67,6 +65,6 @@ class DarkOracle:
         self.device = torch.device("cpu")
         self.level = level
 
-    def predict(self, images: torch.Tensor, queries: Sequence[str], *, before=None) -> Prediction:
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         prob = (images[:, 0] < self.level).float()
         return Prediction(prob[:, None].expand(-1, len(queries), -1, -1).contiguous())

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_import_geoseg_loads_nothing_heavy():
     code = ("import sys, geoseg; before = set(sys.modules); geoseg.RunOptions; "
-            "heavy = ('torch', 'numpy', 'rasterio', 'geopandas', 'geoseg.pipeline'); "
+            "heavy = ('torch', 'numpy', 'rasterio', 'geopandas', 'geoseg.run.pipeline'); "
             "import json; print(json.dumps([sorted(m for m in before if m in heavy), "
             "sorted(m for m in set(sys.modules) - before if m.startswith('geoseg'))]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -27,7 +27,7 @@ def test_import_geoseg_loads_nothing_heavy():
 def test_every_exported_name_resolves():
     for name in geoseg.__all__:
         assert getattr(geoseg, name) is not None
-    assert geoseg.segment.__module__ == "geoseg.pipeline" and geoseg.InputError.exit_code == 2
+    assert geoseg.segment.__module__ == "geoseg.run.pipeline" and geoseg.InputError.exit_code == 2
     with pytest.raises(AttributeError, match="no attribute 'segmnet'"):
         geoseg.segmnet  # noqa: B018
 

@@ -20,12 +20,14 @@ from shapely.geometry import box
 
 from conftest import write_truth_scene
 from doubles import BandOracle, ConvOracle
-from geoseg import batch, pipeline, resume, stitch, tiling
+from geoseg import batch
+from geoseg.batch import resume
+from geoseg.batch.executors import local
+from geoseg.batch.executors.local import LocalExecutor
 from geoseg.errors import InputError
-from geoseg.executors import local
-from geoseg.executors.local import LocalExecutor
+from geoseg.io.raster import Grid
 from geoseg.options import MinArea, RunOptions
-from geoseg.raster import Grid
+from geoseg.run import pipeline, stitch, tiling
 from geoseg_cli.main import cli
 
 TESTS = Path(__file__).parent
@@ -282,16 +284,16 @@ import hashlib, os, sys
 sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
 from geoseg import batch
-from geoseg.executors.local import LocalExecutor
+from geoseg.batch.executors.local import LocalExecutor
 from geoseg.options import MinArea, RunOptions
 
 class CrashAfter(ConvOracle):
     calls = 0
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         CrashAfter.calls += 1
         if CrashAfter.calls > {calls}:
             os._exit(137)  # a hard kill: no cleanup, no finally, no atexit
-        out = super().predict(images, queries, before=before)
+        out = super().predict(images, queries)
         with open("predicted.txt", "a") as f:
             f.writelines(hashlib.sha1(t.numpy().tobytes()).hexdigest() + "\\n" for t in images)
         return out
@@ -308,10 +310,10 @@ class Recording(ConvOracle):
         super().__init__(tile_size=128, overlap=32)
         self.log = log
 
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         with open(self.log, "a") as f:
             f.writelines(hashlib.sha1(t.numpy().tobytes()).hexdigest() + "\n" for t in images)
-        return super().predict(images, queries, before=before)
+        return super().predict(images, queries)
 
 
 def resume_jobs(d: Path) -> list[dict]:
@@ -379,16 +381,16 @@ import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
-from geoseg.executors import local
+from geoseg.batch.executors import local
 
 class SigintAfter(ConvOracle):
     calls = 0
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         SigintAfter.calls += 1
         if SigintAfter.calls == {at_call}:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the model works on a batch
             time.sleep(0.5)  # as a real model would: the main thread handles the signal meanwhile
-        return super().predict(images, queries, before=before)
+        return super().predict(images, queries)
 
 local.load_segmenter = lambda spec, **kw: SigintAfter(tile_size=128, overlap=32)
 from geoseg_cli.main import cli
@@ -477,7 +479,7 @@ def test_several_scenes_mixed_crs_into_one_layer_with_dst_crs(tmp_path, monkeypa
 
 def test_local_batch_never_imports_ray(scenes):
     code = ("import sys; sys.path.insert(0, " + repr(str(TESTS)) + "); from doubles import ConvOracle; from geoseg import batch; "
-            "from geoseg.executors import make_executor; from geoseg.executors import local; "
+            "from geoseg.batch.executors import make_executor; from geoseg.batch.executors import local; "
             "local.load_segmenter = lambda spec, **kw: ConvOracle(tile_size=128, overlap=32); "
             "ex = make_executor('local'); r = batch.BatchRunner(ex); "
             "job = batch.Job(1, 'j:1', 'segment', ['b.tif'], ['q'], 'o.gpkg', {'tile-size': 128}); "

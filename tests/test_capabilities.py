@@ -21,9 +21,11 @@ from click.testing import CliRunner
 
 from conftest import write_rgb
 from doubles import ConvOracle
-from geoseg import gpkg, pipeline
-from geoseg.executors import Interrupted, job_segmenter
+from geoseg.batch.executors import Interrupted, job_segmenter
+from geoseg.io import gpkg
 from geoseg.models.base import (
+    CAPABILITIES,
+    DATA_MEMBERS,
     ChangeAware,
     Dialogue,
     EncodesQueries,
@@ -37,6 +39,7 @@ from geoseg.models.base import (
 from geoseg.models.concepts import Neighbour, QueryKnowledge
 from geoseg.models.registry import load_segmenter
 from geoseg.models.segearth import generate
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
@@ -56,6 +59,9 @@ class Said:
 
 
 class ChangeDouble(ConvOracle):
+    def change_types(self, query):
+        return ("appeared", "disappeared")
+
     def predict_change(self, after, before, queries, *, direction="appeared"):
         sign = 1.0 if direction == "appeared" else -1.0
         return self.predict((after - before) * sign + 0.5, queries)
@@ -96,11 +102,11 @@ class EncodingDouble(ConvOracle):
         self.encoded |= set(queries)
         self.ready.set()
 
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         self.ready.wait(timeout=30)
         assert set(queries) <= self.encoded, "predict before encode_queries"
         self.calls.append(("predict", threading.current_thread().name))
-        return super().predict(images, queries, before=before)
+        return super().predict(images, queries)
 
 
 class KnowingDouble(ConvOracle):
@@ -154,6 +160,7 @@ def check_wrapper(wrapper, spec: str, lock: CountingLock | None = None) -> None:
         before = torch.rand(5, 3, 32, 32)
         got = wrapper.predict_change(images, before, queries, direction="disappeared")
         assert torch.equal(got.probabilities, model.predict_change(images, before, queries, direction="disappeared").probabilities)
+        assert wrapper.change_types("roads") == model.change_types("roads")
     if isinstance(model, Generative):
         answers = wrapper.answer(images, queries)
         assert answers == model.answer(images, queries)
@@ -164,7 +171,7 @@ def check_wrapper(wrapper, spec: str, lock: CountingLock | None = None) -> None:
         assert capabilities(wrapper.with_history([])) == EXPECTED[spec]
     if isinstance(model, KnowsConcepts):
         assert wrapper.check_queries(queries) == model.check_queries(queries)
-    calls = {"conv": 1, "change": 2, "generative": 6, "encodes": 2, "knows": 2}[spec]
+    calls = {"conv": 1, "change": 3, "generative": 7, "encodes": 2, "knows": 2}[spec]
     assert wrapper.meter.calls == calls
     if lock is not None:
         assert lock.entered == calls
@@ -181,6 +188,12 @@ def test_local_job_model_has_exactly_the_models_capabilities(spec):
     if spec == "change":
         with pytest.raises(Interrupted):
             wrapper.predict_change(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), ["roads"])
+
+
+def test_every_data_member_of_a_capability_is_copied_by_wrappers():
+    # DATA_MEMBERS is what wrappers copy; the Protocols' own annotations are what they declare
+    for cap in CAPABILITIES:
+        assert set(DATA_MEMBERS.get(cap, ())) == set(cap.__dict__.get("__annotations__", {})), cap.__name__
 
 
 def test_segment_encodes_the_queries_in_a_thread_before_predicting(tmp_path):
@@ -328,7 +341,7 @@ def test_local_batch_writes_the_same_layers_as_segment_and_change(tiny):
 
 
 def test_ray_batch_writes_the_same_layers_as_segment_and_change(tiny, cluster, monkeypatch):
-    from geoseg.executors import ray_executor
+    from geoseg.batch.executors import ray_executor
 
     root, model = tiny
     monkeypatch.setattr(ray_executor, "load_segmenter", load_scripted)
@@ -339,7 +352,7 @@ def test_ray_batch_writes_the_same_layers_as_segment_and_change(tiny, cluster, m
 
 
 def test_ray_job_model_has_exactly_the_models_capabilities(cluster):
-    from geoseg.executors.ray_executor import RayExecutor
+    from geoseg.batch.executors.ray_executor import RayExecutor
 
     ex = RayExecutor(workers=1, replicas=2, load=load_double)
     try:

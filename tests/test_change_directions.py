@@ -29,12 +29,13 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle
-from geoseg import gpkg, pipeline
-from geoseg.executors import local
+from geoseg.batch.executors import local
+from geoseg.io import gpkg
 from geoseg.models.base import ChangeAware, Generative, ModelInfo, Prediction, capabilities
-from geoseg.models.change import per_query
-from geoseg.models.segearth.change import combine
+from geoseg.models.change import combine, directed_change_types, per_query
 from geoseg.options import RunOptions
+from geoseg.queries import change_direction
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000128)
@@ -81,7 +82,7 @@ def rendered(tmp_path_factory):
     demolished building of at least 150 px: the first such seed from 7300 on (7306), chosen by the
     data, never by the model's answer. Returns the folder, the two buildings in map coordinates and
     the output of `geoseg change BEFORE AFTER buildings`."""
-    from geoseg.synth.change import render_pair
+    from geoseg.train.synth.change import render_pair
 
     for seed in range(7300, 7500):
         pair = render_pair(seed, 256, 256, 0.5, change_kinds=("new_buildings", "demolished_buildings"))
@@ -154,6 +155,9 @@ class GenerativeChange(BandOracle):
     def grounded(self, answers):
         raise AssertionError("change mode never grounds answers")
 
+    def change_types(self, query):
+        return directed_change_types(query)
+
     def predict_change(self, after, before, queries, *, direction="appeared"):
         a, b = self.predict(after, queries).probabilities, self.predict(before, queries).probabilities
         return Prediction(torch.stack([combine(a[:, i], b[:, i], d, 2)
@@ -177,16 +181,20 @@ def test_a_generative_change_model_puts_each_building_only_in_its_own_direction(
 
 
 class WordsOnly(BandOracle):
-    """Change-native and reading the direction from the words alone: with both dates it returns
-    where the building layer changed, whichever way."""
+    """ChangeAware and reading the direction from the words alone (as the bi-temporal SegEarth):
+    with both dates it returns where the building layer changed, whichever way."""
 
     def __init__(self):
         super().__init__()
-        self.info = ModelInfo("words-only", "test", 256, 32, bands=4, change_native=True)
+        self.info = ModelInfo("words-only", "test", 256, 32, bands=4)
 
-    def predict(self, images, queries, *, before=None):
-        after = super().predict(images, queries).probabilities
-        return Prediction((after - super().predict(before, queries).probabilities).abs())
+    def change_types(self, query):
+        said = change_direction(query)
+        return ("changed",) if said == "both" else (said,)
+
+    def predict_change(self, after, before, queries, *, direction="appeared"):
+        assert [self.change_types(q) for q in queries] == [(d,) for d in per_query(direction, queries)]
+        return Prediction((self.predict(after, queries).probabilities - self.predict(before, queries).probabilities).abs())
 
 
 def test_a_model_that_cannot_tell_the_directions_writes_one_set_changed(truth_pair, tmp_path):

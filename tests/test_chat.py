@@ -18,7 +18,7 @@ from mllm_helpers import shapes_image, write_tiny_checkpoint
 
 from conftest import write_rgb
 from doubles import count_calls
-from geoseg import gpkg, raster
+from geoseg.io import gpkg, raster
 from geoseg.models.segearth import generate
 from geoseg_cli.main import cli
 
@@ -109,7 +109,7 @@ def test_chat_refuses_a_model_that_cannot_talk(tmp_path, scene):
 
 
 def test_segment_with_a_generative_model_answers_once_and_names_each_target(tmp_path, scene, scripted):
-    from geoseg import pipeline
+    from geoseg.run import pipeline
 
     _, prompts = scripted
     model = write_tiny_checkpoint(tmp_path / "gen")

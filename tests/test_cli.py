@@ -12,7 +12,7 @@ from shapely.geometry import box
 
 from conftest import write_rgb, write_truth_scene
 from doubles import BandOracle
-from geoseg import pipeline
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
@@ -177,7 +177,7 @@ def test_start_up_imports_no_torch():
     code = ("import sys; from click.testing import CliRunner; from geoseg_cli.main import cli; "
             "r = CliRunner().invoke(cli, ['--threads', '1', 'segment', '--help']); "
             "assert r.exit_code == 0, r.output; import os; "
-            "print(sorted(m for m in ('torch', 'geoseg.pipeline') if m in sys.modules), os.environ['OMP_NUM_THREADS'])")
+            "print(sorted(m for m in ('torch', 'geoseg.run.pipeline') if m in sys.modules), os.environ['OMP_NUM_THREADS'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "1"]
 
@@ -219,7 +219,7 @@ def test_vectorize_never_imports_torch_or_the_models(tmp_path):
             f"r = CliRunner().invoke(cli, ['-q', 'vectorize', {str(probs)!r}, '-o', {str(out)!r}, '--json']); "
             "assert r.exit_code == 0, r.output; "
             "print(json.dumps([json.loads(r.stdout)['layers'][0]['features'], "
-            "sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'geoseg.models', 'geoseg.pipeline')))]))")
+            "sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'geoseg.models', 'geoseg.run.pipeline')))]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [1, []]

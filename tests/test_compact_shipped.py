@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from geoseg.models.base import ChangeAware
 from geoseg.models.registry import load_segmenter
 from geoseg.provenance import sha256_file
 from geoseg.train.manifest import percentile_stretch
@@ -41,12 +42,12 @@ def test_shipped_weights_are_small_safetensors():
 def test_compact_loads_by_name_with_its_hash(compact):
     assert compact.info.name == "compact"
     assert compact.info.weights_sha256 == sha256_file(WEIGHTS / "compact" / "model.safetensors")
-    assert not compact.info.change_native
+    assert not isinstance(compact, ChangeAware)
     assert compact.info.tile_size % 32 == 0
 
 
 def test_compact_segments_buildings_on_a_synthetic_tile(compact):
-    from geoseg.synth.render import render_scene
+    from geoseg.train.synth.render import render_scene
 
     scene = render_scene(20261121, 256, 256, 0.5)
     probs = compact.predict(_tensor(scene.image), ["buildings", "water"]).probabilities[0].numpy()
@@ -55,10 +56,10 @@ def test_compact_segments_buildings_on_a_synthetic_tile(compact):
 
 
 def test_compact_change_finds_a_new_building_and_ignores_an_unchanged_one():
-    from geoseg.synth.change import render_pair
+    from geoseg.train.synth.change import render_pair
 
     seg = load_segmenter("compact-change", device="cpu")
-    assert seg.info.change_native
+    assert isinstance(seg, ChangeAware)
     # the first pair from seed 7070 on with a new building of at least 150 pixels (chosen by
     # the data alone, never by the model's answer)
     for seed in range(7070, 7200):
@@ -69,11 +70,11 @@ def test_compact_change_finds_a_new_building_and_ignores_an_unchanged_one():
         pytest.fail("no seed in 7070..7199 renders a new building of at least 150 pixels")
     new = pair.change["new_buildings"]
     after, before = _tensor(pair.after.image), _tensor(pair.before.image)
-    probs = seg.predict(after, ["new buildings"], before=before).probabilities[0, 0].numpy()
+    probs = seg.predict_change(after, before, ["new buildings"], direction="appeared").probabilities[0, 0].numpy()
     hit = probs > 0.5
     # the largest new building is found (most of its pixels) ...
     largest = max((i for i in pair.change_instances if i.attrs["change"] == "new_buildings"), key=lambda i: i.geometry.area)
-    from geoseg.synth.render import ids_mask, rasterize_labels
+    from geoseg.train.synth.render import ids_mask, rasterize_labels
 
     new_one = ids_mask(rasterize_labels([largest], 256, 256), [largest.id])
     assert hit[new_one].mean() > 0.5, f"only {hit[new_one].mean():.2f} of the new building was flagged"

@@ -1,4 +1,4 @@
-"""Vector outputs beside GeoPackage (geoseg.formats): GeoParquet, FlatGeobuf, GeoJSON.
+"""Vector outputs beside GeoPackage (geoseg.io.formats): GeoParquet, FlatGeobuf, GeoJSON.
 
 Read back with geopandas and pyarrow (Debian's GDAL 3.6 has no Parquet driver) and, for FlatGeobuf
 and GeoJSON, with Debian's `ogrinfo` too. The fields, values, CRS and run records must be the
@@ -20,10 +20,11 @@ from click.testing import CliRunner
 from shapely.geometry import box
 
 from conftest import write_truth_scene
-from geoseg import formats, gpkg, pipeline
 from geoseg.errors import InputError, OutputExistsError
+from geoseg.io import formats, gpkg
 from geoseg.options import RunOptions
-from geoseg.outputs import with_fields
+from geoseg.run import pipeline
+from geoseg.run.outputs import with_fields
 from geoseg_cli.main import cli
 
 pq = pytest.importorskip("pyarrow.parquet")

@@ -18,18 +18,18 @@ import shapely
 from pyproj import CRS
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from geoseg import gpkg
 from geoseg.errors import InputError, OutputExistsError
-from geoseg.gpkg import (
+from geoseg.io import gpkg
+from geoseg.io.gpkg import (
     LayerData,
     check_output_path,
-    layer_name_for,
     read_description,
     read_provenance,
     unique_layer_names,
     write_geopackage,
 )
-from geoseg.qgis_style import style_colour
+from geoseg.io.qgis_style import style_colour
+from geoseg.queries import layer_name_for
 
 HOSTILE = [
     "it's a \"quoted\" query",

@@ -17,14 +17,15 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle
-from geoseg import gsd, pipeline, raster, tiling
 from geoseg.errors import InputError
-from geoseg.gpkg import read_provenance
+from geoseg.io import gsd, raster
+from geoseg.io.gpkg import read_provenance
 from geoseg.models.compact import config as compact_config
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.segmenter import model_info
 from geoseg.models.segearth.config import parse_config
 from geoseg.options import RunOptions
+from geoseg.run import pipeline, tiling
 from geoseg_cli.main import cli
 
 X0, Y0 = 500000.0, 5000000.0

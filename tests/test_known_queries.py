@@ -16,9 +16,8 @@ from affine import Affine
 from click.testing import CliRunner
 
 from doubles import ConvOracle
-from geoseg import pipeline
-from geoseg.executors import job_segmenter
-from geoseg.gpkg import read_provenance
+from geoseg.batch.executors import job_segmenter
+from geoseg.io.gpkg import read_provenance
 from geoseg.models.base import KnowsConcepts, ModelInfo, capabilities
 from geoseg.models.compact.config import CompactConfig, tiny_config
 from geoseg.models.compact.model import CompactModel
@@ -29,6 +28,8 @@ from geoseg.models.compact.segmenter import (
 )
 from geoseg.models.concepts import Inventory, KnownRule, Neighbour, QueryKnowledge, TrainedConcept
 from geoseg.options import RunOptions
+from geoseg.queries import parse_queries
+from geoseg.run import pipeline
 from geoseg.train.config import train_config_from_dict
 from geoseg.train.inventory import inventory_for
 from geoseg.train.queries import KNOWN_EVAL, UNRELATED_EVAL, UNRELATED_TRAIN, UNRELATED_TUNE
@@ -93,8 +94,10 @@ def test_a_model_without_an_inventory_is_not_checked(tmp_path):
     CompactModel(tiny_config()).save_pretrained(tmp_path)
     model = load_compact_segmenter(tmp_path)
     assert type(model) is CompactSegmenter and not isinstance(model, KnowsConcepts)
-    assert pipeline.checked_queries(model, ["solar panels"], RunOptions(unknown_query="error")) is None
-    assert pipeline.checked_queries(ConvOracle(), ["solar panels"], RunOptions(unknown_query="error")) is None
+    asked = parse_queries(["solar panels"])
+    for unchecked in (model, ConvOracle()):  # run, never refused, and nothing is said about the query
+        [query] = pipeline.checked_queries(unchecked, asked, RunOptions(unknown_query="error"))
+        assert query.knowledge is None and query.text == "solar panels"
 
 
 class KnowingDouble(ConvOracle):

@@ -14,7 +14,7 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import psutil
 from doubles import BandOracle
-from geoseg import pipeline
+from geoseg.run import pipeline
 model = BandOracle(tile_size=256, overlap=32)
 pipeline.segment([{small!r}], ["warm-up"], {warm!r}, pipeline.RunOptions(progress=False), segmenter=model)
 base = psutil.Process().memory_info().rss

@@ -20,6 +20,7 @@ from mllm_helpers import (
 )
 
 from geoseg.errors import InputError
+from geoseg.models.base import ChangeAware
 from geoseg.models.registry import load_segmenter
 from geoseg.models.segearth import GenerativeSegmenter, load_network, load_segearth_segmenter
 from geoseg.models.segearth.generate import (
@@ -256,7 +257,7 @@ def test_history_goes_into_the_prompt(segmenter):
 def test_registry_dispatches_the_new_model_types(tmp_path, generative_dir):
     assert isinstance(load_segmenter(str(generative_dir), device="cpu"), GenerativeSegmenter)
     bt = load_segmenter(str(write_tiny_checkpoint(tmp_path / "bt", model_type="segearth_r1_bitemporal")), device="cpu")
-    assert bt.info.change_native
+    assert isinstance(bt, ChangeAware)
     with pytest.raises(InputError, match="geoseg change"):
         bt.predict(shapes_image(0)[0][None], ["x"])
 

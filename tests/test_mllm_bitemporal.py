@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from mllm_helpers import ListSource, pair_samples, write_tiny_checkpoint
 
 from conftest import write_rgb
-from geoseg import gpkg
+from geoseg.io import gpkg
+from geoseg.models.base import ChangeAware
 from geoseg.models.segearth import BitemporalSegmenter, load_segearth_segmenter
 from geoseg.train.config import TrainConfig
 from geoseg.train.metrics import sample_counts
@@ -64,12 +65,12 @@ def test_stage2_follows_the_query_on_both_dates(stages):
     log = losses(root / "stage2")
     assert {"bce", "dice"} <= set(log[0]) and log[-1]["dice"] < log[0]["dice"]
     seg = load_segearth_segmenter(stage2)
-    assert isinstance(seg, BitemporalSegmenter) and seg.info.change_native
+    assert isinstance(seg, BitemporalSegmenter) and isinstance(seg, ChangeAware)
     # the fusion blocks were trained in stage 1 and carried into stage 2
     before = load_segearth_segmenter(stage1).net.temporal_fusion[0].fuse.weight
     assert before.abs().sum() > 0
     s = samples[1]
-    p = seg.predict(s.image[None], [s.instruction], before=s.before[None]).probabilities[0, 0]
+    p = seg.predict_change(s.image[None], s.before[None], [s.instruction], direction="appeared").probabilities[0, 0]
     assert sample_counts(p.numpy() > 0.5, s.masks[0].numpy() > 0).iou > 0.5
 
 
@@ -82,13 +83,13 @@ def test_stage2_checkpoint_runs_natively_in_geoseg_change(stages, tmp_path, monk
         write_rgb(tmp_path / f"{name}.tif", np.tile(data, (1, 2, 2)), transform)  # 128 px: 4 tiles
 
     calls = []
-    original = BitemporalSegmenter.predict
+    original = BitemporalSegmenter.predict_change
 
-    def spy(self, images, queries, *, before=None):
-        calls.append(before is not None)
-        return original(self, images, queries, before=before)
+    def spy(self, after, before, queries, *, direction="appeared"):
+        calls.append(direction)
+        return original(self, after, before, queries, direction=direction)
 
-    monkeypatch.setattr(BitemporalSegmenter, "predict", spy)
+    monkeypatch.setattr(BitemporalSegmenter, "predict_change", spy)
     out = tmp_path / "change.gpkg"
     result = CliRunner().invoke(
         cli,
@@ -96,10 +97,10 @@ def test_stage2_checkpoint_runs_natively_in_geoseg_change(stages, tmp_path, monk
          "-o", str(out), "--model", str(stage2), "--device", "cpu", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert calls and all(calls)  # one model call with both dates per batch: the native path
+    assert calls and all(d == ["appeared"] for d in calls)  # both dates in one call per batch, the words' direction
     layers = [n for n, g in pyogrio.list_layers(out) if g is not None]
     assert len(layers) == 1
     record = gpkg.read_provenance(out, layers[0])
-    assert record["model"]["change_native"] is True
+    assert "ChangeAware" in record["model"]["capabilities"]
     assert record["model"]["extra"]["variant"] == "bitemporal"
     assert "change_type" in pyogrio.read_info(out, layer=layers[0])["fields"]

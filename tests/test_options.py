@@ -9,9 +9,10 @@ from shapely.geometry import box
 
 from conftest import write_truth_scene
 from doubles import BandOracle
-from geoseg import gpkg, pipeline
 from geoseg.errors import InputError
+from geoseg.io import gpkg
 from geoseg.options import GROUPS, OPTIONS, MinArea, RunOptions, options_for
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)

@@ -14,8 +14,11 @@ from shapely.ops import unary_union
 
 from conftest import write_truth_scene
 from doubles import BandOracle, count_calls
-from geoseg import engine, gpkg, pipeline, provenance, queries, raster, revectorize
+from geoseg import provenance, queries
 from geoseg.errors import InputError, OutputExistsError
+from geoseg.io import gpkg, raster
+from geoseg.models.base import ChangeAware
+from geoseg.run import engine, pipeline, revectorize
 
 T = Affine(0.5, 0, 500000, 0, -0.5, 5000120)
 
@@ -104,7 +107,7 @@ def test_every_trained_change_wording_names_its_direction():
     """A change-native model is asked once per direction when a query names none, so a wording
     it was trained on ("missing buildings", "road construction", "flood water") must parse to its
     own direction, or it would be asked as "new missing buildings"."""
-    from geoseg.synth.vocab import CHANGE_PHRASES
+    from geoseg.train.synth.vocab import CHANGE_PHRASES
 
     expected = {"new_buildings": "appeared", "new_roads": "appeared", "flooding": "appeared",
                 "demolished_buildings": "disappeared"}
@@ -120,13 +123,10 @@ def test_single_date_model_change_both_directions(tmp_path):
     write_truth_scene(before, [a], width=640, height=900, transform=t)
     write_truth_scene(after, [b], width=640, height=900, transform=t, seed=2)
 
-    class SingleDate(BandOracle):
-        def predict(self, images, queries, *, before=None):
-            assert before is None  # a single-date model is never asked for change
-            return super().predict(images, queries)
-
+    model = BandOracle()
+    assert not isinstance(model, ChangeAware)  # asked through PerDateChange: one date per predict call
     out = tmp_path / "c.gpkg"
-    pipeline.change(before, after, ["changed buildings"], out, opts(tile_size=256), segmenter=SingleDate())
+    pipeline.change(before, after, ["changed buildings"], out, opts(tile_size=256), segmenter=model)
     got = gpd.read_file(out, layer=0)
     appeared = unary_union(got[got.change_type == "appeared"].geometry)
     disappeared = unary_union(got[got.change_type == "disappeared"].geometry)
@@ -172,8 +172,9 @@ def test_probability_and_mask_cogs_and_revectorize(tmp_path):
 
 def test_polygons_are_built_from_the_rows_as_they_are_blended(tmp_path, monkeypatch):
     from geoseg import vectorize
+    from geoseg.vectorize import polygons
 
-    monkeypatch.setattr(vectorize, "STREAMED_BLOCK", 48)  # many block rows, a feed of 96 rows
+    monkeypatch.setattr(polygons, "STREAMED_BLOCK", 48)  # many block rows, a feed of 96 rows
     scene = tmp_path / "s.tif"
     write_truth_scene(scene, truth_polygons_utm(), width=640, height=900, transform=T)
     probs, out = tmp_path / "p.tif", tmp_path / "o.gpkg"
@@ -211,7 +212,7 @@ def test_provenance_and_hostile_query_round_trip(tmp_path):
     assert (got["query"] == query).all()
     meta = pyogrio.read_info(out, layer=summary.layers[0].name)
     assert "fid" not in [f.lower() for f in meta["fields"]]
-    from geoseg.gpkg import read_provenance
+    from geoseg.io.gpkg import read_provenance
 
     record = read_provenance(out, summary.layers[0].name)
     assert record["query"] == query and record["run_id"] == summary.run_id
@@ -305,7 +306,7 @@ def test_synthetic_scene_oracle_matches_truth_polygons(tmp_path, crs, query):
     (Water and fields: large shapes, so the pixel staircase of any raster, not the pipeline,
     stays far below the 2 % budget; small rotated buildings lose ~4 % to that staircase alone.)
     """
-    from geoseg.synth import write_scene
+    from geoseg.train.synth import write_scene
 
     synth = write_scene(tmp_path / "scene.tif", 7, 512, 512, 0.5, crs=crs)
     with rasterio.open(synth.path) as src:

@@ -11,8 +11,9 @@ from shapely.geometry import Polygon, box
 
 from conftest import write_rgb
 from doubles import BandOracle
-from geoseg import pipeline, preview
 from geoseg.errors import OutputExistsError
+from geoseg.io import preview
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 T = Affine(1, 0, 500000, 0, -1, 5000000)  # 1 m pixels: map x = 500000 + col, y = 5000000 - row

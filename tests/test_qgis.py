@@ -17,8 +17,9 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from geoseg.gpkg import LayerData, layer_name_for, write_geopackage
-from geoseg.qgis_style import style_colour
+from geoseg.io.gpkg import LayerData, write_geopackage
+from geoseg.io.qgis_style import style_colour
+from geoseg.queries import layer_name_for
 from geoseg.vectorize import VectorizeOptions, vectorize_probabilities
 
 SYSTEM_PYTHON = "/usr/bin/python3"

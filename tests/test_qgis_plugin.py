@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.qgis_style import style_colour
+from geoseg.io.qgis_style import style_colour
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "docs" / "qgis" / "geoseg_processing"

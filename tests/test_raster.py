@@ -7,8 +7,8 @@ from affine import Affine
 from rasterio.windows import Window
 
 from conftest import write_rgb
-from geoseg import raster
 from geoseg.errors import InputError
+from geoseg.io import raster
 
 UTM = Affine(0.5, 0, 500000, 0, -0.5, 5000000)
 

@@ -24,10 +24,10 @@ from test_batch import (  # noqa: E402
 
 from doubles import ConvOracle  # noqa: E402
 from geoseg import batch  # noqa: E402
+from geoseg.batch.executors import ray_executor  # noqa: E402
+from geoseg.batch.executors.local import LocalExecutor  # noqa: E402
+from geoseg.batch.executors.ray_executor import RayExecutor  # noqa: E402
 from geoseg.errors import GeosegError  # noqa: E402
-from geoseg.executors import ray_executor  # noqa: E402
-from geoseg.executors.local import LocalExecutor  # noqa: E402
-from geoseg.executors.ray_executor import RayExecutor  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -39,7 +39,7 @@ def conv_oracle(spec, **kw):
 
 def broken_model(spec, **kw):
     class Broken(ConvOracle):
-        def predict(self, images, queries, *, before=None):
+        def predict(self, images, queries):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     return Broken(tile_size=128, overlap=32)

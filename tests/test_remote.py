@@ -19,9 +19,11 @@ from click.testing import CliRunner
 from remote_server import FileServer
 
 from doubles import ConvOracle
-from geoseg import batch, formats, pipeline, provenance, raster, remote
-from geoseg.executors import local
-from geoseg.executors.local import LocalExecutor
+from geoseg import batch, provenance
+from geoseg.batch.executors import local
+from geoseg.batch.executors.local import LocalExecutor
+from geoseg.io import formats, raster, remote
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
@@ -260,15 +262,15 @@ import os, sys
 sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
 from geoseg import batch
-from geoseg.executors.local import LocalExecutor
+from geoseg.batch.executors.local import LocalExecutor
 
 class CrashAfter(ConvOracle):
     calls = 0
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         CrashAfter.calls += 1
         if CrashAfter.calls > {calls}:
             os._exit(137)  # a hard kill
-        return super().predict(images, queries, before=before)
+        return super().predict(images, queries)
 
 runner = batch.BatchRunner(LocalExecutor(load=lambda spec, **kw: CrashAfter(tile_size=256, overlap=32)))
 for r in runner.run(batch.read_jobs("jobs.jsonl")):

@@ -16,8 +16,10 @@ from shapely.ops import unary_union
 
 from conftest import write_rgb, write_truth_scene
 from doubles import BandOracle
-from geoseg import pipeline, preview, raster, tiling, vectorize
-from geoseg.stitch import PROB_SCALE
+from geoseg import vectorize
+from geoseg.io import preview, raster
+from geoseg.run import pipeline, tiling
+from geoseg.run.stitch import PROB_SCALE
 
 CX, CY = 500200.0, 5000200.0  # scene centres, UTM 33N metres
 

@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 from test_vectorize import ORIGIN, RES, same_result, write_probabilities
 
-from geoseg.rowfeed import FeedAbandoned, RowFeed
 from geoseg.vectorize import VectorizeOptions, vectorize_probabilities, vectorize_rows
+from geoseg.vectorize.rowfeed import FeedAbandoned, RowFeed
 
 
 def feed_in_strips(feed: RowFeed, codes: np.ndarray, strip: int, pause: float = 0.0) -> threading.Thread:
@@ -90,15 +90,17 @@ def test_abandoned_and_short_feeds_stop_the_reader():
 
 
 def test_a_failing_reader_lets_the_writer_go_on(monkeypatch):
-    import geoseg.vectorize as vz
+    from affine import Affine
+
+    from geoseg.vectorize import seams
 
     def broken(*args, **kwargs):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(vz, "_polygonise", broken)
+    monkeypatch.setattr(seams, "_polygonise", broken)
     feed = RowFeed(3000, 16, max_rows=100)
     writer = feed_in_strips(feed, np.full((3000, 16), 200, np.uint8), strip=50)
     with pytest.raises(MemoryError):
-        vectorize_rows(feed, vz.Affine.identity(), None, VectorizeOptions(block_size=64), scale=1 / 254, nodata=255)
+        vectorize_rows(feed, Affine.identity(), None, VectorizeOptions(block_size=64), scale=1 / 254, nodata=255)
     writer.join(timeout=10)
     assert not writer.is_alive()  # not stuck waiting for room in the buffer

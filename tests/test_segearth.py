@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from segearth_words import WORDS
 
 from geoseg.errors import ModelLoadError
+from geoseg.models.change import combine
 from geoseg.models.segearth import (
     PadInfo,
     SegEarthSegmenter,
@@ -32,7 +33,7 @@ from geoseg.models.segearth import (
     preprocess,
     unpad,
 )
-from geoseg.models.segearth.change import combine, region_change_scores, suppress_unchanged
+from geoseg.models.segearth.change import region_change_scores, suppress_unchanged
 from geoseg.models.segearth.config import PIXEL_MEAN, PIXEL_STD, parse_config
 from geoseg.models.segearth.model import SegEarthR1
 from geoseg.models.segearth.prompt import SEG_TOKEN, prompt_chunks
@@ -441,7 +442,7 @@ def test_tiny_checkpoint_loads_every_tensor_exactly(segmenter, tiny_state):
     for key, tensor in want.items():
         assert torch.equal(got[key], tensor.to(got[key].dtype)), key
     info = segmenter.info
-    assert info.tile_size == 128 and info.overlap == 128 and not info.change_native
+    assert info.tile_size == 128 and info.overlap == 128
     assert info.license == "Apache-2.0" and len(info.weights_sha256) == 64
     assert info.extra["task"] == "referring"
 
@@ -778,7 +779,6 @@ def test_combine_ignores_a_small_shift_and_finds_a_new_object():
     assert appeared[..., 40:50, 40:50].min() == 1
     disappeared = combine(after, before, "disappeared", radius=3)
     assert disappeared.max() == 0
-    assert torch.equal(combine(after, before, "both", 3), torch.maximum(appeared, disappeared))
 
 
 def test_feature_score_drops_regions_whose_features_did_not_change():
@@ -814,7 +814,8 @@ def test_predict_change_encodes_both_dates_in_one_pass(segmenter):
     assert calls == [4]  # after and before together, once for both queries
     assert pred.probabilities.shape == (2, 2, 128, 128)
     assert pred.probabilities.min() >= 0 and pred.probabilities.max() <= 1
-    same = segmenter.predict_change(tiles(1, seed=5), tiles(1, seed=5), ["road"], direction="both")
-    assert same.probabilities.max() <= 0.5  # identical dates: min(p, 1 - p) never passes 0.5
+    same = segmenter.predict_change(tiles(1, seed=5), tiles(1, seed=5), ["road", "road"],
+                                    direction=["appeared", "disappeared"])
+    assert same.probabilities.max() <= 0.5  # identical dates: min(p, 1 - p) never passes 0.5, either way
     dense = segmenter.feature_change(tiles(1, seed=5), tiles(1, seed=6))
     assert dense.shape == (1, 128, 128) and dense.min() >= 0 and dense.max() <= 1

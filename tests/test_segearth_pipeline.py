@@ -26,7 +26,7 @@ from test_segearth import (
 )
 
 from conftest import smooth_field, write_rgb
-from geoseg import pipeline
+from geoseg.run import pipeline
 from geoseg_cli.main import cli
 
 

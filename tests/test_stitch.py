@@ -7,8 +7,9 @@ from affine import Affine
 
 from conftest import smooth_field, write_rgb
 from doubles import ConvOracle
-from geoseg import engine, outputs, raster, stitch, tiling
+from geoseg.io import raster
 from geoseg.options import RunOptions
+from geoseg.run import engine, outputs, stitch, tiling
 
 
 def test_cosine_weights_partition_of_unity_in_regular_overlap():
@@ -74,7 +75,7 @@ def test_seams_cosine_blending_matches_untiled(tmp_path, field_image):
 
 
 def test_blender_memory_is_a_window_of_rows(tmp_path):
-    from geoseg.raster import Grid
+    from geoseg.io.raster import Grid
 
     grid = Grid(5000, 4000, Affine(1, 0, 0, 0, -1, 0), None)
     blender = stitch.RollingBlender(grid, [tmp_path / "a.tif"], 256, 32)

@@ -17,7 +17,7 @@ import shapely
 from pyproj import Geod
 from rasterio.enums import Resampling
 
-from geoseg.synth import (
+from geoseg.train.synth import (
     ATTRIBUTE_SETS,
     CHANGE_CLASS,
     CHANGE_KINDS,
@@ -59,7 +59,7 @@ def town():
 
 @pytest.mark.parametrize("seed,gsd", [(1, 0.5), (4, 2.0)])
 def test_scanline_rasteriser_matches_gdal(seed, gsd):
-    from geoseg.synth.scanline import rasterize
+    from geoseg.train.synth.scanline import rasterize
 
     scene = render_scene(seed, 150, 201, gsd)
     geoms = [i.geometry for i in scene.instances]
@@ -84,7 +84,7 @@ def test_same_seed_same_scene_and_other_seed_differs():
 
 
 def test_output_does_not_depend_on_the_interpreter_hash_seed():
-    code = ("import hashlib, sys; from geoseg.synth import render_scene, render_pair; "
+    code = ("import hashlib, sys; from geoseg.train.synth import render_scene, render_pair; "
             "s = render_scene(7, 96, 96, 1.0, bands=4); p = render_pair(7, 96, 96, 1.0); "
             "h = hashlib.sha256(s.image.tobytes() + s.labels.tobytes() + p.after.image.tobytes()); "
             "h.update(b''.join(m.tobytes() for m in p.change.values())); print(h.hexdigest())")
@@ -247,8 +247,8 @@ def test_overlapping_change_kinds_each_keep_their_pixels():
     # a new road across a demolition site: both kinds claim the crossing
     from shapely.geometry import box
 
-    from geoseg.synth.change import change_masks
-    from geoseg.synth.layout import Instance
+    from geoseg.train.synth.change import change_masks
+    from geoseg.train.synth.layout import Instance
 
     site = Instance("building", "intact", box(10, 10, 30, 30), {"change": "demolished_buildings"}, id=1)
     road = Instance("road", "paved", box(0, 18, 64, 24), {"change": "new_roads"}, id=2)
@@ -378,8 +378,8 @@ def test_bad_arguments_fail_clearly(tmp_path):
 def test_degenerate_field_clip_does_not_break_the_layout():
     """This seed's fields met a road so that GEOS' union raised 'unable to assign free hole to a
     shell' (seen in a training run); the layout must come out anyway, fields included."""
-    from geoseg.synth.layout import generate_layout
-    from geoseg.synth.render import stream
+    from geoseg.train.synth.layout import generate_layout
+    from geoseg.train.synth.render import stream
 
     layout = generate_layout(stream(9507828523520, "layout"), 512, 512, 0.3)
     assert sum(1 for i in layout.instances if i.cls == "field") > 0

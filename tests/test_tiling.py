@@ -3,8 +3,9 @@ import pytest
 from affine import Affine
 
 from conftest import write_rgb
-from geoseg import raster, tiling
 from geoseg.errors import InputError
+from geoseg.io import raster
+from geoseg.run import tiling
 
 
 @pytest.mark.parametrize("height,width", [(1000, 777), (256, 256), (100, 60), (513, 2000)])

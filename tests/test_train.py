@@ -155,7 +155,7 @@ def test_change_stages_build_and_step(tmp_path, one_thread):
 
 
 def test_manifest_source_batches(tmp_path):
-    from geoseg.synth.export import export_dataset
+    from geoseg.train.synth.export import export_dataset
 
     manifest = export_dataset(tmp_path / "ds", 2, seed=3, size=64, gsd_choices=(0.5,), queries_per_image=2)
     cfg = train_config_from_dict(_tiny(tmp_path, batch_size=3, data={"source": str(manifest), "tile": 64}))

@@ -1,4 +1,4 @@
-"""`geoseg evaluate`: manifests (as geoseg.synth exports them), grouped metrics, the CLI command."""
+"""`geoseg evaluate`: manifests (as geoseg.train.synth exports them), grouped metrics, the CLI command."""
 
 import json
 
@@ -20,7 +20,7 @@ class OracleSegmenter:
         self.answers = answers
         self.device = torch.device("cpu")
 
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         from geoseg.models.base import Prediction
 
         h, w = images.shape[-2:]
@@ -47,7 +47,7 @@ def test_evaluate_samples_pads_and_crops_odd_sizes():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from geoseg.synth.export import export_dataset
+    from geoseg.train.synth.export import export_dataset
 
     out = tmp_path_factory.mktemp("ds")
     return export_dataset(out, 2, seed=5, size=64, gsd_choices=(0.5,), queries_per_image=3)
@@ -99,7 +99,7 @@ class BrightnessSegmenter:
         self.device = torch.device("cpu")
         self.seen: list[tuple[int, int]] = []
 
-    def predict(self, images, queries, *, before=None):
+    def predict(self, images, queries):
         from geoseg.models.base import Prediction
 
         self.seen.append(tuple(images.shape[-2:]))

@@ -74,9 +74,9 @@ def crop(path: Path, window: int, out: Path) -> Path:
 
 
 def measure(checkpoint: Path, window: int) -> None:
-    from geoseg import pipeline
     from geoseg.models.compact.segmenter import load_compact_segmenter
     from geoseg.options import RunOptions
+    from geoseg.run import pipeline
 
     model = load_compact_segmenter(checkpoint)
     queries = list(UNRELATED_EVAL) + list(KNOWN_EVAL)

@@ -7,7 +7,7 @@ on top, return per-pixel probabilities at the tile's size, and must be determini
 
 What a model can do beyond `predict` is declared here as capabilities (`ChangeAware`,
 `Generative`, `Dialogue`, `Grounded`, `ProvenanceSource`, `EncodesQueries`, `KnowsConcepts`): the pipeline asks `isinstance(model,
-ChangeAware)`, never `hasattr`, and every wrapper (geoseg.executors: batch jobs, Ray replicas)
+ChangeAware)`, never `hasattr`, and every wrapper (geoseg.batch.executors: batch jobs, Ray replicas)
 exposes exactly the capabilities of the model it wraps (`capabilities(model)`).
 """
 
@@ -34,9 +34,8 @@ class ModelInfo:
     bands: int = 3  # number of input channels the model expects (RGB order)
     weights_sha256: str | None = None
     license: str = "unknown"
-    change_native: bool = False  # True: predict(after, before=before) returns change probabilities
     # Ground resolutions (metres per pixel, finest, coarsest) the weights were trained on; scenes
-    # far finer are read at the finest (geoseg.gsd). None: no declared range, scenes read as they are.
+    # far finer are read at the finest (geoseg.io.gsd). None: no declared range, scenes read as they are.
     gsd_range: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)  # family-specific facts for provenance
 
@@ -85,21 +84,15 @@ class Segmenter(Protocol):
 
     `images` is a float32 tensor B x C x H x W with values in [0, 1] (C == info.bands), already on
     `device`. `queries` are the natural-language queries of the run; implementations encode each
-    image once and reuse its features for every query. With `before` (same shape as `images`) a
-    change-native model returns the probability of the queried change between `before` and
-    `images` (the after date). Pixels outside the valid data are handled by the pipeline.
+    image once and reuse its features for every query. Pixels outside the valid data are handled
+    by the pipeline. Two dates are a capability of their own (`ChangeAware`): a model that only
+    answers about pairs raises InputError here, naming `geoseg change`.
     """
 
     info: ModelInfo
     device: torch.device
 
-    def predict(
-        self,
-        images: torch.Tensor,
-        queries: Sequence[str],
-        *,
-        before: torch.Tensor | None = None,
-    ) -> Prediction: ...
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction: ...
 
 
 # ---------------------------------------------------------------- capabilities
@@ -116,12 +109,18 @@ class Answer(Protocol):
 
 @runtime_checkable
 class ChangeAware(Segmenter, Protocol):
-    """Answers a change question about two dates one direction at a time: `direction` is appeared |
-    disappeared, one for every query or one per query (the engine asks each batch once, a (query,
-    direction) per channel, so a query may come twice). How the model tells the directions apart is
-    its own (compact-change: each direction's wording; SegEarth-R1: both dates segmented and compared,
-    with a feature-change test against misregistration and lighting). Models without it get an
-    adapter (geoseg.models.change.change_view)."""
+    """Answers a change question about two dates, one direction at a time. The one declaration of
+    "this model reads pairs": models without it are asked through geoseg.models.change.PerDateChange.
+
+    `change_types(query)` says which change types the query's layer gets: the direction its words
+    name, else both `appeared` and `disappeared`, or `changed` from a model that cannot tell the
+    directions apart (it reads them from the query's words alone). `predict_change` is then asked,
+    per query, for exactly those (one for every query or one per query; the engine asks each batch
+    once, a (query, change type) per channel, so a query may come twice). How the model tells the
+    directions apart is its own (compact-change: each direction's wording; SegEarth-R1: both dates
+    segmented and compared, with a feature-change test against misregistration and lighting)."""
+
+    def change_types(self, query: str) -> tuple[str, ...]: ...
 
     def predict_change(
         self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *,
@@ -197,7 +196,11 @@ def capabilities(model: object) -> tuple[type, ...]:
     return tuple(c for c in CAPABILITIES if isinstance(model, c))
 
 
+# The data members each capability declares (methods are forwarded call by call): what a wrapper
+# copies to expose the same capabilities. tests/test_capabilities.py checks it against the Protocols.
+DATA_MEMBERS: dict[type, tuple[str, ...]] = {Grounded: ("answers",)}
+
+
 def declared_members(model: object, caps: Sequence[type]) -> dict[str, Any]:
-    """The data members (not methods) that capabilities `caps` declare, read from `model`
-    (e.g. Grounded.answers): what a wrapper copies to expose the same capabilities."""
-    return {name: getattr(model, name) for c in caps for name in c.__dict__.get("__annotations__", {})}
+    """The data members that capabilities `caps` declare (DATA_MEMBERS), read from `model`."""
+    return {name: getattr(model, name) for c in caps for name in DATA_MEMBERS.get(c, ())}

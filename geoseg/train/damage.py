@@ -12,7 +12,7 @@ is left intact, damaged or destroyed, and painted accordingly:
 - around some damaged or destroyed houses, the ground is mud or standing flood water.
 
 Masks are the damaged and destroyed FOOTPRINTS (the spill is not the building); intact buildings
-in the same chip stay negatives of the damage queries. As in geoseg.synth.vocab, a destroyed
+in the same chip stay negatives of the damage queries. As in geoseg.train.synth.vocab, a destroyed
 building is a damaged building but no longer a building.
 
 Everything is drawn from a `DamageStyle`. `TRAIN_STYLE` and `VALIDATION_STYLE` use disjoint
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from geoseg.synth.textures import value_noise
+from geoseg.train.synth.textures import value_noise
 
 INTACT, DAMAGED, DESTROYED = 0, 1, 2
 
@@ -263,7 +263,7 @@ def destroyed_pair(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """A change pair from one chip: before = the chip, after = some buildings destroyed (rubble or
     burn scar) or cleared to bare ground. Returns (before, after, change masks by change kind of
-    geoseg.synth.vocab: "damaged_buildings" = newly damaged or destroyed footprints,
+    geoseg.train.synth.vocab: "damaged_buildings" = newly damaged or destroyed footprints,
     "demolished_buildings" = footprints destroyed)."""
     comp = composite_damage(rng, image, buildings, style, p_damaged=0.3, p_destroyed=0.4)
     after = comp.image

@@ -1,4 +1,4 @@
-"""Training batches: drawn on the fly from geoseg.synth (seeded), or read from a JSONL manifest.
+"""Training batches: drawn on the fly from geoseg.train.synth (seeded), or read from a JSONL manifest.
 
 A batch holds B images and M = B x K (image, query, mask) pairs: each image is encoded once and
 queried K times, as at inference. Synthetic scenes are rendered at `scene_size`, stretched per

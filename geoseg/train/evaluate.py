@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from geoseg.errors import InputError
 from geoseg.models.base import Segmenter
+from geoseg.models.change import change_probabilities, change_view
 from geoseg.options import EVAL_SCALE_MAX
 from geoseg.train.manifest import ManifestSample, load_image, load_mask, read_manifest
 from geoseg.train.metrics import MetricAccumulator
@@ -57,14 +58,18 @@ def _resampled(image: np.ndarray, scale: float) -> np.ndarray:
 def predict_sample(segmenter: Segmenter, sample: EvalSample, scale: float = 1.0) -> np.ndarray:
     """Q x H x W probabilities for the sample's expressions.
 
+    A change sample (with `before`) is asked as `geoseg change` asks (geoseg.models.change).
     With `scale` != 1 the model reads the image(s) resampled by that factor (0.5: a ground
     resolution twice as coarse) and its probabilities are resampled back onto the truth's grid.
     """
     h, w = sample.image.shape[:2]
     after = _resampled(sample.image, scale)
     images = _to_tensor(after, segmenter.device)
-    before = _to_tensor(_resampled(sample.before, scale), segmenter.device) if sample.before is not None else None
-    probs = segmenter.predict(images, sample.expressions, before=before).probabilities[0]
+    if sample.before is None:
+        probs = segmenter.predict(images, sample.expressions).probabilities[0]
+    else:  # a change sample: the query's change in any of the directions the model answers it with
+        before = _to_tensor(_resampled(sample.before, scale), segmenter.device)
+        probs = change_probabilities(change_view(segmenter), images, before, sample.expressions)[0]
     probs = probs[:, : after.shape[0], : after.shape[1]].float()
     if scale != 1.0:
         probs = torch.nn.functional.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
@@ -120,8 +125,8 @@ def manifest_samples(path: str | Path, tags: Sequence[str] = ()) -> Iterator[Eva
 def _vocabulary_tags(expression: str) -> tuple[str, ...]:
     """"split:train" / "split:synonym" / ... and the concept ("concept:change/new_roads", ...)
     for wordings of the synthetic vocabulary."""
-    from geoseg.synth.vocab import PHRASE_INDEX, normalise
     from geoseg.train.queries import split_of
+    from geoseg.train.synth.vocab import PHRASE_INDEX, normalise
 
     phrase = PHRASE_INDEX.get(normalise(expression))
     return (f"split:{split_of(phrase)}", f"concept:{phrase.concept}") if phrase else ()

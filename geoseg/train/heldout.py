@@ -13,7 +13,7 @@ Sets (each a folder with manifest.jsonl, see docs/dataset-format.md):
 With --validation, the sets for choosing between training runs instead (never the held-out seeds):
     validation-a, validation-b   training wordings on new scenes, like `seen` (40 and 80 scenes)
     validation-change            change wordings on new pairs, like `change` (40 pairs)
-Scenes are drawn by geoseg.synth.export_dataset from its own seed sequence
+Scenes are drawn by geoseg.train.synth.export_dataset from its own seed sequence
 (SeedSequence([seed, i])), unrelated to the training stream (data.seed * 1_000_003 + k).
 """
 
@@ -40,7 +40,7 @@ VALIDATION_SETS = {
 
 def export_heldout_sets(out_dir: str | Path, n: int = 40, size: int = 256, queries_per_image: int = 6,
                         empty_fraction: float = 0.25, names: tuple[str, ...] = tuple(SETS)) -> dict[str, Path]:
-    from geoseg.synth.export import export_dataset
+    from geoseg.train.synth.export import export_dataset
 
     splits = queries_by_split()
     out = {}

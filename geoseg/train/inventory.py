@@ -30,7 +30,6 @@ import torch
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 from geoseg.models.concepts import Inventory, KnownRule, TrainedConcept, judge, sentence_embeddings
-from geoseg.synth import vocab
 from geoseg.train.config import TrainConfig
 from geoseg.train.queries import (
     HELDOUT_WORDS,
@@ -42,6 +41,7 @@ from geoseg.train.queries import (
     queries_by_split,
 )
 from geoseg.train.real import CHANGE_KINDS, VAL_TAG, RealVocabulary
+from geoseg.train.synth import vocab
 
 log = logging.getLogger(__name__)
 

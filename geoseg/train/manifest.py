@@ -77,7 +77,7 @@ def _samples_of(rec: dict, root: Path) -> Iterator[ManifestSample]:
     if "image" not in paths and not ("before" in paths and "after" in paths):
         raise KeyError("image (or before + after)")
     tags = list(rec.get("tags", ()))
-    # geoseg.synth exports describe each query; turn that into evaluation groups
+    # geoseg.train.synth exports describe each query; turn that into evaluation groups
     if rec.get("kind"):
         tags.append(f"kind:{rec['kind']}")
     if rec.get("gsd") is not None:

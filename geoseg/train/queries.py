@@ -1,6 +1,6 @@
 """Which queries the training data asks, and which are held out for evaluation.
 
-The wordings and what they mean come from geoseg.synth.vocab (concepts = instance filters or
+The wordings and what they mean come from geoseg.train.synth.vocab (concepts = instance filters or
 change kinds; phrases = wordings with their synonym group and attribute set). This module only
 decides the splits and draws (phrase, mask) pairs for a crop:
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg.synth import vocab
+from geoseg.train.synth import vocab
 
 HELDOUT_SYNONYMS = ("building:houses", "road:streets")
 HELDOUT_ATTRIBUTES = ("white_roof",)

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from geoseg.errors import InputError
-from geoseg.synth import vocab
 from geoseg.train.batch import Batch, stack_batch
 from geoseg.train.config import TrainConfig
 from geoseg.train.damage import DAMAGE_WORDINGS, TRAIN_STYLE, composite_damage, destroyed_pair
 from geoseg.train.manifest import load_image, load_mask, read_manifest
 from geoseg.train.queries import HELDOUT_WORDS, UNRELATED_TRAIN, draw_targets, queries_by_split
+from geoseg.train.synth import vocab
 
 log = logging.getLogger(__name__)
 

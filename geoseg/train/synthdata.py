@@ -1,4 +1,4 @@
-"""geoseg.synth scenes in the form training needs: stretched images, instance ids, truth tables.
+"""geoseg.train.synth scenes in the form training needs: stretched images, instance ids, truth tables.
 
 Images are stretched to [0, 1] by each band's 2nd-98th percentile over the whole scene, which is
 what the pipeline does with a real scene before cutting it into tiles. Every render draws its
@@ -37,14 +37,14 @@ def _table(instances) -> InstanceTable:
 
 
 def _draw(seed: int, gsds: Sequence[float]) -> tuple[float, str]:
-    from geoseg.synth.palette import SEASONS
+    from geoseg.train.synth.palette import SEASONS
 
     rng = np.random.default_rng([seed, 0x6E05])
     return float(gsds[int(rng.integers(len(gsds)))]), SEASONS[int(rng.integers(len(SEASONS)))]
 
 
 def render_scene_for_training(seed: int, size: int, gsds: Sequence[float]) -> Scene:
-    from geoseg.synth.render import render_scene
+    from geoseg.train.synth.render import render_scene
 
     gsd, season = _draw(seed, gsds)
     s = render_scene(seed, size, size, gsd, season=season)
@@ -52,8 +52,8 @@ def render_scene_for_training(seed: int, size: int, gsds: Sequence[float]) -> Sc
 
 
 def render_pair_scene(seed: int, size: int, gsds: Sequence[float]) -> PairScene:
-    from geoseg.synth.change import render_pair
-    from geoseg.synth.vocab import DEFAULT_CHANGE_KINDS
+    from geoseg.train.synth.change import render_pair
+    from geoseg.train.synth.vocab import DEFAULT_CHANGE_KINDS
 
     gsd, season = _draw(seed, gsds)
     p = render_pair(seed, size, size, gsd, season_before=season)

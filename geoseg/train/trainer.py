@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from geoseg.errors import InputError
-from geoseg.fileio import replace_directory
+from geoseg.io.fileio import replace_directory
 from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
 from geoseg.models.compact.encoder import load_imagenet_weights
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from geoseg.errors import InputError, ModelLoadError
 from geoseg.models.base import ModelInfo, Prediction
-from geoseg.models.change import APPEARED, DIRECTIONS, per_query
+from geoseg.models.change import APPEARED, DIRECTIONS, directed_change_types, per_query
 from geoseg.models.compact.config import CompactConfig
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
 from geoseg.models.compact.text import TextEncoder, TextFeatures, shared_text_encoder
@@ -51,20 +51,16 @@ class CompactSegmenter:
         self.info = info
         self.device = device
 
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
+        return self._predict(images, queries, None)
+
     @torch.inference_mode()
-    def predict(
-        self,
-        images: torch.Tensor,
-        queries: Sequence[str],
-        *,
-        before: torch.Tensor | None = None,
-    ) -> Prediction:
+    def _predict(self, images: torch.Tensor, queries: Sequence[str], before: torch.Tensor | None) -> Prediction:
+        """B x Q x H x W probabilities of one date, or of the queried change with `before`."""
         self._check(images, queries, before)
         images = images.to(self.device, torch.float32)
-        if before is not None and self.model.config.change:
+        if before is not None:
             before = before.to(self.device, torch.float32)
-        else:
-            before = None
         text = self.text.encode(list(queries)).to(self.device)
         scales = self.model.config.inference_scales
         probabilities = cast(torch.Tensor, sum(self._read(images, before, text, scale) for scale in scales)) / len(scales)
@@ -104,7 +100,9 @@ class CompactSegmenter:
         if not queries or any(not q.strip() for q in queries):
             raise InputError(f"{self.info.name}: every query must be a non-empty string")
         if self.model.config.change and before is None:
-            raise InputError(f"{self.info.name} is a change model: give both dates (before and after)")
+            raise InputError(f"{self.info.name} is a change model: give both dates (geoseg change BEFORE AFTER)")
+        if before is not None and not self.model.config.change:
+            raise InputError(f"{self.info.name} reads one date; it is asked about pairs through geoseg.models.change")
         if before is not None and before.shape != images.shape:
             raise InputError(f"{self.info.name}: before {tuple(before.shape)} and after {tuple(images.shape)} differ in shape")
 
@@ -130,8 +128,11 @@ class AsksDirections(CompactSegmenter):
                        direction: str | Sequence[str] = APPEARED) -> Prediction:
         asked = [directed_wording(q, d) for q, d in zip(queries, per_query(direction, queries), strict=True)]
         unique = list(dict.fromkeys(asked))
-        p = self.predict(after, unique, before=before).probabilities
+        p = self._predict(after, unique, before).probabilities
         return Prediction(p[:, [unique.index(a) for a in asked]])
+
+    def change_types(self, query: str) -> tuple[str, ...]:
+        return directed_change_types(query)
 
     def encode_queries(self, queries: Sequence[str]) -> None:
         super().encode_queries([*queries, *(directed_wording(q, d) for q in queries for d in DIRECTIONS
@@ -193,7 +194,6 @@ def model_info(config: CompactConfig, name: str, sha256: str | None) -> ModelInf
         bands=3,
         weights_sha256=sha256,
         license=LICENSE,
-        change_native=config.change,
         gsd_range=config.gsd_range,
         extra={
             "family": "compact",

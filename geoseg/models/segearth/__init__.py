@@ -212,7 +212,6 @@ def load_segearth_segmenter(
         bands=3,
         weights_sha256=sha,
         license=LICENSE,
-        change_native=loaded.variant == "bitemporal",
         gsd_range=options.gsd_range,
         extra={
             "family": "segearth-r1",

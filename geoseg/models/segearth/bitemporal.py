@@ -32,12 +32,14 @@ from torch import nn
 
 from geoseg.errors import InputError
 from geoseg.models.base import ModelInfo, Prediction
+from geoseg.models.change import APPEARED, UNDIRECTED, per_query
 from geoseg.models.segearth.config import GeosegOptions, SegEarthConfig
 from geoseg.models.segearth.generate import IMAGE, llm_hidden, multimodal_batch
 from geoseg.models.segearth.model import ImageFeatures, SegEarthR1
 from geoseg.models.segearth.preprocess import PadInfo, preprocess, unpad
 from geoseg.models.segearth.prompt import SYSTEM, PromptIds, refer_ids
 from geoseg.models.segearth.segmenter import gate
+from geoseg.queries import change_direction
 
 MODEL_TYPE = "segearth_r1_bitemporal"
 FUSION_VARIANTS = ("full", "absdiff", "concat", "average")
@@ -160,8 +162,10 @@ class EncodedPair:
 
 
 class BitemporalSegmenter:
-    """Change-native Segmenter: `predict(after, queries, before=before)` returns the probability of
-    the queried change (the pipeline's change-native path)."""
+    """ChangeAware: both dates in one pass; the probability of the queried change. It reads the
+    direction from the query's words alone, so it cannot be asked for one: a query that names none
+    gets one set of polygons, change type `changed` (geoseg.models.change.UNDIRECTED), never one
+    mask written as both directions."""
 
     def __init__(
         self,
@@ -219,16 +223,23 @@ class BitemporalSegmenter:
             small = self.net.change_logits(encoded.features)
         return unpad(small.float(), encoded.pad).sigmoid()
 
-    def predict(
-        self, images: torch.Tensor, queries: Sequence[str], *, before: torch.Tensor | None = None
-    ) -> Prediction:
-        if before is None:
-            raise InputError(
-                f"{self.info.name} is a bi-temporal change model: run it with `geoseg change "
-                "BEFORE AFTER` (two dates), or use a single-date model for `geoseg segment`"
-            )
-        logits = self.logits(self.encode(images, before), queries)
-        return Prediction(
-            probabilities=gate(logits, self.options.gate_min_score, self.options.gate_min_area)
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
+        raise InputError(
+            f"{self.info.name} is a bi-temporal change model: run it with `geoseg change "
+            "BEFORE AFTER` (two dates), or use a single-date model for `geoseg segment`"
         )
 
+    def change_types(self, query: str) -> tuple[str, ...]:
+        said = change_direction(query)
+        return (UNDIRECTED,) if said == "both" else (said,)
+
+    def predict_change(self, after: torch.Tensor, before: torch.Tensor, queries: Sequence[str], *,
+                       direction: str | Sequence[str] = APPEARED) -> Prediction:
+        for q, d in zip(queries, per_query(direction, queries), strict=True):
+            if (d,) != self.change_types(q):
+                raise ValueError(f"{self.info.name} reads the direction from the query's words: {q!r} "
+                                 f"cannot be asked for {d!r}")
+        unique = list(dict.fromkeys(queries))
+        logits = self.logits(self.encode(after, before), unique)
+        probabilities = gate(logits, self.options.gate_min_score, self.options.gate_min_area)
+        return Prediction(probabilities=probabilities[:, [unique.index(q) for q in queries]])

@@ -1,9 +1,8 @@
-"""Change detection with a single-date segmenter.
+"""Change detection with the single-date SegEarth-R1: its test against changes that are not real.
 
-Both dates are segmented with the same query (image features computed once per date). Then
-- appeared    = after AND NOT dilate(before)
-- disappeared = before AND NOT dilate(after)
-where the dilation absorbs small misregistration of object edges. Remaining change regions are
+Both dates are segmented with the same query (image features computed once per date) and combined
+with the one per-date formula (geoseg.models.change.combine: appeared = min(after, 1 - dilate(before)),
+the dilation absorbing small misregistration of object edges). Remaining change regions are
 checked with AnyChange's latent change score: the cosine between the mean image features of the two
 dates inside the region; a region whose features barely turned (lighting, seasonal tint, a shifted
 but identical object) is dropped.
@@ -19,31 +18,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from geoseg.models.segearth.preprocess import PadInfo, to_input_frame, unpad
-
-DIRECTIONS = ("appeared", "disappeared", "both")
-
-
-def dilate(prob: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey dilation of ... x H x W maps with a (2r+1)^2 square."""
-    if radius <= 0:
-        return prob
-    lead = prob.shape[:-2]
-    flat = prob.reshape(-1, 1, *prob.shape[-2:])
-    out = F.max_pool2d(flat, kernel_size=2 * radius + 1, stride=1, padding=radius)
-    return out.reshape(*lead, *out.shape[-2:])
-
-
-def combine(after: torch.Tensor, before: torch.Tensor, direction: str, radius: int) -> torch.Tensor:
-    """Soft `a AND NOT dilate(b)` on probabilities (min / 1 - p), for the requested direction."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-    appeared = torch.minimum(after, 1 - dilate(before, radius))
-    disappeared = torch.minimum(before, 1 - dilate(after, radius))
-    if direction == "appeared":
-        return appeared
-    if direction == "disappeared":
-        return disappeared
-    return torch.maximum(appeared, disappeared)
 
 
 def region_change_scores(

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import ModelLoadError
-from geoseg.fileio import replace_directory
+from geoseg.io.fileio import replace_directory
 
 # Keys a checkpoint may carry that are not parameters here (4.36-era non-persistent buffers that
 # some savers still write); they are dropped silently.

@@ -284,7 +284,7 @@ class GenerativeSegmenter(SegEarthSegmenter):
 
     `with_history(turns)` gives a view that answers inside a conversation; `grounded(answers)` a
     view that grounds fixed answers (one per query, e.g. decided once on a scene overview) on every
-    tile, so the phrases and the text are the same across tiles (see geoseg.dialogue)."""
+    tile, so the phrases and the text are the same across tiles (see geoseg.run.dialogue)."""
 
     def __init__(self, *args, ids: GenerativeIds, **kwargs):
         super().__init__(*args, **kwargs)
@@ -351,13 +351,9 @@ class GenerativeSegmenter(SegEarthSegmenter):
         return out
 
     # --- the Segmenter contract ----------------------------------------------------------------
-    def predict(
-        self, images: torch.Tensor, queries: Sequence[str], *, before: torch.Tensor | None = None
-    ) -> Prediction:
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         """Per tile and query: a greedy answer, then one mask per [SEG]. `probabilities` is the
         union (max) of a query's targets (zeros without [SEG]); `targets[b][q]` names them."""
-        if before is not None:
-            return self.predict_change(images, before, queries, direction="appeared")
         encoded = self.encode(images)
         answers = [self.answer_encoded(encoded, q) for q in queries]  # [q][b]
         self.last_answers = [[answers[q][b] for q in range(len(queries))] for b in range(len(encoded))]
@@ -403,11 +399,7 @@ class GroundedSegmenter:
     def provenance(self, query_index: int) -> dict:
         return {"dialogue": self.answers[query_index].to_record()}
 
-    def predict(
-        self, images: torch.Tensor, queries: Sequence[str], *, before: torch.Tensor | None = None
-    ) -> Prediction:
-        if before is not None:
-            return self.parent.predict(images, queries, before=before)
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
         encoded = self.parent.encode(images)
         per_targets, per_answers = [], []
         for q in queries:

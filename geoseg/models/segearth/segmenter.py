@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from geoseg.models.base import ModelInfo, Prediction
-from geoseg.models.change import per_query
-from geoseg.models.segearth.change import combine, feature_change_map, suppress_unchanged
+from geoseg.models.change import combine, directed_change_types, per_query
+from geoseg.models.segearth.change import feature_change_map, suppress_unchanged
 from geoseg.models.segearth.config import GeosegOptions
 from geoseg.models.segearth.model import ImageFeatures, SegEarthR1
 from geoseg.models.segearth.preprocess import PadInfo, preprocess, unpad
@@ -112,19 +112,13 @@ class SegEarthSegmenter:
         return gate(logits, self.options.gate_min_score, self.options.gate_min_area)
 
     # --- the Segmenter contract ---------------------------------------------------------------
-    def predict(
-        self,
-        images: torch.Tensor,
-        queries: Sequence[str],
-        *,
-        before: torch.Tensor | None = None,
-    ) -> Prediction:
-        """B x Q x H x W probabilities. With `before`, the probability that the queried object
-        appeared (see `predict_change` for the other directions)."""
-        if before is not None:
-            return self.predict_change(images, before, queries, direction="appeared")
+    def predict(self, images: torch.Tensor, queries: Sequence[str]) -> Prediction:
+        """B x Q x H x W probabilities."""
         encoded = self.encode(images)
         return Prediction(probabilities=self.probabilities(self.logits(encoded, queries)))
+
+    def change_types(self, query: str) -> tuple[str, ...]:
+        return directed_change_types(query)
 
     def predict_change(
         self,
@@ -136,8 +130,8 @@ class SegEarthSegmenter:
     ) -> Prediction:
         """Change probabilities B x Q x H x W from segmenting both dates with the same queries.
 
-        `direction` (one for every query, or one per query): "appeared" (after AND NOT
-        dilate(before)), "disappeared" (the reverse) or "both" (their maximum). Each distinct
+        `direction` (one for every query, or one per query): "appeared" or "disappeared", each by
+        geoseg.models.change.combine with `change_dilate_px`. Each distinct
         query is segmented once, whatever directions it is asked for. Regions whose image features
         did not change are suppressed.
         """

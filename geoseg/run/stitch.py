@@ -23,10 +23,10 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from geoseg.io.raster import Grid
 from geoseg.options import BLEND_MODES  # declared with the --blend option
-from geoseg.raster import Grid
-from geoseg.rowfeed import RowFeed
-from geoseg.tiling import Tile
+from geoseg.run.tiling import Tile
+from geoseg.vectorize.rowfeed import RowFeed
 
 PROB_SCALE = 254
 PROB_NODATA = 255
@@ -199,9 +199,3 @@ def _open_probability_raster(path: Path, grid: Grid):
     dst.offsets = (0.0,)
     dst.update_tags(1, geoseg_encoding=f"probability = value / {PROB_SCALE}; {PROB_NODATA} = nodata")
     return dst
-
-
-def write_cog(src_path: Path, dst_path: Path) -> None:
-    """Copy a probability raster to a Cloud-Optimised GeoTIFF (GDAL streams it block by block;
-    tags, scale/offset and nodata travel with it, so `geoseg vectorize` can read it back)."""
-    rasterio.shutil.copy(src_path, dst_path, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")

@@ -8,7 +8,7 @@
 
 `segment` and `change` differ only in how they open their inputs (one scene each, or an aligned
 pair) and load their default model; `run` does the rest for both. `geoseg vectorize` runs no model
-and lives in the torch-free geoseg.revectorize.
+and lives in the torch-free geoseg.run.revectorize.
 
 Everything heavy happens before anything is written next to the user's files; the outputs are
 committed at the end (GeoPackage atomically, COGs by rename), so a failure or Ctrl-C leaves the
@@ -28,8 +28,21 @@ from typing import Any
 
 import geopandas as gpd
 
-from geoseg import provenance, raster, vectorize
-from geoseg.engine import (
+from geoseg import provenance, vectorize
+from geoseg.errors import InputError
+from geoseg.io import raster
+from geoseg.io.gsd import GsdChoice
+from geoseg.models.base import (
+    EncodesQueries,
+    KnowsConcepts,
+    ProvenanceSource,
+    Segmenter,
+    capabilities,
+)
+from geoseg.models.registry import default_model, load_segmenter
+from geoseg.options import RunOptions
+from geoseg.queries import Query, parse_queries, validate_queries
+from geoseg.run.engine import (
     Channel,
     Checkpoints,
     batch_size_for,
@@ -38,13 +51,7 @@ from geoseg.engine import (
     parameter_megabytes,
     plan_for,
 )
-from geoseg.errors import InputError
-from geoseg.gsd import GsdChoice
-from geoseg.models.base import EncodesQueries, KnowsConcepts, ProvenanceSource, Segmenter
-from geoseg.models.concepts import QueryKnowledge
-from geoseg.models.registry import default_model, load_segmenter
-from geoseg.options import RunOptions
-from geoseg.outputs import (
+from geoseg.run.outputs import (
     RunSummary,
     check_outputs,
     commit_outputs,
@@ -56,9 +63,8 @@ from geoseg.outputs import (
     with_fields,
     work_directory,
 )
-from geoseg.queries import validate_queries
-from geoseg.rowfeed import FeedAbandoned, RowFeed
-from geoseg.stitch import PROB_NODATA, PROB_SCALE
+from geoseg.run.stitch import PROB_NODATA, PROB_SCALE
+from geoseg.vectorize.rowfeed import FeedAbandoned, RowFeed
 
 log = logging.getLogger("geoseg")
 
@@ -85,16 +91,16 @@ def segment(
     """
     opts = options or RunOptions()
     started = time.perf_counter()
-    queries, output = validate_queries(queries), Path(output)
-    check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(queries))
+    parsed, output = parse_queries(queries, layer=opts.layer), Path(output)
+    check_outputs(output, opts, n_scenes=len(scenes), n_queries=len(parsed))
     for path in scenes:  # every input is validated before the (possibly large) model loads
         if not isinstance(path, raster.Scene):
             raster.open_input(path, bands=opts.bands, nodata=opts.nodata, pixel_coords=opts.pixel_coords,
                               asset=opts.asset)
     model = segmenter or load_model("segment", opts)
-    with queries_encoded_beside(model, queries):
+    with queries_encoded_beside(model, parsed):
         opened = [s if isinstance(s, raster.Scene) else open_scene(s, model, opts) for s in scenes]
-        return run("segment", opened, queries, output, opts, model, checkpoints, started)
+        return run("segment", opened, parsed, output, opts, model, checkpoints, started)
 
 
 def change(
@@ -114,25 +120,25 @@ def change(
     """
     opts = options or RunOptions()
     started = time.perf_counter()
-    queries, output = validate_queries(queries), Path(output)
-    check_outputs(output, opts, n_scenes=1, n_queries=len(queries))
+    parsed, output = parse_queries(queries, layer=opts.layer), Path(output)
+    check_outputs(output, opts, n_scenes=1, n_queries=len(parsed))
     for path in (before, after):  # each input is validated before the (possibly large) model loads
         raster.open_input(path, bands=opts.bands, nodata=opts.nodata, asset=opts.asset)
     # Aligned and normalised once, after the model is known: its bands and ground resolution
     # range decide which bands are read and on which grid.
     model = segmenter or load_model("change", opts)
-    with queries_encoded_beside(model, queries):
+    with queries_encoded_beside(model, parsed):
         scene = open_pair(before, after, model, opts)
         # A partial overlap is worth a warning: change outside it cannot be seen.
         log.log(logging.INFO if scene.overlap_fraction > 0.999 else logging.WARNING,
                 "the dates overlap on %.1f%% of the reference grid", 100 * scene.overlap_fraction)
-        return run("change", [scene], queries, output, opts, model, checkpoints, started)
+        return run("change", [scene], parsed, output, opts, model, checkpoints, started)
 
 
 def run(
     command: str,
     scenes: Sequence[raster.Scene],
-    queries: list[str],
+    queries: list[Query],
     output: Path,
     opts: RunOptions,
     model: Segmenter,
@@ -145,8 +151,9 @@ def run(
     pair = command == "change"
     summary = RunSummary(command, str(output), provenance.new_run_id(), model.info.name,
                          overlap_fraction=scenes[0].overlap_fraction if pair else None)
-    knowledge = checked_queries(model, queries, opts, summary.warnings)
-    summary.query_check = [k.to_dict() for k in knowledge] if knowledge is not None else None
+    queries = checked_queries(model, queries, opts, summary.warnings)
+    summary.query_check = [q.knowledge.to_dict() for q in queries if q.knowledge is not None] or None
+    texts = [q.text for q in queries]  # what the model is asked
     summary.warnings += [w for s in scenes if (w := gsd_warning(s)) is not None]
     plans = [plan_for(scene, model, opts) for scene in scenes]
     parts: list[list[gpd.GeoDataFrame]] = [[] for _ in queries]
@@ -158,15 +165,15 @@ def run(
         # so reading a large scene for its sha256 overlaps the model instead of following it.
         hashed = {str(i.path): hasher.submit(input_record, i, opts.hash_inputs) for s in scenes for i in s.inputs}
         for n, scene in enumerate(scenes):
-            scene_model, channels = channels_for(model, scene, queries, opts.dilate_px)
+            scene_model, channels = channels_for(model, scene, texts, opts.dilate_px)
             prob_paths = [Path(tmp) / f"scene{n}_{c.file_stem()}.tif" for c in channels]
             first_raster = first_raster or prob_paths[0]
             journal = checkpoints.journal(n) if checkpoints else None
             with polygons_beside(scene, len(channels), opts) as (feeds, frames):
-                infer_scene(scene, scene_model, queries, channels, plans[n], prob_paths, opts, summary, journal, feeds)
+                infer_scene(scene, scene_model, texts, channels, plans[n], prob_paths, opts, summary, journal, feeds)
             for c, path, frame in zip(channels, prob_paths, frames, strict=True):
                 parts[c.query_index].append(
-                    channel_polygons(path, c, scene, queries, model, summary.run_id, opts, streamed(frame)))
+                    channel_polygons(path, c, scene, texts, model, summary.run_id, opts, streamed(frame)))
             if isinstance(scene_model, ProvenanceSource):
                 for qi in range(len(queries)):
                     answers[qi].append(scene_model.provenance(qi))
@@ -178,13 +185,14 @@ def run(
         layers = []
         for qi, query in enumerate(queries):
             record = provenance.run_record(
-                run_id=summary.run_id, command=command, query=query, inputs=inputs,
-                model=model.info.to_dict(), parameters=opts.record(), scene=scene_record,
+                run_id=summary.run_id, command=command, query=query.text, inputs=inputs,
+                model=model.info.to_dict() | {"capabilities": [c.__name__ for c in capabilities(model)]},
+                parameters=opts.record(), scene=scene_record,
                 extra=(answers[qi][0] if len(answers[qi]) == 1 else ({"answers": answers[qi]} if answers[qi] else {}))
-                | ({"query_check": knowledge[qi].to_dict()} if knowledge is not None else {}),
+                | ({"query_check": query.knowledge.to_dict()} if query.knowledge is not None else {}),
             )
             direction = written_direction({c.change_type for c in channels if c.query_index == qi}) if pair else None
-            layers.append(layer_for(query, merge_scenes(parts[qi], opts.dst_crs), record, opts.layer, direction))
+            layers.append(layer_for(query, merge_scenes(parts[qi], opts.dst_crs), record, direction))
         assert first_raster is not None  # a run has at least one scene and one channel
         commit_outputs(output, layers, opts, [first_raster], summary)
     return finish(summary, started)
@@ -251,7 +259,7 @@ def load_model(command: str, opts: RunOptions) -> Segmenter:
 
 
 @contextmanager
-def queries_encoded_beside(model: Segmenter, queries: Sequence[str]) -> Iterator[None]:
+def queries_encoded_beside(model: Segmenter, queries: Sequence[Query]) -> Iterator[None]:
     """A model that can (EncodesQueries) encodes the queries in a thread while the caller opens the
     scene and reads its first tiles: a new query's text encoder loads on the other core. A failure
     there is left to `predict`, which meets it again in this thread and reports it."""
@@ -261,7 +269,7 @@ def queries_encoded_beside(model: Segmenter, queries: Sequence[str]) -> Iterator
 
     def encode() -> None:
         try:
-            model.encode_queries(queries)
+            model.encode_queries([q.text for q in queries])
         except Exception as e:  # reported by predict, in the caller's thread
             log.debug("encoding the queries ahead failed (%s)", e)
 
@@ -293,7 +301,7 @@ def open_pair(before: str | Path, after: str | Path, model: Segmenter, opts: Run
 
 
 def gsd_warning(scene: raster.Scene) -> str | None:
-    """The scene's resolution warning (geoseg.gsd.GsdChoice.range_warning), if it is read outside
+    """The scene's resolution warning (geoseg.io.gsd.GsdChoice.range_warning), if it is read outside
     the range its model was trained for."""
     return scene.gsd.range_warning(scene.paths[-1]) if scene.gsd is not None else None
 
@@ -303,15 +311,15 @@ def _warn_gsd(scene: raster.Scene) -> None:
         log.warning("%s", warning)
 
 
-def checked_queries(model: Segmenter, queries: Sequence[str], opts: RunOptions,
-                    warnings: list[str] | None = None) -> list[QueryKnowledge] | None:
-    """Each query against the concepts the model was trained on (KnowsConcepts), before any tile
-    runs: one WARNING line per unknown query (added to `warnings`), or, with
-    `--unknown-query error`, one InputError (exit code 2) for them all, before anything is written. None: the model declares no
-    concepts (an open-vocabulary model), so nothing is checked."""
+def checked_queries(model: Segmenter, queries: list[Query], opts: RunOptions,
+                    warnings: list[str] | None = None) -> list[Query]:
+    """The queries with what the model knows of each (KnowsConcepts: the concepts it was trained
+    on), before any tile runs: one WARNING line per unknown query (added to `warnings`), or, with
+    `--unknown-query error`, one InputError (exit code 2) for them all, before anything is written.
+    A model that declares no concepts (an open-vocabulary model) is not checked."""
     if not isinstance(model, KnowsConcepts):
-        return None
-    knowledge = model.check_queries(queries)
+        return queries
+    knowledge = model.check_queries([q.text for q in queries])
     unknown = [k for k in knowledge if not k.known]
     if unknown and opts.unknown_query == "error":
         names = ", ".join(f'"{k.query}"' for k in unknown)
@@ -323,7 +331,7 @@ def checked_queries(model: Segmenter, queries: Sequence[str], opts: RunOptions,
         log.warning("%s", k.describe())
         if warnings is not None:
             warnings.append(k.describe())
-    return knowledge
+    return [q.knowing(k) for q, k in zip(queries, knowledge, strict=True)]
 
 
 @contextmanager

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from geoseg import resume
-from geoseg.executors import JobSegmenter, LoadOnce, job_segmenter
+from geoseg.batch import resume
+from geoseg.batch.executors.base import JobSegmenter, LoadOnce, job_segmenter
 from geoseg.models.base import Segmenter
 from geoseg.models.registry import load_segmenter
 

@@ -178,7 +178,7 @@ def write_scene(path: Path | str, seed: int, height: int, width: int, gsd: float
     """
     scene = render_scene(seed, height, width, gsd, bands=bands, season=season, dtype=dtype, nodata_border=nodata_border)
     crs_obj, transform = scene_grid(crs, gsd, height, width, origin)
-    tags = {"generator": "geoseg.synth", "seed": seed, "gsd_m": gsd, "season": scene.season, "value_max": DTYPE_MAX[dtype]}
+    tags = {"generator": "geoseg.train.synth", "seed": seed, "gsd_m": gsd, "season": scene.season, "value_max": DTYPE_MAX[dtype]}
     write_geotiff(Path(path), scene.image, crs_obj, transform, nodata=scene.nodata, tags=tags)
     out = SynthScene(Path(path), scene, crs_obj, transform, truth_frame(scene.instances, transform, crs_obj))
     if truth_path is not None:
@@ -328,7 +328,7 @@ def write_pair(out_dir: Path | str, seed: int, height: int, width: int, gsd: flo
         full = cover.all()
         after_image = quantise(warped, bands, dtype, None if full else cover)
         after_nodata = None if full else 0
-    tags = {"generator": "geoseg.synth", "seed": seed, "gsd_m": gsd, "value_max": DTYPE_MAX[dtype]}
+    tags = {"generator": "geoseg.train.synth", "seed": seed, "gsd_m": gsd, "value_max": DTYPE_MAX[dtype]}
     before_path = write_geotiff(out_dir / f"{prefix}before.tif", pair.before.image, crs_obj, transform, nodata=None,
                                 tags={**tags, "date": "before", "season": pair.before.season})
     after_path = write_geotiff(out_dir / f"{prefix}after.tif", after_image, a_crs, a_transform, nodata=after_nodata,

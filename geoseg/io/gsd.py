@@ -3,7 +3,7 @@ read the scene at for a model trained on a range of resolutions.
 
 A model sees objects at the scale it was trained on: a compact model trained on 0.07-2 m pixels
 sees a 5 cm drone orthophoto's cars as it would see lorries. `choose_gsd` picks the read
-resolution; `geoseg.raster` reads the scene on the correspondingly coarser grid (same footprint,
+resolution; `geoseg.io.raster` reads the scene on the correspondingly coarser grid (same footprint,
 the native affine scaled), so tiles, blending and vectorising all happen on that grid and
 polygons are mapped back to the map exactly through its affine.
 

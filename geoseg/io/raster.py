@@ -27,9 +27,9 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
-from geoseg import gsd as gsd_
-from geoseg import remote, stac
 from geoseg.errors import GeosegError, InputError
+from geoseg.io import gsd as gsd_
+from geoseg.io import remote, stac
 
 log = logging.getLogger("geoseg")
 
@@ -100,7 +100,7 @@ class Source:
     href: str
     remote: bool = False
     given: str = ""  # as the user gave it (may hold credentials: never shown)
-    stac: dict | None = None  # item id, self link, asset hrefs (geoseg.stac)
+    stac: dict | None = None  # item id, self link, asset hrefs (geoseg.io.stac)
     asset_hrefs: tuple[str, ...] = ()
 
     @property
@@ -155,6 +155,7 @@ class RasterInput:
     bands: tuple[int, ...]  # 1-based band indexes read from the file
     nodata: float | None
     native: Grid
+    band_count: int  # bands in the file (a pair's dates must match when -b is not given)
     warp_to: Grid | None = None  # set when read on another grid: the other date's, or a resampled one
     resampling: Resampling = Resampling.bilinear
     _local: threading.local = field(default_factory=threading.local, repr=False)
@@ -218,7 +219,7 @@ class RasterInput:
     def decimated(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """A small read of the whole grid (for statistics): bands x h x w and validity."""
         if self.warp_to is not None and self.warp_to == self.native.resized(self.warp_to.width, self.warp_to.height):
-            # A resized read grid (geoseg.gsd) covers the file's own pixels: sample the file
+            # A resized read grid (geoseg.io.gsd) covers the file's own pixels: sample the file
             # itself, which GDAL decimates from blocks or overviews, rather than have the warped
             # view resample the whole scene once just for a sample.
             with rasterio.open(self.href) as ds:
@@ -302,7 +303,7 @@ def open_input(
     naming the input.
 
     Without `bands`, the first `default_bands` bands are read (the model's band count); `asset`
-    chooses a STAC Item's asset(s) (geoseg.stac).
+    chooses a STAC Item's asset(s) (geoseg.io.stac).
     """
     source = resolve(path, asset)
     path = source.name
@@ -347,6 +348,7 @@ def open_input(
         bands=tuple(selected),
         nodata=use_nodata,
         native=Grid(width, height, transform, crs),
+        band_count=count,
     )
 
 
@@ -389,7 +391,7 @@ def open_scene(
     """Open one scene and compute its normalisation statistics.
 
     `gsd` ("native", "auto" or metres) with the model's `gsd_range` decides the grid the scene is
-    read at (see geoseg.gsd); the choice is logged once and kept in `Scene.gsd`."""
+    read at (see geoseg.io.gsd); the choice is logged once and kept in `Scene.gsd`."""
     source = open_input(path, bands=bands, nodata=nodata, pixel_coords=pixel_coords, default_bands=model_bands,
                         asset=asset)
     choice, grid = read_grid(source, gsd, gsd_range)
@@ -444,11 +446,9 @@ def open_pair(
     grid, and both dates are read on it."""
     first = open_input(before, bands=bands, nodata=nodata, default_bands=model_bands, asset=asset)
     second = open_input(after, bands=bands, nodata=nodata, default_bands=model_bands, asset=asset)
-    n_first = _count(first.href)
-    n_second = _count(second.href)
-    if not bands and n_first != n_second:
+    if not bands and first.band_count != second.band_count:
         raise InputError(
-            f"{second.path}: has {n_second} band(s) but {first.path} has {n_first}; "
+            f"{second.path}: has {second.band_count} band(s) but {first.path} has {first.band_count}; "
             "select matching bands with -b"
         )
     if align_to not in ("before", "after"):
@@ -472,10 +472,6 @@ def open_pair(
         overlap_fraction=fraction, gsd=choice,
     )
 
-
-def _count(path: str) -> int:
-    with rasterio.open(path) as src:
-        return src.count
 
 
 def overlap_fraction(ref: Grid, other: Grid) -> float:

@@ -15,9 +15,11 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from geoseg import formats, gpkg, provenance, raster, remote, stitch, vectorize
+from geoseg import provenance, vectorize
 from geoseg.errors import InputError, OutputExistsError
+from geoseg.io import cog, formats, gpkg, raster, remote
 from geoseg.options import RunOptions
+from geoseg.queries import Query
 
 log = logging.getLogger("geoseg")
 
@@ -117,12 +119,12 @@ def concat(parts: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs)
 
 
-def layer_for(query: str, gdf: gpd.GeoDataFrame, record: dict, layer: str | None, direction: str | None) -> gpkg.LayerData:
-    name = layer or gpkg.layer_name_for(query)
-    record = {**record, "layer": name}
+def layer_for(query: Query, gdf: gpd.GeoDataFrame, record: dict, direction: str | None) -> gpkg.LayerData:
+    """The layer a query's polygons are written to (`direction`: what a change layer holds)."""
+    record = {**record, "layer": query.layer}
     if direction is not None:
         record["change_direction"] = direction
-    return gpkg.LayerData(name=name, gdf=gdf, description=query, provenance=record)
+    return gpkg.LayerData(name=query.layer, gdf=gdf, description=query.text, provenance=record)
 
 
 def input_record(source: raster.RasterInput, hash_remote: bool = False) -> dict:
@@ -162,14 +164,14 @@ def commit_outputs(
     output: Path, layers: list[gpkg.LayerData], opts: RunOptions, prob_paths: list[Path], summary: RunSummary
 ) -> None:
     """Write the optional COGs beside their targets, then the vector file atomically (its format
-    from the output path or --format: geoseg.formats), then rename the COGs."""
+    from the output path or --format: geoseg.io.formats), then rename the COGs."""
     # Two queries can slug to the same layer name ("Roads", "roads!"): suffix _2, _3 ...
     names = gpkg.unique_layer_names(layer.name for layer in layers)
     layers = [replace(layer, name=n, provenance={**layer.provenance, "layer": n}) for layer, n in zip(layers, names, strict=True)]
     staged: list[tuple[Path, Path]] = []
     try:
         for target, write in (
-            (opts.probabilities, stitch.write_cog),
+            (opts.probabilities, cog.write_cog),
             (opts.mask_out, lambda src, dst: vectorize.write_mask(src, dst, threshold=opts.threshold)),
         ):
             if target is not None:

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from geoseg.errors import InputError, OutputExistsError
-from geoseg.qgis_style import FILL_ALPHA, style_colour
+from geoseg.io.qgis_style import FILL_ALPHA, style_colour
 
 GAP = 8
 LEGEND_HEIGHT = 28
@@ -65,8 +65,8 @@ def preview_geopackage(
     asset: str | None = None,
 ) -> Path:
     """Draw the polygon layers of `geopackage` (all, or `layers`) over each raster; write a PNG.
-    Any output geoseg writes works (geoseg.formats: by its extension, or `output_format`)."""
-    from geoseg import formats
+    Any output geoseg writes works (geoseg.io.formats: by its extension, or `output_format`)."""
+    from geoseg.io import formats
 
     names = list(layers) if layers is not None else formats.list_layers(geopackage, output_format)
     drawn: list[PreviewLayer] = []
@@ -104,8 +104,8 @@ def render_preview(
     asset: str | None = None,
 ) -> Path:
     """Panels of `rasters` side by side, every layer drawn on each, a legend below; PNG at `out`.
-    A raster may be a URL or a STAC Item (`asset` chooses its asset, as in geoseg.raster.resolve)."""
-    from geoseg import raster
+    A raster may be a URL or a STAC Item (`asset` chooses its asset, as in geoseg.io.raster.resolve)."""
+    from geoseg.io import raster
 
     if not rasters:
         raise InputError("a preview needs at least one raster to draw on")

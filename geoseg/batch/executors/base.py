@@ -1,11 +1,5 @@
-"""Where a batch's model runs: in this process (`local`) or on Ray actors (`ray`).
-
-An executor gives each job a `JobSegmenter`: the shared model as that job sees it, which times the
-job's model calls and stops the job at its next call when the batch is interrupted. It has exactly
-the capabilities of the model (geoseg.models.base: change-aware, generative, ...), so a job runs
-the same path as `geoseg segment` / `geoseg change` would. Ray is imported
-only when the Ray executor is asked for (`pip install "geoseg[ray]"`).
-"""
+"""What every executor shares: the job's view of the model (JobSegmenter, with exactly the model's
+capabilities), the Executor protocol, loading a model once per process, and Interrupted."""
 
 from __future__ import annotations
 
@@ -54,8 +48,8 @@ class Forwarder:
         for name, value in members.items():  # the capabilities' data members (Grounded.answers)
             setattr(self, name, value)
 
-    def predict(self, images: torch.Tensor, queries, *, before: torch.Tensor | None = None) -> Prediction:
-        return self._call("predict", images, queries, before=before)
+    def predict(self, images: torch.Tensor, queries) -> Prediction:
+        return self._call("predict", images, queries)
 
     def _call(self, name: str, *args, **kwargs) -> Any:
         raise NotImplementedError
@@ -72,6 +66,9 @@ class _Forwarding:
 
 
 class _ChangeAware(_Forwarding):
+    def change_types(self, query: str) -> tuple[str, ...]:
+        return self._call("change_types", query)
+
     def predict_change(self, after, before, queries, *, direction="appeared") -> Prediction:
         return self._call("predict_change", after, before, queries, direction=direction)
 
@@ -179,25 +176,6 @@ class Executor(Protocol):
     def model_identity(self, spec: str) -> dict[str, Any]: ...
     def job_model(self, spec: str, opts: Any, cancel: threading.Event) -> tuple[JobSegmenter, Any]: ...
     def close(self) -> None: ...
-
-
-def make_executor(
-    kind: str = "local", *, workers: int = 1, ray_address: str | None = None, replicas: int | None = None,
-) -> Executor:
-    """`local` or `ray` (the latter needs the optional extra: pip install "geoseg[ray]")."""
-    if kind == "local":
-        from geoseg.executors.local import LocalExecutor
-
-        return LocalExecutor(workers=workers)
-    if kind == "ray":
-        try:
-            from geoseg.executors.ray_executor import RayExecutor
-        except ImportError as e:
-            raise GeosegError(
-                f"--executor ray needs Ray ({e}); install it with: pip install \"geoseg[ray]\""
-            ) from None
-        return RayExecutor(workers=workers, address=ray_address, replicas=replicas)
-    raise GeosegError(f"--executor must be local or ray, not {kind!r}")
 
 
 class LoadOnce:

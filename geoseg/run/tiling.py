@@ -18,7 +18,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
-from geoseg.raster import Scene
+from geoseg.io.raster import Scene
 
 
 @dataclass(frozen=True)

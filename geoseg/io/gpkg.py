@@ -10,7 +10,7 @@ What a written file holds (docs/output-format.md has the full description):
   referenced from `gpkg_metadata_reference` at table scope; plus a QGIS metadata record
   (http://mrcc.com/qgis.dtd) whose title is the query, shown in QGIS's Metadata tab;
 - a default style per layer in QGIS's `layer_styles` table, so the layer opens styled
-  (the style itself comes from `geoseg.qgis_style`);
+  (the style itself comes from `geoseg.io.qgis_style`);
 - GeoPackage 1.2 (application_id GPKG, user_version 10200): QGIS 3.22 LTR ships GDAL 3.6, which
   warns on 1.4 files.
 
@@ -30,11 +30,9 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import shutil
 import sqlite3
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,9 +46,10 @@ import pyogrio
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from geoseg import qgis_style
 from geoseg.errors import GeosegError, InputError, OutputExistsError
-from geoseg.fileio import check_output_target
+from geoseg.io import qgis_style
+from geoseg.io.fileio import check_output_target
+from geoseg.queries import MAX_LAYER_NAME, RESERVED_NAMES, RESERVED_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,6 @@ FID_COLUMN = "fid"
 LAYER_METADATA_KEY = "GEOSEG_PROVENANCE"
 PROVENANCE_URI = "https://geoseg.dev/provenance"
 QGIS_METADATA_URI = "http://mrcc.com/qgis.dtd"
-MAX_LAYER_NAME = 63
-RESERVED_PREFIXES = ("gpkg_", "rtree_", "sqlite_")
-RESERVED_NAMES = ("layer_styles",)
 FID_LIKE = ("fid", "ogc_fid")
 
 # Known attribute fields and their types: an empty layer still gets the right column types.
@@ -86,21 +82,6 @@ class LayerData:
 
 
 # ------------------------------------------------------------------------------- names
-
-
-def layer_name_for(query: str) -> str:
-    """A layer name from a query: lowercase ASCII [a-z0-9_], at most 63 characters, never empty.
-
-    Accents are folded ("bâtiments" -> "batiments"), everything else becomes "_"; a name that
-    would start with a digit or a reserved GeoPackage prefix gets "q_" in front.
-    """
-    folded = unicodedata.normalize("NFKD", query).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
-    if not slug:
-        slug = "query"
-    if slug[0].isdigit() or slug.startswith(RESERVED_PREFIXES) or slug in RESERVED_NAMES:
-        slug = f"q_{slug}"
-    return slug[:MAX_LAYER_NAME].rstrip("_")
 
 
 def unique_layer_names(names: Iterable[str]) -> list[str]:
@@ -497,6 +478,6 @@ def read_description(path: str | Path, layer: str) -> str | None:
 
 __all__ = [
     "FIELD_TYPES", "GEOMETRY_COLUMN", "LAYER_METADATA_KEY", "LayerData", "PROVENANCE_URI",
-    "check_output_path", "layer_name_for", "polygon_layers", "provenance_json", "read_description", "read_provenance",
+    "check_output_path", "polygon_layers", "provenance_json", "read_description", "read_provenance",
     "unique_layer_names", "write_geopackage",
 ]

@@ -1,6 +1,6 @@
 """Multi-turn dialogue over one scene (MIRAS), an application above the pipeline.
 
-Answer-then-ground (geoseg.grounding): a generative model (SegEarth-R2 style) writes a text answer with k `[SEG]`, one per named target.
+Answer-then-ground (geoseg.run.grounding): a generative model (SegEarth-R2 style) writes a text answer with k `[SEG]`, one per named target.
 Over a tiled scene the answer is decided ONCE per scene and query, on an overview of the whole scene
 (so relations like "far from the track field" see the whole scene, and the phrases and the text are
 the same for every tile); then every tile grounds that answer: one mask per [SEG], blended per
@@ -20,13 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from geoseg import gpkg, raster
 from geoseg.errors import InputError
-from geoseg.grounding import answer_scene
+from geoseg.io import gpkg, raster
 from geoseg.models.base import Dialogue
 from geoseg.options import RunOptions
-from geoseg.outputs import check_outputs
-from geoseg.queries import validate_queries
+from geoseg.queries import layer_name_for, validate_queries
+from geoseg.run.grounding import answer_scene
+from geoseg.run.outputs import check_outputs
 
 if TYPE_CHECKING:
     from geoseg.models.segearth.generate import Answer as SegEarthAnswer
@@ -74,14 +74,14 @@ class ChatSession:
         self.layers: list[str] = []
 
     def turn(self, query: str) -> TurnResult:
-        from geoseg import pipeline
+        from geoseg.run import pipeline
 
         query = validate_queries([query])[0]
         number = len(self.history) + 1
         view = cast(Dialogue, self.model).with_history(self.history)  # checked in __init__
         grounded = answer_scene(view, self.scene, [query])
         answer = grounded.answers[0]
-        layer = gpkg.unique_layer_names([*self.layers, gpkg.layer_name_for(f"turn {number} {query}")])[-1]
+        layer = gpkg.unique_layer_names([*self.layers, layer_name_for(f"turn {number} {query}")])[-1]
         first = not self.layers
         opts = replace(
             self.options, layer=layer,

@@ -12,9 +12,11 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import RasterioError
 
-from geoseg import provenance, raster, remote, vectorize
+from geoseg import provenance, vectorize
+from geoseg.io import raster, remote
 from geoseg.options import RunOptions
-from geoseg.outputs import (
+from geoseg.queries import parse_queries
+from geoseg.run.outputs import (
     RunSummary,
     check_outputs,
     commit_outputs,
@@ -24,7 +26,6 @@ from geoseg.outputs import (
     vector_options,
     with_fields,
 )
-from geoseg.queries import validate_queries
 
 
 def vectorize_raster(
@@ -42,7 +43,7 @@ def vectorize_raster(
     check_outputs(output, opts, n_scenes=1, n_queries=1)
     with rasterio.open(source.href) as src:
         tags = src.tags()
-    query = validate_queries([query or tags.get("geoseg_query") or Path(source.source.short_name).stem])[0]
+    parsed = parse_queries([query or tags.get("geoseg_query") or Path(source.source.short_name).stem], layer=opts.layer)[0]
     run_id = provenance.new_run_id()
     summary = RunSummary("vectorize", str(output), run_id, tags.get("geoseg_model", "none"))
     try:
@@ -51,13 +52,13 @@ def vectorize_raster(
         if not source.source.remote:
             raise
         remote.raise_for(str(source.path), str(e), opening=False)
-    gdf = with_fields(gdf, query=query, model=(summary.model, tags.get("geoseg_model_version", "")),
+    gdf = with_fields(gdf, query=parsed.text, model=(summary.model, tags.get("geoseg_model_version", "")),
                       run_id=run_id, source=str(source.path))
     record = provenance.run_record(
-        run_id=run_id, command="vectorize", query=query,
+        run_id=run_id, command="vectorize", query=parsed.text,
         inputs={str(source.path): source_record(source.source, opts.hash_inputs)},
         model={"name": summary.model, "from_raster_tags": tags}, parameters=opts.record(),
         scene={"width": source.native.width, "height": source.native.height},
     )
-    commit_outputs(output, [layer_for(query, gdf, record, opts.layer, None)], opts, [], summary)
+    commit_outputs(output, [layer_for(parsed, gdf, record, None)], opts, [], summary)
     return finish(summary, started)

@@ -28,9 +28,15 @@ import numpy as np
 import ray
 import torch
 
-from geoseg import resume
+from geoseg.batch import resume
+from geoseg.batch.executors.base import (
+    Forwarder,
+    JobSegmenter,
+    LoadOnce,
+    forwarding_class,
+    job_segmenter,
+)
 from geoseg.errors import GeosegError
-from geoseg.executors import Forwarder, JobSegmenter, LoadOnce, forwarding_class, job_segmenter
 from geoseg.models.base import (
     ModelInfo,
     Prediction,
@@ -72,8 +78,8 @@ class ModelHost:
 
     def describe(self, key: tuple, views: Views = ()) -> Description:
         """Load the model if needed; its description (or its view's)."""
-        from geoseg.engine import batch_size_for
         from geoseg.options import RunOptions
+        from geoseg.run.engine import batch_size_for
 
         model = self._target(key, views)
         caps = capabilities(model)

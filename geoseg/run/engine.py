@@ -23,13 +23,14 @@ import rasterio
 import torch
 from tqdm import tqdm
 
-from geoseg import raster, stitch, tiling
-from geoseg.grounding import answer_scene
+from geoseg.io import raster
 from geoseg.models.base import ChangeAware, Generative, Grounded, Segmenter, TorchBacked
-from geoseg.models.change import change_types, change_view
+from geoseg.models.change import change_view
 from geoseg.options import RunOptions
-from geoseg.outputs import RunSummary
-from geoseg.rowfeed import RowFeed
+from geoseg.run import stitch, tiling
+from geoseg.run.grounding import answer_scene
+from geoseg.run.outputs import RunSummary
+from geoseg.vectorize.rowfeed import RowFeed
 
 DEFAULT_CPU_BATCH = 4
 
@@ -51,7 +52,7 @@ class Channel:
 
 class TileJournal(Protocol):
     """Per-scene resume hooks: the pipeline reports what became durable, the journal gives back
-    what an interrupted run left (geoseg.resume implements it; a plain run has none)."""
+    what an interrupted run left (geoseg.batch.resume implements it; a plain run has none)."""
 
     def finished(self) -> bool: ...  # the scene's probability rasters are complete
     def blender_state(self) -> stitch.BlenderState | None: ...
@@ -97,11 +98,11 @@ def channels_for(model: Segmenter, scene: raster.Scene, queries: Sequence[str],
     (geoseg.models.change.change_view) and one channel per change type the query gets from it: the
     direction its words name, else appeared and disappeared, or "changed" from a model that cannot
     tell them apart. A generative model first answers each query once for the scene and then gets
-    one channel per target its answer names (geoseg.grounding). A query whose answer names nothing
+    one channel per target its answer names (geoseg.run.grounding). A query whose answer names nothing
     keeps one (empty) channel, so its layer exists and says "found nothing"."""
     if len(scene.inputs) == 2:
         view = change_view(model, dilate_px)
-        return view, [Channel(qi, kind) for qi, q in enumerate(queries) for kind in change_types(view, q)]
+        return view, [Channel(qi, kind) for qi, q in enumerate(queries) for kind in view.change_types(q)]
     if isinstance(model, Generative):
         model = answer_scene(model, scene, queries)
     if not isinstance(model, Grounded):

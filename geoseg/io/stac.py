@@ -1,6 +1,6 @@
 """A STAC Item (a local JSON file or a URL) as a scene: which asset(s) to read, and what to record.
 
-pystac parses the Item; its JSON is fetched through GDAL's virtual file systems (geoseg.remote),
+pystac parses the Item; its JSON is fetched through GDAL's virtual file systems (geoseg.io.remote),
 so a local path, an https:// URL and an s3:// key work alike, with the same credentials,
 timeouts and retries as the raster reads.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from geoseg import remote
 from geoseg.errors import InputError
+from geoseg.io import remote
 
 RGB = ("red", "green", "blue")
 RASTER_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "image/jp2", "application/x-geotiff")

@@ -5,7 +5,7 @@ and dirt roads, rivers and lakes, trees and woods, striped fields, bare ground) 
 in pixel space, sized in metres. The image is painted from the rasterised polygons, so the masks
 and the pixels agree exactly; the truth polygons are the same polygons on the scene's grid.
 
-    from geoseg.synth import render_scene, render_pair, write_scene, write_pair, export_dataset
+    from geoseg.train.synth import render_scene, render_pair, write_scene, write_pair, export_dataset
     scene = render_scene(7, 512, 512, gsd=0.5)          # in memory, ~0.15 s
     scene.mask("red-roofed houses")                     # H x W bool
     pair = render_pair(7, 512, 512, 0.5)                # before/after + change masks

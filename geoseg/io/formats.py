@@ -6,7 +6,7 @@ Every writer checks an output before any heavy work (`check`), writes layers ato
 --overwrite, and on any failure the previous file is left untouched) and reads back what it wrote
 (`read_layer`, `read_provenance`).
 
-- GeoPackage (`.gpkg`, the default): geoseg.gpkg, unchanged: a layer per query.
+- GeoPackage (`.gpkg`, the default): geoseg.io.gpkg, unchanged: a layer per query.
 - GeoParquet (`.parquet`), FlatGeobuf (`.fgb`), GeoJSON (`.geojson`) hold one table per file. Every
   query's features go into that one table, with a `layer` column holding the layer name the
   GeoPackage would have used (beside `query`); `--append` adds rows for new layers and keeps the
@@ -33,9 +33,9 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 
-from geoseg import gpkg
 from geoseg.errors import GeosegError, InputError, OutputExistsError
-from geoseg.fileio import check_output_target
+from geoseg.io import gpkg
+from geoseg.io.fileio import check_output_target
 from geoseg.options import OUTPUT_FORMATS
 
 LAYER_COLUMN = "layer"  # the one-table formats: which layer (query) a feature belongs to
@@ -72,7 +72,7 @@ class Writer(Protocol):
 
 
 class GeoPackageWriter:
-    """geoseg.gpkg as it is: one layer per query."""
+    """geoseg.io.gpkg as it is: one layer per query."""
 
     name, label, extension = "gpkg", "GeoPackage", ".gpkg"
 

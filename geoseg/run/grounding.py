@@ -14,7 +14,7 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
-from geoseg import raster
+from geoseg.io import raster
 from geoseg.models.base import Generative, Grounded
 
 log = logging.getLogger("geoseg")

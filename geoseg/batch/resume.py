@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pyogrio
 
-from geoseg import stitch, tiling
 from geoseg.errors import GeosegError, InputError
+from geoseg.run import stitch, tiling
 
 log = logging.getLogger("geoseg")
 
@@ -71,7 +71,7 @@ def file_fingerprint(path: str | Path, asset: str | None = None) -> dict[str, An
 
     A remote input (URL, s3://, /vsi...): its URL without credentials, size, ETag and
     Last-Modified as the server gives them; a STAC Item: the item's and its assets' fingerprints."""
-    from geoseg import raster, remote, stac
+    from geoseg.io import raster, remote, stac
 
     if stac.is_stac(path):
         source = raster.resolve(path, asset)
