@@ -46,6 +46,14 @@ def test_compact_loads_by_name_with_its_hash(compact):
     assert compact.info.tile_size % 32 == 0
 
 
+@pytest.mark.parametrize("name", ["compact", "compact-change"])
+def test_shipped_models_carry_their_wordings_embeddings(name):
+    # computed at export for exactly these wordings (a stale file is ignored): a cold run does not
+    # encode every trained wording before its first tile
+    seg = load_segmenter(name, device="cpu")
+    assert seg._wording_vectors is not None and len(seg._wording_vectors) == len(seg.inventory.wordings())
+
+
 def test_compact_segments_buildings_on_a_synthetic_tile(compact):
     from geoseg.train.synth.render import render_scene
 

@@ -5,6 +5,7 @@ provenance and the --json summary; a scene outside the model's resolution range 
 from __future__ import annotations
 
 import json
+import shutil
 import types
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from geoseg.models.compact.segmenter import (
     CompactSegmenter,
     InventoriedSegmenter,
     load_compact_segmenter,
+    write_inventory_vectors,
 )
+from geoseg.models.compact.text import TextEncoder
 from geoseg.models.concepts import Inventory, KnownRule, Neighbour, QueryKnowledge, TrainedConcept
 from geoseg.options import RunOptions
 from geoseg.queries import parse_queries
@@ -77,6 +80,22 @@ def test_inventory_round_trips_through_config_json(tmp_path):
     assert CompactConfig.load(tmp_path).inventory is None
     with pytest.raises(ValueError, match="origin"):
         TrainedConcept("x", "imagined", ("x",))
+
+
+def test_stored_wording_vectors_are_used_and_a_stale_file_is_not(knowing_dir, tmp_path, monkeypatch):
+    copy = tmp_path / "model"
+    shutil.copytree(knowing_dir, copy)
+    path = write_inventory_vectors(copy)
+    computed = load_compact_segmenter(knowing_dir)._inventory_vectors()
+    loaded = load_compact_segmenter(copy)
+    encoded: list = []
+    monkeypatch.setattr(loaded.text, "encode", lambda texts: encoded.append(texts) or TextEncoder.encode(loaded.text, texts))
+    assert torch.equal(loaded._inventory_vectors(), computed) and not encoded  # read, not encoded again
+    assert loaded.check_queries(["roads"])[0].known and encoded == [["roads"]]
+    cfg = CompactConfig.load(copy)  # the same file beside another inventory is not believed
+    cfg.inventory = Inventory(INVENTORY.concepts[:2], INVENTORY.rule, "test")
+    cfg.save(copy)
+    assert path.is_file() and load_compact_segmenter(copy)._wording_vectors is None
 
 
 def test_known_wording_and_heldout_synonym_are_known_unrelated_is_not(knowing):

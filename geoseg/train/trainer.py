@@ -24,6 +24,7 @@ from geoseg.io.fileio import replace_directory
 from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
 from geoseg.models.compact.encoder import load_imagenet_weights
 from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
+from geoseg.models.compact.segmenter import write_inventory_vectors
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 from geoseg.train.batch import Batch
 from geoseg.train.config import TrainConfig, averaged_checkpoints
@@ -160,6 +161,7 @@ class CompactTask:
         assert self.config.export_to is not None  # the loop exports only when it is set
         # the concepts and wordings this config trained, with the unknown-query rule (inventory.py)
         export_inventory(Path(self.config.export_to), self.config)
+        write_inventory_vectors(self.config.export_to)  # the wordings' embeddings, for cold runs
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from geoseg.errors import InputError, ModelLoadError
 from geoseg.models.base import ModelInfo, Prediction
@@ -20,6 +24,7 @@ from geoseg.models.concepts import Inventory, QueryKnowledge, judge, sentence_em
 from geoseg.provenance import sha256_file
 from geoseg.queries import change_direction
 
+log = logging.getLogger("geoseg")
 CPU_DECODE_CHUNK = 4  # (tile, query) pairs per decoder call on a CPU
 # compact-change reads the direction from the query's words; a query that names none is asked once
 # per direction with these words before it. Chosen by measurement (docs/concepts.md, "Change
@@ -142,14 +147,15 @@ class AsksDirections(CompactSegmenter):
 class InventoriedSegmenter(CompactSegmenter):
     """A compact segmenter whose config.json declares its inventory (KnowsConcepts): each query's
     sentence embedding (the mean-pooled MiniLM token the model itself reads, L2-normalised) is
-    compared with every trained wording's. The wordings are embedded once per model, in the
-    pipeline's query thread when it encodes the queries ahead (`encode_queries`)."""
+    compared with every trained wording's. The wordings' embeddings ship beside the weights
+    (INVENTORY_VECTORS_NAME, written at export); without that file they are computed once per
+    model, in the pipeline's query thread when it encodes the queries ahead (`encode_queries`)."""
 
     def __init__(self, model: CompactModel, text: TextEncoder, info: ModelInfo, device: torch.device,
-                 inventory: Inventory) -> None:
+                 inventory: Inventory, wording_vectors: torch.Tensor | None = None) -> None:
         super().__init__(model, text, info, device)
         self.inventory = inventory
-        self._wording_vectors: torch.Tensor | None = None
+        self._wording_vectors = wording_vectors
         self._vectors_lock = threading.Lock()
 
     def encode_queries(self, queries: Sequence[str]) -> None:
@@ -167,6 +173,41 @@ class InventoriedSegmenter(CompactSegmenter):
                 wordings = [w for w, _ in self.inventory.wordings()]
                 self._wording_vectors = sentence_embeddings(self.text.encode(wordings).tokens[:, 0].cpu())
             return self._wording_vectors
+
+
+# The trained wordings' sentence embeddings, beside the weights: a cold run would otherwise encode
+# every wording (217 in 0.8.0) one string at a time before its first tile.
+INVENTORY_VECTORS_NAME = "inventory_vectors.safetensors"
+
+
+def _wordings_key(inventory: Inventory, text_encoder: str) -> str:
+    """What the stored vectors were computed from: the wordings, in order, and the text encoder."""
+    wordings = "\n".join(w for w, _ in inventory.wordings())
+    return hashlib.sha256(f"{text_encoder}\n{wordings}".encode()).hexdigest()
+
+
+def write_inventory_vectors(directory: str | Path) -> Path:
+    """Compute the trained wordings' embeddings of the checkpoint in `directory` (config.json with
+    an inventory) and store them beside its weights."""
+    segmenter = load_compact_segmenter(directory)
+    if not isinstance(segmenter, InventoriedSegmenter):
+        raise ModelLoadError(f"{directory}: config.json declares no inventory; nothing to store")
+    path = Path(directory) / INVENTORY_VECTORS_NAME
+    key = _wordings_key(segmenter.inventory, segmenter.model.config.text_encoder)
+    save_file({"vectors": segmenter._inventory_vectors().contiguous()}, str(path), metadata={"wordings": key})
+    return path
+
+
+def _stored_inventory_vectors(directory: Path, config: CompactConfig) -> torch.Tensor | None:
+    """The stored embeddings when they were computed from this inventory and text encoder."""
+    path = directory / INVENTORY_VECTORS_NAME
+    if config.inventory is None or not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get("wordings") != _wordings_key(config.inventory, config.text_encoder):
+            log.warning("%s: computed for other wordings or another text encoder; ignored", path)
+            return None
+        return f.get_tensor("vectors")
 
 
 class CompactChangeSegmenter(AsksDirections, CompactSegmenter):
@@ -231,5 +272,5 @@ def load_compact_segmenter(
     info = model_info(config, name, sha256_file(weights))
     if config.inventory is not None:
         cls = InventoriedChangeSegmenter if config.change else InventoriedSegmenter
-        return cls(model, text, info, device, config.inventory)
+        return cls(model, text, info, device, config.inventory, _stored_inventory_vectors(path, config))
     return (CompactChangeSegmenter if config.change else CompactSegmenter)(model, text, info, device)
