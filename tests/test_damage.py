@@ -123,10 +123,9 @@ def test_training_asks_damage_and_unrelated_queries(tmp_path, town_chip):
     assert seen_damage >= 3 and seen_unrelated >= 3
 
 
-def test_validation_set_is_written_in_the_dataset_format(tmp_path, town_chip):
+def _toy_source(tmp_path: Path, town_chip) -> Path:
+    """A manifest of the town chip labelled buildings, once in validation and once in training."""
     from PIL import Image
-
-    from geoseg.train.manifest import read_manifest
 
     image, buildings = town_chip
     src = tmp_path / "src"
@@ -137,7 +136,40 @@ def test_validation_set_is_written_in_the_dataset_format(tmp_path, town_chip):
     lines = [{"image": "images/0.png", "mask": "masks/0.png", "expression": "buildings", "empty": False,
               "tags": ["toy", "buildings", split]} for split in ("area-split:val", "area-split:train")]
     (src / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    path = export_damage_set([src / "manifest.jsonl"], tmp_path / "out", seed=1)
+    return src / "manifest.jsonl"
+
+
+def test_validation_set_is_written_in_the_dataset_format(tmp_path, town_chip):
+    from geoseg.train.manifest import read_manifest
+
+    path = export_damage_set([_toy_source(tmp_path, town_chip)], tmp_path / "out", seed=1)
     samples = list(read_manifest(path))
     assert sorted(s.expression for s in samples) == ["buildings", "damaged buildings", "destroyed buildings"]
     assert all("damage-style:validation" in s.tags for s in samples)
+    assert not any(s.is_change for s in samples)
+
+
+def test_change_validation_pairs_ask_what_appeared_between_the_dates(tmp_path, town_chip):
+    """--change: one before/after pair per validation chip; "destroyed buildings" is the rubble or
+    cleared footprints, "damaged buildings" every footprint damaged between the dates (the
+    destroyed ones too), and "new buildings" is asked with an empty mask (rubble is not new)."""
+    from geoseg.train.manifest import load_image, load_mask, read_manifest
+
+    _, buildings = town_chip
+    source = _toy_source(tmp_path, town_chip)
+    path = export_damage_set([source], tmp_path / "out", seed=1, change=True)
+    samples = {s.expression: s for s in read_manifest(path)}
+    assert sorted(samples) == ["damaged buildings", "destroyed buildings", "new buildings"]
+    assert all(s.is_change and "damage-style:validation" in s.tags for s in samples.values())
+    masks = {q: load_mask(s.mask) for q, s in samples.items()}
+    assert masks["destroyed buildings"].any() and not masks["new buildings"].any()
+    assert not (masks["destroyed buildings"] & ~masks["damaged buildings"]).any()
+    assert not (masks["damaged buildings"] & ~buildings).any()  # footprints, never the spill
+    s = samples["damaged buildings"]
+    image = load_image(source.parent / "images" / "0.png")  # stretched as evaluation reads it
+    assert np.allclose(load_image(s.before_image), image, atol=1e-6)  # before is the chip itself
+    after = load_image(s.after)
+    assert np.abs(after - image).mean(axis=2)[masks["destroyed buildings"]].mean() > 0.05
+    again = export_damage_set([_toy_source(tmp_path / "again", town_chip)], tmp_path / "out2", seed=1, change=True)
+    assert [json.loads(x)["empty"] for x in again.read_text().splitlines()] == \
+        [json.loads(x)["empty"] for x in path.read_text().splitlines()]

@@ -278,15 +278,26 @@ def destroyed_pair(
     return image.astype(np.float32), after, changes
 
 
-# ---- the validation set ------------------------------------------------------------------------
+# ---- the validation sets ---------------------------------------------------------------------
+# What each validation pair is asked, and which of destroyed_pair's change masks answers it: the
+# change kinds a user types after a disaster, and "new buildings", which rubble must not answer.
+CHANGE_QUESTIONS: dict[str, str | None] = {
+    "destroyed buildings": "demolished_buildings",
+    "damaged buildings": "damaged_buildings",
+    "new buildings": None,
+}
+
+
 def export_damage_set(
     manifests: list[str | Path], out_dir: str | Path, style: DamageStyle = VALIDATION_STYLE, seed: int = 0,
-    tag: str = "area-split:val",
+    tag: str = "area-split:val", change: bool = False,
 ) -> Path:
     """Composite damage onto every image of `manifests` whose lines carry `tag` and label
-    buildings, and write a dataset (docs/dataset-format.md) asking each image "damaged
-    buildings", "destroyed buildings" and "buildings". Images are float .npy in [0, 1] (already
-    stretched, so evaluation does not stretch them again). Deterministic from `seed`."""
+    buildings, and write a dataset (docs/dataset-format.md). Single-date (default): each image is
+    asked "damaged buildings", "destroyed buildings" and "buildings". `change=True`: each image
+    becomes a pair (before = the chip, after = destroyed_pair's), asked CHANGE_QUESTIONS. Images
+    are float .npy in [0, 1] (already stretched, so evaluation does not stretch them again).
+    Deterministic from `seed`."""
     from geoseg.train.manifest import load_image, load_mask, read_manifest
 
     out = Path(out_dir)
@@ -299,25 +310,37 @@ def export_damage_set(
             name = f"{source}_{k:04d}"
             rng = np.random.default_rng(np.random.SeedSequence([seed, k, len(lines)]))
             assert s.image is not None, f"{m}: damage composites are drawn on single-date samples"
-            comp = composite_damage(rng, load_image(s.image), load_mask(s.mask), style)
-            np.save(out / "images" / f"{name}.npy", comp.image)
-            for concept, mask in comp.masks.items():
-                mask_name = f"masks/{name}_{concept.replace(' ', '_')}.npy"
-                np.save(out / mask_name, mask.astype(np.uint8) * 255)
-                lines.append({"image": f"images/{name}.npy", "mask": mask_name, "expression": concept,
-                              "empty": not mask.any(), "tags": [source, concept, f"damage-style:{style.name}"]})
+            image, buildings = load_image(s.image), load_mask(s.mask)
+            if change:
+                before, after, changes = destroyed_pair(rng, image, buildings, style)
+                images = {"before": _save(out, f"images/{name}_before.npy", before),
+                          "after": _save(out, f"images/{name}_after.npy", after)}
+                masks = {q: changes[kind] if kind else np.zeros_like(buildings, bool) for q, kind in CHANGE_QUESTIONS.items()}
+            else:
+                comp = composite_damage(rng, image, buildings, style)
+                images, masks = {"image": _save(out, f"images/{name}.npy", comp.image)}, comp.masks
+            for concept, mask in masks.items():
+                mask_name = _save(out, f"masks/{name}_{concept.replace(' ', '_')}.npy", mask.astype(np.uint8) * 255)
+                lines.append({**images, "mask": mask_name, "expression": concept, "empty": not mask.any(),
+                              "tags": [source, concept, f"damage-style:{style.name}"]})
     path = out / "manifest.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
 
+def _save(out: Path, name: str, array: np.ndarray) -> str:
+    np.save(out / name, array)
+    return name
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the composited damage validation set of the model card.")
+    parser = argparse.ArgumentParser(description="Write a composited damage validation set of the model card.")
     parser.add_argument("out_dir")
     parser.add_argument("manifests", nargs="+", help="real manifests whose area-split:val building lines are used")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--change", action="store_true", help="write before/after pairs (destroyed_pair) for compact-change")
     args = parser.parse_args()
-    print(export_damage_set(args.manifests, args.out_dir, seed=args.seed))
+    print(export_damage_set(args.manifests, args.out_dir, seed=args.seed, change=args.change))
 
 
 if __name__ == "__main__":

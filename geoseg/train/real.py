@@ -258,8 +258,10 @@ class RealVocabulary:
         self.change: dict[str, list[str]] = {}
         for q in queries_by_split()["change"]:
             self.change.setdefault(q.concept.removeprefix("change/"), []).append(q.text)
-        # building damage between the dates is taught only by composited pairs (destroyed_pair)
-        self.change["damaged_buildings"] = without_heldout(vocab.CHANGE_PHRASES["damaged_buildings"])
+        # building damage between the dates is taught only by composited pairs (destroyed_pair);
+        # asked in change mode, the single-date damage words mean the damage that appeared
+        self.change["damaged_buildings"] = without_heldout(
+            [*vocab.CHANGE_PHRASES["damaged_buildings"], *DAMAGE_WORDINGS["damaged buildings"]])
         self.change["demolished_buildings"] = [*self.change.get("demolished_buildings", []), "destroyed buildings"]
 
     def options(self, concept: str) -> list[str] | None:
