@@ -106,13 +106,17 @@ def test_change_direction_words():
 def test_every_trained_change_wording_names_its_direction():
     """A change-native model is asked once per direction when a query names none, so a wording
     it was trained on ("missing buildings", "road construction", "flood water") must parse to its
-    own direction, or it would be asked as "new missing buildings"."""
+    own direction, or it would be asked as "new missing buildings". Damage appears between the
+    dates ("damaged buildings": damaged after, not before)."""
+    from geoseg.train.real import RealVocabulary
     from geoseg.train.synth.vocab import CHANGE_PHRASES
 
     expected = {"new_buildings": "appeared", "new_roads": "appeared", "flooding": "appeared",
-                "demolished_buildings": "disappeared"}
+                "demolished_buildings": "disappeared", "damaged_buildings": "appeared"}
+    real_pairs = RealVocabulary().change  # what real and composited pairs are asked
+    assert "damaged buildings" in real_pairs["damaged_buildings"]
     for kind, direction in expected.items():
-        for phrase in CHANGE_PHRASES[kind]:
+        for phrase in {*CHANGE_PHRASES[kind], *real_pairs.get(kind, ())}:
             assert queries.change_direction(phrase) == direction, phrase
 
 

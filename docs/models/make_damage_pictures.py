@@ -3,11 +3,17 @@
     .venv/bin/python docs/models/make_damage_pictures.py
 
 On the repository's own sample tile `sample_tiles/town_utm_0p5m.tif` (never on training chips),
-the intact buildings of its truth get damage composited by geoseg.train.damage in the training
-style and, separately, in the validation style (disjoint palettes, grain, tarp hues, spill);
-the validation composite is written as a GeoTIFF with the tile's georeferencing and segmented
-with `geoseg segment ... "damaged buildings" "destroyed buildings" --preview`. The picture is
-the original, the two composites and the preview side by side; the commands run are printed.
+the intact buildings of its truth get damage composited by geoseg.train.damage:
+
+- damage-town.jpg: in the training style and, separately, in the validation style (disjoint
+  palettes, grain, tarp hues, spill); the validation composite is written as a GeoTIFF with the
+  tile's georeferencing and segmented with `geoseg segment ... "damaged buildings" "destroyed
+  buildings" --preview`. The original, the two composites and the preview side by side.
+- damage-change-town.jpg: a validation-style change pair (destroyed_pair: before = the tile,
+  after = buildings damaged, destroyed or cleared), run through `geoseg change before.tif
+  after.tif "damaged buildings" "destroyed buildings" --preview`. Before, after and the preview.
+
+The commands run are printed.
 """
 
 from __future__ import annotations
@@ -27,14 +33,12 @@ TILE = REPO / "sample_tiles" / "town_utm_0p5m.tif"
 WINDOW = (256, 256, 512, 512)  # col, row, width, height: a built-up part of the tile
 
 
-def composites(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """The window, its training-style and validation-style composites, and its rasterio profile."""
+def window_and_buildings() -> tuple[np.ndarray, np.ndarray, dict]:
+    """The window in [0, 1], its intact buildings rasterised from the tile's truth, its profile."""
     import geopandas as gpd
     import rasterio
     from rasterio.features import rasterize
     from rasterio.windows import Window
-
-    from geoseg.train.damage import TRAIN_STYLE, VALIDATION_STYLE, composite_damage
 
     with rasterio.open(TILE) as src:
         window = Window(*WINDOW)
@@ -44,36 +48,69 @@ def composites(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]
     shape = (WINDOW[3], WINDOW[2])
     buildings = rasterize(truth[truth["damage"] == "intact"].geometry, out_shape=shape,
                           transform=profile["transform"]).astype(bool)
+    return image, buildings, profile
+
+
+def composites(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The window, its training-style and validation-style composites, and its rasterio profile."""
+    from geoseg.train.damage import TRAIN_STYLE, VALIDATION_STYLE, composite_damage
+
+    image, buildings, profile = window_and_buildings()
     train = composite_damage(np.random.default_rng(seed), image, buildings, TRAIN_STYLE).image
     val = composite_damage(np.random.default_rng(seed), image, buildings, VALIDATION_STYLE).image
     return image, train, val, profile
 
 
-def main() -> None:
+def change_pair(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The window before and after a validation-style disaster (geoseg.train.damage.destroyed_pair)."""
+    from geoseg.train.damage import VALIDATION_STYLE, destroyed_pair
+
+    image, buildings, _ = window_and_buildings()
+    before, after, _ = destroyed_pair(np.random.default_rng(seed), image, buildings, VALIDATION_STYLE)
+    return before, after
+
+
+def write_tif(path: Path, image: np.ndarray, profile: dict) -> Path:
     import rasterio
+
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write((np.clip(image, 0, 1) * 255).round().astype(np.uint8).transpose(2, 0, 1))
+    return path
+
+
+def preview_of(command: str, inputs: list[Path], tmp: Path) -> np.ndarray:
+    """`geoseg COMMAND INPUTS --query "damaged buildings" --query "destroyed buildings" --preview`."""
     from PIL import Image
 
-    image, train, val, profile = composites()
-    with tempfile.TemporaryDirectory() as tmp:
-        tif, png = Path(tmp) / "damaged.tif", Path(tmp) / "preview.png"
-        with rasterio.open(tif, "w", **profile) as dst:
-            dst.write((val * 255).round().astype(np.uint8).transpose(2, 0, 1))
-        cmd = [str(GEOSEG), "-q", "segment", str(tif), "--query", "damaged buildings", "--query", "destroyed buildings",
-               "-o", str(Path(tmp) / "out.gpkg"), "--preview", str(png)]
-        print("$", shlex.join(cmd), file=sys.stderr)
-        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        with Image.open(png) as im:
-            preview = im.convert("RGB").resize((WINDOW[2], WINDOW[3]))
-        panels = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in (image, train, val)] + [preview]
-    sheet = Image.new("RGB", (sum(p.width for p in panels), WINDOW[3]))
-    x = 0
-    for p in panels:
-        sheet.paste(p, (x, 0))
-        x += p.width
+    png = tmp / f"{command}.png"
+    cmd = [str(GEOSEG), "-q", command, *map(str, inputs), "--query", "damaged buildings", "--query", "destroyed buildings",
+           "-o", str(tmp / f"{command}.gpkg"), "--preview", str(png)]
+    print("$", shlex.join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    with Image.open(png) as im:
+        return np.asarray(im.convert("RGB").resize((WINDOW[2], WINDOW[3]))).astype(np.float32) / 255
+
+
+def save_sheet(panels: list[np.ndarray], name: str) -> None:
+    """Panels side by side, at most 1400 px wide, as docs/models/img/NAME."""
+    from PIL import Image
+
+    sheet = Image.fromarray((np.concatenate(panels, axis=1).clip(0, 1) * 255).round().astype(np.uint8))
     sheet.thumbnail((1400, 1400))
-    out = IMG / "damage-town.jpg"
+    out = IMG / name
     sheet.save(out, quality=82, optimize=True)
     print(out)
+
+
+def main() -> None:
+    image, train, val, profile = composites()
+    before, after = change_pair()
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        single = preview_of("segment", [write_tif(t / "damaged.tif", val, profile)], t)
+        save_sheet([image, train, val, single], "damage-town.jpg")
+        pair = [write_tif(t / "before.tif", before, profile), write_tif(t / "after.tif", after, profile)]
+        save_sheet([before, after, preview_of("change", pair, t)], "damage-change-town.jpg")
 
 
 if __name__ == "__main__":
