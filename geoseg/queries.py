@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from geoseg.models.concepts import QueryKnowledge
 
 MAX_QUERY_CHARS = 100_000
-# damage is something that appeared between the dates ("damaged buildings": damaged after, not before)
-APPEARED_WORDS = r"new|newly|built|constructed|construction|appeared|appearing|added|emerging|expanded|flood|flooded|flooding|inundated|damaged|damage|affected"
+APPEARED_WORDS = r"new|newly|built|constructed|construction|appeared|appearing|added|emerging|expanded|flood|flooded|flooding|inundated"
 DISAPPEARED_WORDS = r"demolished|removed|destroyed|lost|missing|cleared|disappeared|razed|torn|vanished|felled"
 
 
