@@ -87,12 +87,13 @@ def preview_of(command: str, inputs: list[Path], tmp: Path) -> np.ndarray:
            "-o", str(tmp / f"{command}.gpkg"), "--preview", str(png)]
     print("$", shlex.join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    with Image.open(png) as im:
-        return np.asarray(im.convert("RGB").resize((WINDOW[2], WINDOW[3]))).astype(np.float32) / 255
+    with Image.open(png) as im:  # the change preview shows both dates side by side: keep its aspect
+        size = (round(im.width * WINDOW[3] / im.height), WINDOW[3])
+        return np.asarray(im.convert("RGB").resize(size)).astype(np.float32) / 255
 
 
 def save_sheet(panels: list[np.ndarray], name: str) -> None:
-    """Panels side by side, at most 1400 px wide, as docs/models/img/NAME."""
+    """Panels of one height side by side, at most 1400 px wide, as docs/models/img/NAME."""
     from PIL import Image
 
     sheet = Image.fromarray((np.concatenate(panels, axis=1).clip(0, 1) * 255).round().astype(np.uint8))
