@@ -5,6 +5,7 @@ provenance and the --json summary; a scene outside the model's resolution range 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import types
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_inventory_round_trips_through_config_json(tmp_path):
         TrainedConcept("x", "imagined", ("x",))
 
 
-def test_stored_wording_vectors_are_used_and_a_stale_file_is_not(knowing_dir, tmp_path, monkeypatch):
+def test_stored_wording_vectors_are_used_and_a_stale_file_is_not(knowing_dir, tmp_path, monkeypatch, caplog):
     copy = tmp_path / "model"
     shutil.copytree(knowing_dir, copy)
     path = write_inventory_vectors(copy)
@@ -96,6 +97,11 @@ def test_stored_wording_vectors_are_used_and_a_stale_file_is_not(knowing_dir, tm
     cfg.inventory = Inventory(INVENTORY.concepts[:2], INVENTORY.rule, "test")
     cfg.save(copy)
     assert path.is_file() and load_compact_segmenter(copy)._wording_vectors is None
+    # the next export replaces the stale file without warning about it, and the new one is used
+    caplog.clear()  # the load above warned, as it should
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        write_inventory_vectors(copy)
+    assert not caplog.records and load_compact_segmenter(copy)._wording_vectors is not None
 
 
 def test_known_wording_and_heldout_synonym_are_known_unrelated_is_not(knowing):

@@ -51,21 +51,19 @@ def window_and_buildings() -> tuple[np.ndarray, np.ndarray, dict]:
     return image, buildings, profile
 
 
-def composites(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """The window, its training-style and validation-style composites, and its rasterio profile."""
+def composites(image: np.ndarray, buildings: np.ndarray, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """The window's training-style and validation-style composites."""
     from geoseg.train.damage import TRAIN_STYLE, VALIDATION_STYLE, composite_damage
 
-    image, buildings, profile = window_and_buildings()
     train = composite_damage(np.random.default_rng(seed), image, buildings, TRAIN_STYLE).image
     val = composite_damage(np.random.default_rng(seed), image, buildings, VALIDATION_STYLE).image
-    return image, train, val, profile
+    return train, val
 
 
-def change_pair(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def change_pair(image: np.ndarray, buildings: np.ndarray, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """The window before and after a validation-style disaster (geoseg.train.damage.destroyed_pair)."""
     from geoseg.train.damage import VALIDATION_STYLE, destroyed_pair
 
-    image, buildings, _ = window_and_buildings()
     before, after, _ = destroyed_pair(np.random.default_rng(seed), image, buildings, VALIDATION_STYLE)
     return before, after
 
@@ -104,8 +102,9 @@ def save_sheet(panels: list[np.ndarray], name: str) -> None:
 
 
 def main() -> None:
-    image, train, val, profile = composites()
-    before, after = change_pair()
+    image, buildings, profile = window_and_buildings()
+    train, val = composites(image, buildings)
+    before, after = change_pair(image, buildings)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         single = preview_of("segment", [write_tif(t / "damaged.tif", val, profile)], t)

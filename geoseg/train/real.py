@@ -259,7 +259,7 @@ class RealVocabulary:
         for q in queries_by_split()["change"]:
             self.change.setdefault(q.concept.removeprefix("change/"), []).append(q.text)
         # building damage between the dates is taught only by composited pairs (destroyed_pair);
-        # asked in change mode, the single-date damage words mean the damage that appeared
+        # in change mode, the single-date damage words mean the damage between the dates
         self.change["damaged_buildings"] = without_heldout(
             [*vocab.CHANGE_PHRASES["damaged_buildings"], *DAMAGE_WORDINGS["damaged buildings"]])
         self.change["demolished_buildings"] = [*self.change.get("demolished_buildings", []), "destroyed buildings"]

@@ -188,11 +188,12 @@ def _wordings_key(inventory: Inventory, text_encoder: str) -> str:
 
 def write_inventory_vectors(directory: str | Path) -> Path:
     """Compute the trained wordings' embeddings of the checkpoint in `directory` (config.json with
-    an inventory) and store them beside its weights."""
+    an inventory) and store them beside its weights (replacing a file an earlier export left)."""
+    path = Path(directory) / INVENTORY_VECTORS_NAME
+    path.unlink(missing_ok=True)  # a new export's file is stale by design: no warning when loading below
     segmenter = load_compact_segmenter(directory)
     if not isinstance(segmenter, InventoriedSegmenter):
         raise ModelLoadError(f"{directory}: config.json declares no inventory; nothing to store")
-    path = Path(directory) / INVENTORY_VECTORS_NAME
     key = _wordings_key(segmenter.inventory, segmenter.model.config.text_encoder)
     save_file({"vectors": segmenter._inventory_vectors().contiguous()}, str(path), metadata={"wordings": key})
     return path
