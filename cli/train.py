@@ -57,10 +57,12 @@ def train_command(ctx: click.Context, configs: tuple[str, ...], steps: int | Non
                    "twice the ground resolution); probabilities are resampled back onto the truth.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG",
               help="Score only the manifest lines carrying this tag (repeatable: all must match), e.g. area-split:val.")
+@click.option("--per-sample", is_flag=True,
+              help="Also list every (image, expression): IoU, precision, recall, true and predicted area shares.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: float, device: str, scale: float,
-                     tags: tuple[str, ...], as_json: bool) -> None:
+                     tags: tuple[str, ...], per_sample: bool, as_json: bool) -> None:
     """Evaluate MODEL (registry name, checkpoint directory or hub id) on DATASET (a JSONL
     manifest or its folder; see docs/dataset-format.md).
 
@@ -71,11 +73,12 @@ def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: fl
       geoseg evaluate compact data/heldout/manifest.jsonl --json
       geoseg evaluate compact data/dubai-hitl --tag area-split:val
       geoseg evaluate compact data/dubai-hitl --tag area-split:val --scale 0.5
+      geoseg evaluate compact data/dubai-hitl --tag area-split:val --per-sample --json
     """
     from geoseg.models.registry import load_segmenter
     from geoseg.train.evaluate import evaluate_manifest, format_report
 
     segmenter = load_segmenter(model, device=device)
     result = evaluate_manifest(segmenter, dataset, threshold=threshold, tags=tags, scale=scale,
-                                progress=_progress(ctx))
+                                progress=_progress(ctx), per_sample=per_sample)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))

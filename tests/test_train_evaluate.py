@@ -9,7 +9,13 @@ from click.testing import CliRunner
 
 from geoseg.errors import InputError
 from geoseg.models.compact import CompactModel, tiny_config
-from geoseg.train.evaluate import EvalSample, evaluate_manifest, evaluate_samples, manifest_samples
+from geoseg.train.evaluate import (
+    EvalSample,
+    evaluate_manifest,
+    evaluate_samples,
+    manifest_samples,
+    score_samples,
+)
 from geoseg.train.manifest import read_manifest
 
 
@@ -43,6 +49,21 @@ def test_evaluate_samples_pads_and_crops_odd_sizes():
     assert m["all/empty"]["gIoU"] == 1.0
     assert m["all"]["gIoU"] == pytest.approx(0.75)
     assert m["all"]["cIoU"] == pytest.approx(100 / 200)
+
+
+def test_per_sample_scores_say_what_was_missed_and_what_was_overdrawn():
+    truth = np.zeros((40, 50), bool)
+    truth[5:15, 5:25] = True  # 200 px
+    pred = np.zeros((40, 50))
+    pred[5:15, 5:15] = 0.9  # 100 px, all inside the truth: precision 1, recall 0.5
+    seg = OracleSegmenter({"a": pred, "b": np.zeros((40, 50)), "c": pred})
+    empty = np.zeros((40, 50), bool)
+    sample = EvalSample(np.zeros((40, 50, 3), np.float32), ["a", "b", "c"], [truth, empty, empty], name="chip.tif")
+    a, b, c = (score.row() for score in score_samples(seg, [sample]))
+    assert a == {"image": "chip.tif", "expression": "a", "iou": 0.5, "precision": 1.0, "recall": 0.5,
+                 "truth_share": 0.1, "predicted_share": 0.05}
+    assert (b["iou"], b["precision"], b["recall"]) == (1.0, None, None)  # nothing asked for, nothing drawn
+    assert (c["iou"], c["precision"], c["recall"], c["predicted_share"]) == (0.0, 0.0, None, 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +102,15 @@ def test_evaluate_command_json(exported, tmp_path, monkeypatch):
     assert data["metrics"]["all"]["count"] == 6
     text = CliRunner().invoke(evaluate_command, [str(tmp_path / "ckpt"), str(exported)], obj={"quiet": 1})
     assert text.exit_code == 0 and "gIoU" in text.output and "all/empty" in text.output
+
+    rows = json.loads(CliRunner().invoke(evaluate_command, [str(tmp_path / "ckpt"), str(exported), "--json",
+                                                            "--per-sample"], obj={"quiet": 1}).output)["samples"]
+    manifest = read_manifest(exported)
+    assert sorted((r["image"], r["expression"]) for r in rows) == sorted((str(m.shown), m.expression) for m in manifest)
+    assert np.mean([r["iou"] for r in rows]) == pytest.approx(data["metrics"]["all"]["gIoU"])
+    table = CliRunner().invoke(evaluate_command, [str(tmp_path / "ckpt"), str(exported), "--per-sample"],
+                               obj={"quiet": 1}).output
+    assert all(f"{m.expression} | {m.shown}" in table for m in manifest)
 
 
 def test_evaluate_manifest_names_model_and_weights(exported, tmp_path):

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from geoseg.models.base import Segmenter
 from geoseg.models.change import change_probabilities, change_view
 from geoseg.options import EVAL_SCALE_MAX
 from geoseg.train.manifest import ManifestSample, load_image, load_mask, read_manifest
-from geoseg.train.metrics import MetricAccumulator
+from geoseg.train.metrics import MetricAccumulator, SampleCounts, sample_counts
 
 
 @dataclass
@@ -33,6 +34,23 @@ class EvalSample:
     masks: list[np.ndarray]  # one H x W bool per expression
     before: np.ndarray | None = None
     groups: list[tuple[str, ...]] = field(default_factory=list)  # per expression
+    name: str = ""  # the image file (the after date's for change), as per-sample scores name it
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """One (image, expression) scored: the counts behind every metric."""
+
+    image: str
+    expression: str
+    groups: tuple[str, ...]
+    counts: SampleCounts
+
+    def row(self) -> dict:
+        """The JSON row `geoseg evaluate --per-sample` prints for it."""
+        c = self.counts
+        return {"image": self.image, "expression": self.expression, "iou": c.iou, "precision": c.precision,
+                "recall": c.recall, "truth_share": c.true_area / c.pixels, "predicted_share": c.pred_area / c.pixels}
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -76,6 +94,31 @@ def predict_sample(segmenter: Segmenter, sample: EvalSample, scale: float = 1.0)
     return probs.cpu().numpy()
 
 
+def score_samples(
+    segmenter: Segmenter,
+    samples: Iterable[EvalSample],
+    *,
+    threshold: float = 0.5,
+    scale: float = 1.0,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[SampleScore]:
+    """Every (image, expression) of `samples` predicted and scored, in order."""
+    for sample in tqdm(samples, total=total, file=sys.stderr, disable=not progress, desc="evaluate"):
+        probs = predict_sample(segmenter, sample, scale)
+        for q, mask in enumerate(sample.masks):
+            groups = sample.groups[q] if sample.groups else ()
+            yield SampleScore(sample.name, sample.expressions[q], groups, sample_counts(probs[q] > threshold, mask))
+
+
+def summarise_scores(scores: Iterable[SampleScore]) -> dict[str, dict[str, float]]:
+    """The metric set over all scores and over each group (see geoseg.train.metrics)."""
+    acc = MetricAccumulator()
+    for score in scores:
+        acc.add(score.counts, score.groups)
+    return acc.compute()
+
+
 def evaluate_samples(
     segmenter: Segmenter,
     samples: Iterable[EvalSample],
@@ -85,13 +128,8 @@ def evaluate_samples(
     progress: bool = False,
     total: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    acc = MetricAccumulator()
-    for sample in tqdm(samples, total=total, file=sys.stderr, disable=not progress, desc="evaluate"):
-        probs = predict_sample(segmenter, sample, scale)
-        for q, mask in enumerate(sample.masks):
-            groups = sample.groups[q] if sample.groups else ()
-            acc.update(probs[q] > threshold, mask, groups)
-    return acc.compute()
+    return summarise_scores(score_samples(segmenter, samples, threshold=threshold, scale=scale, progress=progress,
+                                          total=total))
 
 
 def _records(path: str | Path, tags: Sequence[str] = ()) -> list[ManifestSample]:
@@ -119,6 +157,7 @@ def manifest_samples(path: str | Path, tags: Sequence[str] = ()) -> Iterator[Eva
             expressions=[s.expression for s in group],
             masks=[load_mask(s.mask) for s in group],
             groups=[s.tags + _vocabulary_tags(s.expression) for s in group],
+            name=str(first.shown),
         )
 
 
@@ -138,20 +177,21 @@ def count_images(path: str | Path, tags: Sequence[str] = ()) -> int:
 
 def evaluate_manifest(
     segmenter: Segmenter, path: str | Path, *, threshold: float = 0.5, tags: Sequence[str] = (),
-    scale: float = 1.0, progress: bool = False,
+    scale: float = 1.0, progress: bool = False, per_sample: bool = False,
 ) -> dict:
     """Metrics of `segmenter` on a JSONL manifest (its lines carrying every tag in `tags`), with
-    the model and dataset named; `scale` as in predict_sample."""
+    the model and dataset named; `scale` as in predict_sample. With `per_sample`, also every
+    (image, expression)'s IoU, precision, recall and areas under "samples", in manifest order of
+    images."""
     if not 0 < scale <= EVAL_SCALE_MAX:
         raise InputError(f"scale {scale}: use a factor in (0, {EVAL_SCALE_MAX:g}], e.g. 0.5 to read images at half "
                          "their resolution")
     total = count_images(path, tags)
     if not total:
         raise InputError(f"{path}: no manifest lines carry the tag(s) {', '.join(tags)}; check the spelling")
-    metrics = evaluate_samples(
-        segmenter, manifest_samples(path, tags), threshold=threshold, scale=scale, progress=progress, total=total
-    )
-    return {
+    scores = list(score_samples(segmenter, manifest_samples(path, tags), threshold=threshold, scale=scale,
+                                progress=progress, total=total))
+    result: dict[str, Any] = {
         "model": segmenter.info.name,
         "model_version": segmenter.info.version,
         "weights_sha256": segmenter.info.weights_sha256,
@@ -159,8 +199,11 @@ def evaluate_manifest(
         "tags": list(tags),
         "threshold": threshold,
         "scale": scale,
-        "metrics": metrics,
+        "metrics": summarise_scores(scores),
     }
+    if per_sample:
+        result["samples"] = [score.row() for score in scores]
+    return result
 
 
 REPORT_KEYS = ("count", "gIoU", "cIoU", "mIoU", "oIoU", "Pr@0.5", "Pr@0.7", "Pr@0.9", "fp_area")
@@ -176,4 +219,15 @@ def format_report(result: dict) -> str:
     for group, m in result["metrics"].items():
         cells = [f"{m[k]:9d}" if k == "count" else (f"{m[k]:9.4f}" if k in m else f"{'-':>9s}") for k in REPORT_KEYS]
         lines.append(f"{group:28s}" + "".join(cells))
+    if "samples" in result:
+        lines += ["", f"{'iou':>6s} {'prec':>6s} {'recall':>6s} {'truth':>6s} {'pred':>6s}  expression | image"]
+        lines += [_sample_line(row) for row in result["samples"]]
     return "\n".join(lines)
+
+
+def _sample_line(row: dict) -> str:
+    def share(x: float | None) -> str:
+        return f"{'-':>6s}" if x is None else f"{x:6.3f}"
+
+    cells = [row[k] for k in ("iou", "precision", "recall", "truth_share", "predicted_share")]
+    return " ".join(share(x) for x in cells) + f"  {row['expression']} | {row['image']}"

@@ -37,6 +37,16 @@ class SampleCounts:
     def iou(self) -> float:
         return 1.0 if self.union == 0 else self.intersection / self.union
 
+    @property
+    def precision(self) -> float | None:
+        """Share of the predicted pixels that are true; None when nothing was predicted."""
+        return self.intersection / self.pred_area if self.pred_area else None
+
+    @property
+    def recall(self) -> float | None:
+        """Share of the true pixels that were predicted; None for an empty truth."""
+        return self.intersection / self.true_area if self.true_area else None
+
 
 def sample_counts(pred: np.ndarray, truth: np.ndarray) -> SampleCounts:
     pred = np.asarray(pred, dtype=bool)
@@ -89,10 +99,13 @@ class MetricAccumulator:
 
     def update(self, pred: np.ndarray, truth: np.ndarray, groups: tuple[str, ...] = ()) -> SampleCounts:
         counts = sample_counts(pred, truth)
+        self.add(counts, groups)
+        return counts
+
+    def add(self, counts: SampleCounts, groups: tuple[str, ...] = ()) -> None:
         self.samples.append(counts)
         for g in groups:
             self.groups[g].append(counts)
-        return counts
 
     def compute(self) -> dict[str, dict[str, float]]:
         result = split_by_emptiness("all", self.samples)
