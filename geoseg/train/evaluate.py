@@ -119,17 +119,10 @@ def summarise_scores(scores: Iterable[SampleScore]) -> dict[str, dict[str, float
     return acc.compute()
 
 
-def evaluate_samples(
-    segmenter: Segmenter,
-    samples: Iterable[EvalSample],
-    *,
-    threshold: float = 0.5,
-    scale: float = 1.0,
-    progress: bool = False,
-    total: int | None = None,
-) -> dict[str, dict[str, float]]:
-    return summarise_scores(score_samples(segmenter, samples, threshold=threshold, scale=scale, progress=progress,
-                                          total=total))
+def evaluate_samples(segmenter: Segmenter, samples: Iterable[EvalSample], *, threshold: float = 0.5,
+                     scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """The metric set of `segmenter` on samples made in memory."""
+    return summarise_scores(score_samples(segmenter, samples, threshold=threshold, scale=scale))
 
 
 def _records(path: str | Path, tags: Sequence[str] = ()) -> list[ManifestSample]:
@@ -181,8 +174,8 @@ def evaluate_manifest(
 ) -> dict:
     """Metrics of `segmenter` on a JSONL manifest (its lines carrying every tag in `tags`), with
     the model and dataset named; `scale` as in predict_sample. With `per_sample`, also every
-    (image, expression)'s IoU, precision, recall and areas under "samples", in manifest order of
-    images."""
+    (image, expression)'s IoU, precision, recall and areas under "samples" (images in path
+    order, as manifest_samples reads them)."""
     if not 0 < scale <= EVAL_SCALE_MAX:
         raise InputError(f"scale {scale}: use a factor in (0, {EVAL_SCALE_MAX:g}], e.g. 0.5 to read images at half "
                          "their resolution")
