@@ -29,10 +29,10 @@ def test_summary_matches_hand_computation():
     # sample A: I=1, U=4 -> 0.25; sample B: I=3, U=4 -> 0.75; sample C: both empty -> 1.0
     # sample D: empty truth, 2 false-positive pixels -> 0.0
     acc = MetricAccumulator()
-    acc.update(_mask([(0, 0), (0, 1), (1, 0)]), _mask([(0, 0), (1, 1)]))
-    acc.update(_mask([(2, 0), (2, 1), (2, 2)]), _mask([(2, 0), (2, 1), (2, 2), (2, 3)]))
-    acc.update(_mask([]), _mask([]))
-    acc.update(_mask([(3, 3), (3, 2)]), _mask([]))
+    acc.add(sample_counts(_mask([(0, 0), (0, 1), (1, 0)]), _mask([(0, 0), (1, 1)])))
+    acc.add(sample_counts(_mask([(2, 0), (2, 1), (2, 2)]), _mask([(2, 0), (2, 1), (2, 2), (2, 3)])))
+    acc.add(sample_counts(_mask([]), _mask([])))
+    acc.add(sample_counts(_mask([(3, 3), (3, 2)]), _mask([])))
     r = acc.compute()
     allm = r["all"]
     assert allm["count"] == 4
@@ -68,8 +68,8 @@ def test_all_empty_pooled_ratios_are_one():
 
 def test_groups_are_reported_separately():
     acc = MetricAccumulator()
-    acc.update(_mask([(0, 0)]), _mask([(0, 0)]), groups=("heldout_synonym",))
-    acc.update(_mask([]), _mask([(0, 0)]))
+    acc.add(sample_counts(_mask([(0, 0)]), _mask([(0, 0)])), groups=("heldout_synonym",))
+    acc.add(sample_counts(_mask([]), _mask([(0, 0)])))
     r = acc.compute()
     assert r["all"]["gIoU"] == pytest.approx(0.5)
     assert r["heldout_synonym"]["gIoU"] == 1.0

@@ -219,8 +219,8 @@ def format_report(result: dict) -> str:
 
 
 def _sample_line(row: dict) -> str:
-    def share(x: float | None) -> str:
+    def cell(x: float | None) -> str:
         return f"{'-':>6s}" if x is None else f"{x:6.3f}"
 
-    cells = [row[k] for k in ("iou", "precision", "recall", "truth_share", "predicted_share")]
-    return " ".join(share(x) for x in cells) + f"  {row['expression']} | {row['image']}"
+    values = [row[k] for k in ("iou", "precision", "recall", "truth_share", "predicted_share")]
+    return " ".join(cell(x) for x in values) + f"  {row['expression']} | {row['image']}"

@@ -97,11 +97,6 @@ class MetricAccumulator:
     samples: list[SampleCounts] = field(default_factory=list)
     groups: dict[str, list[SampleCounts]] = field(default_factory=lambda: defaultdict(list))
 
-    def update(self, pred: np.ndarray, truth: np.ndarray, groups: tuple[str, ...] = ()) -> SampleCounts:
-        counts = sample_counts(pred, truth)
-        self.add(counts, groups)
-        return counts
-
     def add(self, counts: SampleCounts, groups: tuple[str, ...] = ()) -> None:
         self.samples.append(counts)
         for g in groups:
