@@ -41,3 +41,23 @@ def stack_batch(images: list[np.ndarray], queries: list[str], index: list[int], 
         change_masks=stack(changes),
         valid=stack(valid),
     )
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    """One single-date batch holding the images and pairs of `parts`, in order (each pair's image
+    index moved past the earlier parts' images; a part without a valid mask is valid everywhere)."""
+    if any(p.before is not None for p in parts):
+        raise ValueError("concat_batches joins single-date batches only")
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
+    valid = None
+    if any(p.valid is not None for p in parts):
+        valid = torch.cat([p.valid if p.valid is not None else torch.ones_like(p.masks) for p in parts])
+    return Batch(
+        images=torch.cat([p.images for p in parts]),
+        queries=[q for p in parts for q in p.queries],
+        image_index=torch.cat([p.image_index + int(o) for p, o in zip(parts, offsets, strict=True)]),
+        masks=torch.cat([p.masks for p in parts]),
+        valid=valid,
+    )

@@ -40,6 +40,10 @@ class DataConfig:
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
     real_weights: dict[str, float] = field(default_factory=dict)  # source name -> draw weight (others 1.0)
+    # Draw each image of a batch from real or synthetic (by real_share) instead of each batch
+    # whole from one: BatchNorm then trains under the same mixture statistics inference uses
+    # (geoseg.train.data.MixedSource). Off in the configs written before it, which it would change.
+    mix_within_batch: bool = False
     # Share of real crops showing water whose water is recoloured (geoseg.train.real.WATER_TINTS):
     # lagoons and ponds are rarely sea blue, and one source's water must not teach a colour.
     water_retint: float = 0.0

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import InputError
-from geoseg.train.batch import Batch, stack_batch, to_tensor_images
+from geoseg.train.batch import Batch, concat_batches, stack_batch, to_tensor_images
 from geoseg.train.config import TrainConfig
 from geoseg.train.manifest import load_image, load_mask, read_manifest
 from geoseg.train.queries import (
@@ -88,12 +88,13 @@ class SynthSource:
     def _render(self) -> Scene:
         return _render_skipping_failures(render_scene_for_training, self._seed, self.cfg.scene_size, self.cfg.gsds)
 
-    def next_batch(self) -> Batch:
+    def next_batch(self, size: int | None = None) -> Batch:
+        """`size` images (default: the config's batch size)."""
         self.batches += 1
         if self.cfg.refresh_every and self.batches % self.cfg.refresh_every == 0:
             self.pool[int(self.rng.integers(len(self.pool)))] = self._render()
         images, queries, index, masks = [], [], [], []
-        for b in range(self.batch_size):
+        for b in range(size or self.batch_size):
             scene = self.pool[int(self.rng.integers(len(self.pool)))]
             image, ids = self._crop(scene.image, scene.instance_ids)
             picks = choose_queries(
@@ -238,16 +239,28 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
 
 
 class MixedSource:
-    """Each batch comes whole from one of several sources, drawn with the given shares."""
+    """Batches drawn from several sources with the given shares: each batch whole from one source,
+    or, `within_batch`, each image of a batch from a source drawn for it.
 
-    def __init__(self, sources: list, shares: list[float], seed: int) -> None:
+    Why within: BatchNorm normalises a training batch by its own statistics, so whole-source
+    batches teach the model real imagery under real-only statistics and synthetic imagery under
+    synthetic-only ones, while inference normalises everything by the running mixture of both,
+    which matches neither (docs/models/compact.md, "BatchNorm and the training mix")."""
+
+    def __init__(self, sources: list, shares: list[float], seed: int, *, within_batch: bool = False,
+                 batch_size: int = 0) -> None:
         self.sources = sources
         self.shares = np.asarray(shares, float) / sum(shares)
         self.rng = np.random.default_rng(seed)
         self.vocabulary = sorted({w for s in sources for w in getattr(s, "vocabulary", ())})
+        self.within_batch = within_batch
+        self.batch_size = batch_size
 
     def next_batch(self) -> Batch:
-        return self.sources[int(self.rng.choice(len(self.sources), p=self.shares))].next_batch()
+        if not self.within_batch:
+            return self.sources[int(self.rng.choice(len(self.sources), p=self.shares))].next_batch()
+        counts = self.rng.multinomial(self.batch_size, self.shares)
+        return concat_batches([s.next_batch(int(n)) for s, n in zip(self.sources, counts, strict=True) if n])
 
     def close(self) -> None:
         for s in self.sources:
@@ -276,5 +289,9 @@ def make_batch_source(config: TrainConfig, start_step: int = 0):
     if share >= 1:
         main.close()
         return real
-    return MixedSource([real, main], [share, 1 - share], seed + 2)
+    within = config.data.mix_within_batch
+    if within and not isinstance(main, SynthSource):
+        raise InputError("data.mix_within_batch mixes synthetic and real single-date crops; "
+                         "it needs stage: segment and source: synth")
+    return MixedSource([real, main], [share, 1 - share], seed + 2, within_batch=within, batch_size=config.batch_size)
 

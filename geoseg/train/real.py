@@ -345,9 +345,10 @@ class RealSource:
         group = self._group()
         return self.data.images[group[int(self.rng.integers(len(group)))]]
 
-    def next_batch(self) -> Batch:
+    def next_batch(self, size: int | None = None) -> Batch:
+        """`size` images (default: the config's batch size)."""
         images, queries, index, masks, valid = [], [], [], [], []
-        for b in range(self.batch_size):
+        for b in range(size or self.batch_size):
             im = self._image()
             crop = with_damage(self.rng, random_crop(self.rng, im, self.cfg.tile, self.scale), self.cfg.damage_share)
             picks = choose_real_queries(self.rng, self.words, crop, im.source, self.cfg.queries_per_image,
@@ -378,10 +379,10 @@ class RealChangeSource(RealSource):
             by_source.setdefault(self.data.images[i].source, []).append(i)
         self._use_sources(by_source)
 
-    def next_batch(self) -> Batch:
+    def next_batch(self, size: int | None = None) -> Batch:
         befores, afters, changes, queries, index, masks, valid = [], [], [], [], [], [], []
         t = self.cfg.tile
-        for b in range(self.batch_size):
+        for b in range(size or self.batch_size):
             group = self._group()
             a = self.data.images[group[int(self.rng.integers(len(group)))]]
             before = random_crop(self.rng, a, t, self.scale)
