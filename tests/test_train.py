@@ -226,6 +226,41 @@ def test_export_can_average_the_final_weights_with_an_earlier_phase(tmp_path):
         export_final(tmp_path / "final", cfg)
 
 
+def test_export_can_reestimate_batchnorm_on_training_batches(tmp_path):
+    """Only BatchNorm's statistics change, to the plain average over the drawn training batches:
+    the first BatchNorm's running mean is the mean of its inputs over those same batches."""
+    from geoseg.train.trainer import BATCHNORM_DRAW_STEP, export_final
+
+    torch.manual_seed(0)
+    CompactModel(tiny_config()).save_pretrained(tmp_path / "final")
+    cfg = train_config_from_dict(_tiny(tmp_path, export_to=str(tmp_path / "export"), export_bn_batches=3))
+    before = CompactModel.from_pretrained(tmp_path / "final").state_dict()
+    after = CompactModel.from_pretrained(export_final(tmp_path / "final", cfg)).state_dict()
+    stats = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in stats and "num_batches" not in k)
+
+    # the first BatchNorm the images meet normalises the stem's output, which no statistics change
+    model = CompactModel.from_pretrained(tmp_path / "final")
+    seen: list[tuple[str, torch.Tensor]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_pre_hook(lambda m, x, name=name: seen.append((name, x[0].mean(dim=(0, 2, 3)))))
+    source = make_batch_source(cfg, start_step=BATCHNORM_DRAW_STEP)
+    with torch.no_grad():
+        means = []
+        for _ in range(3):
+            seen.clear()
+            model.encode_images(source.next_batch().images)
+            means.append(seen[0][1])
+    first = seen[0][0]
+    torch.testing.assert_close(after[f"{first}.running_mean"], torch.stack(means).mean(0))
+    extra = json.loads((tmp_path / "export" / "config.json").read_text())["extra"]
+    assert extra["batchnorm_reestimated_on"] == 3
+    with pytest.raises(InputError, match="export_bn_batches"):
+        train_config_from_dict(_tiny(tmp_path, export_bn_batches=-1))
+
+
 def test_export_can_average_several_earlier_phases(tmp_path):
     """Thirds: the final and two earlier checkpoints, each at 1/3."""
     from geoseg.train.trainer import export_final

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from geoseg.train.config import train_config_from_dict
@@ -103,6 +104,55 @@ def test_mixed_source_draws_both(manifest):
     assert isinstance(source, MixedSource)
     kinds = {source.next_batch().valid is None for _ in range(12)}
     assert kinds == {True, False}  # synthetic batches have no valid mask, real ones do
+
+
+def test_mixed_within_batch_draws_each_image_from_a_source(manifest):
+    """Each batch holds real and synthetic crops in the configured shares, each pair pointing at
+    its own image."""
+    config = _config(manifest, share=0.5)
+    config.data.mix_within_batch = True
+    source = make_batch_source(config)
+    assert isinstance(source, MixedSource)
+    real, synthetic = source.sources
+    asked: dict[str, list[int]] = {"real": [], "synthetic": []}
+    for name, sub in (("real", real), ("synthetic", synthetic)):
+        def spy(size=None, draw=sub.next_batch, name=name):
+            asked[name].append(size)
+            return draw(size)
+        sub.next_batch = spy
+    for _ in range(20):
+        batch = source.next_batch()
+        assert batch.images.shape[0] == 4 and len(batch.queries) == batch.masks.shape[0] == batch.image_index.shape[0]
+        assert batch.valid is None or batch.valid.shape == batch.masks.shape  # None: all synthetic
+        assert sorted(set(batch.image_index.tolist())) == [0, 1, 2, 3]  # every image is asked
+    total_real = sum(asked["real"])
+    assert total_real + sum(asked["synthetic"]) == 80 and 20 < total_real < 60  # half of 80 images
+    assert any(0 < n < 4 for n in asked["real"])  # some batches hold both
+
+
+def test_mixing_within_batch_needs_synthetic_single_date_crops(manifest):
+    from geoseg.errors import InputError
+
+    config = _config(manifest, stage="change", share=0.5)
+    config.data.mix_within_batch = True
+    with pytest.raises(InputError, match="mix_within_batch"):
+        make_batch_source(config)
+
+
+def test_concat_batches_moves_each_part_s_image_index():
+    from geoseg.train.batch import Batch, concat_batches
+
+    def part(images: int, index: list[int], valid: bool) -> Batch:
+        masks = torch.rand(len(index), 8, 8).round()
+        return Batch(torch.rand(images, 3, 8, 8), [f"q{i}" for i in index], torch.tensor(index), masks,
+                     valid=torch.zeros_like(masks) if valid else None)
+
+    a, b = part(1, [0, 0], True), part(3, [2, 0, 1], False)
+    joined = concat_batches([a, b])
+    assert joined.image_index.tolist() == [0, 0, 3, 1, 2]
+    assert joined.queries == a.queries + b.queries
+    assert torch.equal(joined.images[1:], b.images) and torch.equal(joined.masks[2:], b.masks)
+    assert joined.valid is not None and not joined.valid[:2].any() and joined.valid[2:].all()
 
 
 def test_source_weights_set_how_often_each_source_is_drawn(tmp_path):

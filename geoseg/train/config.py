@@ -77,6 +77,9 @@ class TrainConfig:
     # sets like any checkpoint.
     export_average_with: str | list[str] | None = None
     export_average_share: float = 0.3
+    # Re-estimate BatchNorm's statistics on this many training batches before exporting (0: keep
+    # the running averages the run ended with); trainer.reestimate_batchnorm says why.
+    export_bn_batches: int = 0
     time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
     model: dict = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
@@ -114,6 +117,8 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     for name in ("real_share", "empty_share", "water_retint", "damage_share", "unrelated_share"):
         if not 0 <= getattr(config.data, name) <= 1:
             raise InputError(f"{where}: data.{name} is a share between 0 and 1, not {getattr(config.data, name)}")
+    if config.export_bn_batches < 0:
+        raise InputError(f"{where}: export_bn_batches counts batches (0: keep the run's statistics), not {config.export_bn_batches}")
     if config.data.tile % 32:
         raise InputError(f"{where}: data.tile must be a multiple of 32, not {config.data.tile}")
     return config

@@ -165,25 +165,37 @@ class CompactTask:
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:
-    """Copy the final checkpoint to `export_to`, or write its average with the `export_average_with`
-    checkpoints there, each weighted `export_average_share` (float tensors averaged; counters such
-    as BatchNorm's batch count kept from `final`).
+    """Copy the final checkpoint to `export_to`; or write there its average with the
+    `export_average_with` checkpoints, each weighted `export_average_share` (float tensors averaged;
+    counters such as BatchNorm's batch count kept from `final`), and/or the weights with their
+    BatchNorm statistics re-estimated on `export_bn_batches` training batches.
 
-    An average is also kept beside `final` as `exported`: the shipped weights are overwritten by
-    the next phase's export, and a later phase may start from or average with this one's."""
+    Such a changed export is also kept beside `final` as `exported`: the shipped weights are
+    overwritten by the next phase's export, and a later phase may start from or average with it."""
     assert config.export_to is not None  # the loop exports only when it is set
     export = Path(config.export_to)
     export.mkdir(parents=True, exist_ok=True)
     others = averaged_checkpoints(config)
-    if not others:
+    if not others and not config.export_bn_batches:
         for name in ("config.json", WEIGHTS_NAME):
             shutil.copy2(final / name, export / name)
         return export
+    model = CompactModel.from_pretrained(final)
+    if others:
+        average_into(model, others, config.export_average_share, final)
+    if config.export_bn_batches:
+        reestimate_batchnorm(model, config, config.export_bn_batches)
+    kept = save_checkpoint(model, final.parent / "exported")
+    for name in ("config.json", WEIGHTS_NAME):
+        shutil.copy2(kept / name, export / name)
+    return export
+
+
+def average_into(model: CompactModel, others: list[Path], share: float, final: Path) -> None:
+    """`model` (loaded from `final`) becomes its average with `others`, each weighted `share`."""
     from safetensors.torch import load_file
 
-    model = CompactModel.from_pretrained(final)
     own = model.state_dict()
-    share = config.export_average_share
     averaged = {k: (1 - share * len(others)) * v if v.is_floating_point() else v for k, v in own.items()}
     for other_dir in others:
         other = load_file(str(other_dir / WEIGHTS_NAME)) if (other_dir / WEIGHTS_NAME).is_file() else {}
@@ -195,10 +207,41 @@ def export_final(final: Path, config: TrainConfig) -> Path:
                 averaged[k] = averaged[k] + share * other[k]
     model.load_state_dict(averaged)
     model.config.extra = {**model.config.extra, "averaged_with": [str(p) for p in others], "average_share": share}
-    kept = save_checkpoint(model, final.parent / "exported")
-    for name in ("config.json", WEIGHTS_NAME):
-        shutil.copy2(kept / name, export / name)
-    return export
+
+
+# Batches for re-estimating BatchNorm are drawn as a run resumed at this step would draw them:
+# from the training sources, but not the batches the run itself trained on.
+BATCHNORM_DRAW_STEP = 1_000_000
+
+
+def reestimate_batchnorm(model: CompactModel, config: TrainConfig, batches: int) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over `batches` batches of
+    the config's training mix (torch's `update_bn`, as after stochastic weight averaging): the
+    running averages a run ends with follow its last few dozen batches, and an average of two
+    checkpoints' statistics is not the statistics of their averaged weights."""
+    from torch.optim.swa_utils import update_bn
+
+    cfg = model.config
+    text = shared_text_encoder(cfg.text_encoder, cfg.max_text_tokens)
+    source = make_batch_source(config, start_step=BATCHNORM_DRAW_STEP)
+
+    class Forward(torch.nn.Module):  # update_bn calls module(batch)
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch: Batch) -> None:
+            feats = model.encode_images(batch.images, batch.before)
+            if config.stage != "change_pretrain":
+                model.decode(feats, text.encode(batch.queries), batch.image_index)
+
+    try:
+        with torch.no_grad():
+            update_bn((source.next_batch() for _ in range(batches)), Forward())
+    finally:
+        source.close()
+    model.eval()
+    model.config.extra = {**model.config.extra, "batchnorm_reestimated_on": batches}
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> Path:
