@@ -245,7 +245,7 @@ class MixedSource:
     Why within: BatchNorm normalises a training batch by its own statistics, so whole-source
     batches teach the model real imagery under real-only statistics and synthetic imagery under
     synthetic-only ones, while inference normalises everything by the running mixture of both,
-    which matches neither (docs/models/compact.md, "BatchNorm and the training mix")."""
+    which matches neither (docs/models/compact.md, "Release 0.12.0")."""
 
     def __init__(self, sources: list, shares: list[float], seed: int, *, within_batch: bool = False,
                  batch_size: int = 0) -> None:
