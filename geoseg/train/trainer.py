@@ -23,7 +23,7 @@ from geoseg.errors import InputError
 from geoseg.io.fileio import replace_directory
 from geoseg.models.compact.config import MODEL_TYPE, MODEL_TYPE_CHANGE, CompactConfig
 from geoseg.models.compact.encoder import load_imagenet_weights
-from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel
+from geoseg.models.compact.model import WEIGHTS_NAME, CompactModel, ImageFeatures, ModelOutput
 from geoseg.models.compact.segmenter import write_inventory_vectors
 from geoseg.models.compact.text import TextEncoder, shared_text_encoder
 from geoseg.train.batch import Batch
@@ -96,14 +96,21 @@ def save_checkpoint(model: CompactModel, directory: Path, state: dict | None = N
     return replace_directory(tmp, directory)
 
 
+def forward_batch(model: CompactModel, text: TextEncoder, batch: Batch, stage: str) -> tuple[ImageFeatures, ModelOutput | None]:
+    """The model on a training batch: image features, and the decoded queries except in
+    change_pretrain (which trains the class-agnostic change head alone)."""
+    feats = model.encode_images(batch.images, batch.before)
+    if stage == "change_pretrain":
+        return feats, None
+    return feats, model.decode(feats, text.encode(batch.queries), batch.image_index)
+
+
 def batch_loss(model: CompactModel, text: TextEncoder, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict]:
-    if config.stage == "change_pretrain":
-        feats = model.encode_images(batch.images, batch.before)
+    feats, out = forward_batch(model, text, batch, config.stage)
+    if out is None:
         assert feats.change_logits is not None and batch.change_masks is not None  # a change batch
         loss = change_pretrain_loss(feats.change_logits, batch.change_masks, config.loss)
         return loss, {"change": float(loss.detach())}
-    feats = model.encode_images(batch.images, batch.before)
-    out = model.decode(feats, text.encode(batch.queries), batch.image_index)
     return compact_loss(out, batch.masks, config.loss, batch.change_masks, batch.valid)
 
 
@@ -225,22 +232,19 @@ def reestimate_batchnorm(model: CompactModel, config: TrainConfig, batches: int)
     text = shared_text_encoder(cfg.text_encoder, cfg.max_text_tokens)
     source = make_batch_source(config, start_step=BATCHNORM_DRAW_STEP)
 
-    class Forward(torch.nn.Module):  # update_bn calls module(batch)
+    class Forward(torch.nn.Module):  # update_bn calls module(batch) and finds the BatchNorms in it
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, batch: Batch) -> None:
-            feats = model.encode_images(batch.images, batch.before)
-            if config.stage != "change_pretrain":
-                model.decode(feats, text.encode(batch.queries), batch.image_index)
+            forward_batch(model, text, batch, config.stage)
 
     try:
-        with torch.no_grad():
-            update_bn((source.next_batch() for _ in range(batches)), Forward())
+        update_bn((source.next_batch() for _ in range(batches)), Forward())  # under no_grad
     finally:
         source.close()
-    model.eval()
+    model.eval()  # update_bn leaves the wrapper, and so the model, in training mode
     model.config.extra = {**model.config.extra, "batchnorm_reestimated_on": batches}
 
 
