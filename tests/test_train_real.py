@@ -155,6 +155,18 @@ def test_concat_batches_moves_each_part_s_image_index():
     assert joined.valid is not None and not joined.valid[:2].any() and joined.valid[2:].all()
 
 
+def test_concat_batches_keeps_the_images_of_a_part_that_drew_no_pair():
+    from geoseg.train.batch import concat_batches, stack_batch
+
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool)
+    empty = stack_batch([image, image], [], [], [])  # two images, no query asked
+    asked = stack_batch([image], ["q"], [0], [mask])
+    joined = concat_batches([empty, asked])
+    assert joined.images.shape[0] == 3 and joined.queries == ["q"]
+    assert joined.image_index.tolist() == [2] and joined.masks.shape == (1, 8, 8)
+    assert concat_batches([empty, empty]).masks is None
+
+
 def test_source_weights_set_how_often_each_source_is_drawn(tmp_path):
     from geoseg.errors import InputError
     from geoseg.train.real import RealSource

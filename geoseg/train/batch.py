@@ -51,13 +51,16 @@ def concat_batches(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
     offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
+    # a part whose images drew no pair (masks None) adds images only
+    asked = [(p, int(o)) for p, o in zip(parts, offsets, strict=True) if p.masks is not None]
+    masks = torch.cat([p.masks for p, _ in asked]) if asked else None
     valid = None
-    if any(p.valid is not None for p in parts):
-        valid = torch.cat([p.valid if p.valid is not None else torch.ones_like(p.masks) for p in parts])
+    if any(p.valid is not None for p, _ in asked):
+        valid = torch.cat([p.valid if p.valid is not None else torch.ones_like(p.masks) for p, _ in asked])
     return Batch(
         images=torch.cat([p.images for p in parts]),
-        queries=[q for p in parts for q in p.queries],
-        image_index=torch.cat([p.image_index + int(o) for p, o in zip(parts, offsets, strict=True)]),
-        masks=torch.cat([p.masks for p in parts]),
+        queries=[q for p, _ in asked for q in p.queries],
+        image_index=torch.cat([p.image_index + o for p, o in asked]) if asked else parts[0].image_index,
+        masks=cast(torch.Tensor, masks),  # None only when no part drew a pair, as stack_batch
         valid=valid,
     )
