@@ -130,10 +130,35 @@ def test_mixed_within_batch_draws_each_image_from_a_source(manifest):
     assert any(0 < n < 4 for n in asked["real"])  # some batches hold both
 
 
-def test_mixing_within_batch_needs_synthetic_single_date_crops(manifest):
-    from geoseg.errors import InputError
-
+def test_change_pairs_mix_within_batch(manifest):
+    """Change stages mix too: each pair of a batch real or synthetic, the before dates and
+    class-agnostic changes kept with their own pairs."""
     config = _config(manifest, stage="change", share=0.5)
+    config.data.mix_within_batch = True
+    source = make_batch_source(config)
+    real = source.sources[0]
+    sizes: list[int] = []
+
+    def spy(size=None, draw=real.next_batch):
+        sizes.append(size)
+        return draw(size)
+    real.next_batch = spy
+    for _ in range(10):
+        batch = source.next_batch()
+        assert batch.before is not None and batch.before.shape == batch.images.shape == (4, 3, 64, 64)
+        assert batch.change_masks is not None and batch.change_masks.shape == (4, 64, 64)
+        for m in range(len(batch.queries)):  # each kind of change lies inside its own pair's change
+            change = batch.change_masks[int(batch.image_index[m])].bool()
+            assert not (batch.masks[m].bool() & ~change).any()
+    assert any(0 < n < 4 for n in sizes)  # some batches hold both
+
+
+def test_mixing_within_batch_needs_the_synthetic_source(manifest, tmp_path):
+    from geoseg.errors import InputError
+    from geoseg.train.synth.export import export_dataset
+
+    config = _config(manifest, share=0.5)
+    config.data.source = str(export_dataset(tmp_path / "ds", 2, seed=3, size=64, gsd_choices=(0.5,), queries_per_image=2))
     config.data.mix_within_batch = True
     with pytest.raises(InputError, match="mix_within_batch"):
         make_batch_source(config)
@@ -165,6 +190,9 @@ def test_concat_batches_keeps_the_images_of_a_part_that_drew_no_pair():
     assert joined.images.shape[0] == 3 and joined.queries == ["q"]
     assert joined.image_index.tolist() == [2] and joined.masks.shape == (1, 8, 8)
     assert concat_batches([empty, empty]).masks is None
+    pair = stack_batch([image], ["q"], [0], [mask], befores=[image], changes=[mask])
+    with pytest.raises(ValueError, match="not both"):
+        concat_batches([asked, pair])
 
 
 def test_source_weights_set_how_often_each_source_is_drawn(tmp_path):

@@ -44,10 +44,12 @@ def stack_batch(images: list[np.ndarray], queries: list[str], index: list[int], 
 
 
 def concat_batches(parts: list[Batch]) -> Batch:
-    """One single-date batch holding the images and pairs of `parts`, in order (each pair's image
-    index moved past the earlier parts' images; a part without a valid mask is valid everywhere)."""
-    if any(p.before is not None for p in parts):
-        raise ValueError("concat_batches joins single-date batches only")
+    """One batch holding the images and pairs of `parts`, in order (each pair's image index moved
+    past the earlier parts' images; a part without a valid mask is valid everywhere). The parts are
+    all single-date or all change pairs (before, after and class-agnostic change per image)."""
+    dated = {p.before is not None for p in parts}
+    if len(dated) > 1:
+        raise ValueError("concat_batches joins single-date batches or change batches, not both")
     if len(parts) == 1:
         return parts[0]
     offsets = np.cumsum([0] + [p.images.shape[0] for p in parts[:-1]])
@@ -62,5 +64,7 @@ def concat_batches(parts: list[Batch]) -> Batch:
         queries=[q for p, _ in asked for q in p.queries],
         image_index=torch.cat([p.image_index + o for p, o in asked]) if asked else parts[0].image_index,
         masks=cast(torch.Tensor, masks),  # None only when no part drew a pair, as stack_batch
+        before=torch.cat([cast(torch.Tensor, p.before) for p in parts]) if dated == {True} else None,
+        change_masks=torch.cat([cast(torch.Tensor, p.change_masks) for p in parts]) if dated == {True} else None,
         valid=valid,
     )

@@ -150,13 +150,14 @@ class ChangeSource:
     def _render(self) -> PairScene:
         return _render_skipping_failures(render_pair_scene, self._seed, self.cfg.scene_size, self.cfg.gsds)
 
-    def next_batch(self) -> Batch:
+    def next_batch(self, size: int | None = None) -> Batch:
+        """`size` pairs (default: the config's batch size)."""
         self.batches += 1
         if self.cfg.refresh_every and self.batches % self.cfg.refresh_every == 0:
             self.pool[int(self.rng.integers(len(self.pool)))] = self._render()
         t = self.cfg.tile
         befores, afters, changes, queries, index, masks = [], [], [], [], [], []
-        for b in range(self.batch_size):
+        for b in range(size or self.batch_size):
             pair = self.pool[int(self.rng.integers(len(self.pool)))]
             h, w = pair.change.shape
             y, x = _crop_box(self.rng, h, w, t)
@@ -290,8 +291,8 @@ def make_batch_source(config: TrainConfig, start_step: int = 0):
         main.close()
         return real
     within = config.data.mix_within_batch
-    if within and not isinstance(main, SynthSource):
-        raise InputError("data.mix_within_batch mixes synthetic and real single-date crops; "
-                         "it needs stage: segment and source: synth")
+    if within and not isinstance(main, SynthSource | ChangeSource):
+        raise InputError("data.mix_within_batch mixes synthetic and real crops or pairs; "
+                         "it needs source: synth")
     return MixedSource([real, main], [share, 1 - share], seed + 2, within_batch=within, batch_size=config.batch_size)
 
