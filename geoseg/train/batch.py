@@ -64,7 +64,7 @@ def concat_batches(parts: list[Batch]) -> Batch:
         queries=[q for p, _ in asked for q in p.queries],
         image_index=torch.cat([p.image_index + o for p, o in asked]) if asked else parts[0].image_index,
         masks=cast(torch.Tensor, masks),  # None only when no part drew a pair, as stack_batch
-        before=torch.cat([cast(torch.Tensor, p.before) for p in parts]) if dated == {True} else None,
-        change_masks=torch.cat([cast(torch.Tensor, p.change_masks) for p in parts]) if dated == {True} else None,
+        before=torch.cat([cast(torch.Tensor, p.before) for p in parts]) if True in dated else None,
+        change_masks=torch.cat([cast(torch.Tensor, p.change_masks) for p in parts]) if True in dated else None,
         valid=valid,
     )
