@@ -99,6 +99,34 @@ def test_synthetic_batches_have_empty_and_nonempty_targets(tmp_path):
     assert (areas == 0).any() and (areas > 0).any()
 
 
+def test_near_misses_ask_attributes_of_a_class_the_crop_shows():
+    from geoseg.train.queries import by_concept, choose_queries
+
+    concepts = by_concept(queries_by_split()["train"])
+    shown = {"building", "building/grey_roof", "road"}  # grey roofs and a road: no red roof, no water
+    full, empty = np.ones((8, 8), bool), np.zeros((8, 8), bool)
+
+    def empty_picks(share: float) -> list[str]:
+        rng = np.random.default_rng(0)
+        picks = [p for _ in range(300) for p in choose_queries(
+            rng, concepts, lambda key: full if key in shown else empty, 4, 0.5, min_pixels=1, near_miss_share=share)]
+        return [q.concept for q, mask in picks if not mask.any()]
+
+    targets = {"building", "road"}
+    always = empty_picks(1.0)
+    assert always and all(concepts_target(c) in targets for c in always)
+    assert {"building/red_roof", "road/dirt"} <= set(always)
+    never = empty_picks(0.0)
+    near = sum(concepts_target(c) in targets for c in never) / len(never)
+    assert near < 0.5  # uniform over the absent concepts: mostly other classes (water, fields, ...)
+
+
+def concepts_target(key: str) -> str:
+    from geoseg.train.synth import vocab
+
+    return vocab.VOCABULARY[key].target
+
+
 @pytest.fixture
 def one_thread():
     # on a shared 2-core machine two intra-op threads thrash; one is faster and steadier

@@ -36,6 +36,9 @@ class DataConfig:
     refresh_every: int = 50  # steps between replacing one pooled scene by a fresh render
     queries_per_image: int = 3
     empty_share: float = 0.25  # share of queries whose target is absent from the crop
+    # Share of a synthetic crop's empty queries asked about a class it shows with an attribute it
+    # lacks ("red roofs" where every roof is grey; train.queries.choose_queries).
+    near_miss_share: float = 0.0
     real: tuple[str, ...] = ()  # manifests of real labelled imagery (their area-split:val lines are never used)
     real_share: float = 0.0  # share of batches drawn from `real`
     real_scale: tuple[float, float] = (0.75, 2.5)  # crops of real images are resampled by a factor in this range
@@ -114,7 +117,7 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     if others and not 0 < config.export_average_share * len(others) < 1:
         raise InputError(f"{where}: export_average_share x {len(others)} checkpoint(s) must lie between 0 and 1 "
                          f"(the final weights keep the rest), not {config.export_average_share}")
-    for name in ("real_share", "empty_share", "water_retint", "damage_share", "unrelated_share"):
+    for name in ("real_share", "empty_share", "near_miss_share", "water_retint", "damage_share", "unrelated_share"):
         if not 0 <= getattr(config.data, name) <= 1:
             raise InputError(f"{where}: data.{name} is a share between 0 and 1, not {getattr(config.data, name)}")
     if config.export_bn_batches < 0:

@@ -103,6 +103,7 @@ class SynthSource:
                 partial(concept_mask, instance_ids=ids, table=scene.table),
                 self.cfg.queries_per_image,
                 self.cfg.empty_share,
+                near_miss_share=self.cfg.near_miss_share,
             )
             images.append(_jitter(self.rng, image))
             for query, mask in picks:

@@ -25,7 +25,7 @@ the 0.8 training, docs/models/compact.md "Queries it does not know"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,11 +128,14 @@ def choose_queries(
     n: int,
     empty_share: float,
     min_pixels: int = 16,
+    near_miss_share: float = 0.0,
 ) -> list[tuple[Query, np.ndarray]]:
     """Pick n (query, mask) pairs for one crop, about `empty_share` of them with empty masks.
 
     A target covering fewer than `min_pixels` pixels is neither asked for nor used as an empty
-    example (a sliver at the crop's edge is ambiguous)."""
+    example (a sliver at the crop's edge is ambiguous). About `near_miss_share` of the empty draws
+    are near misses when the crop has any: absent concepts of a class the crop shows ("red roofs"
+    where every roof is grey), the negatives that teach an attribute word to restrict."""
     present, absent = [], []
     for key in concepts:
         mask = mask_of(key)
@@ -141,20 +144,27 @@ def choose_queries(
             present.append((key, mask))
         elif area == 0:
             absent.append((key, mask))
+    shown = {vocab.VOCABULARY[key].target for key, _ in present}
+    near_misses = [(key, mask) for key, mask in absent if vocab.VOCABULARY[key].target in shown]
     picks = []
-    for key, mask in draw_targets(rng, present, absent, n, empty_share):
+    for key, mask in draw_targets(rng, present, absent, n, empty_share, near_misses, near_miss_share):
         options = concepts[key]
         picks.append((options[int(rng.integers(len(options)))], mask))
     return picks
 
 
-def draw_targets(rng: np.random.Generator, present: list, absent: list, n: int, empty_share: float) -> Iterator:
+def draw_targets(rng: np.random.Generator, present: list, absent: list, n: int, empty_share: float,
+                 near_misses: Sequence = (), near_miss_share: float = 0.0) -> Iterator:
     """Up to n draws from `present` (targets in the crop) or, about `empty_share` of the time and
-    whenever nothing is present, from `absent`; a generator, so a caller's own draws between two
-    of these keep their place in the random stream."""
+    whenever nothing is present, from `absent` (from its subset `near_misses` about
+    `near_miss_share` of those times); a generator, so a caller's own draws between two of these
+    keep their place in the random stream. With `near_miss_share` 0 the stream is the one drawn
+    before near misses existed."""
     for _ in range(n):
         want_empty = rng.random() < empty_share or not present
         pool = absent if (want_empty and absent) or not present else present
+        if pool is absent and near_misses and near_miss_share > 0 and rng.random() < near_miss_share:
+            pool = list(near_misses)
         if not pool:
             return
         yield pool[int(rng.integers(len(pool)))]
