@@ -12,7 +12,8 @@ from geoseg.models.compact import CompactModel, tiny_config
 from geoseg.models.compact.text import shared_text_encoder
 from geoseg.train.config import load_train_config, train_config_from_dict
 from geoseg.train.data import make_batch_source
-from geoseg.train.queries import HELDOUT_WORDS, queries_by_split
+from geoseg.train.queries import HELDOUT_WORDS, by_concept, choose_queries, queries_by_split
+from geoseg.train.synth import vocab
 from geoseg.train.trainer import STATE_NAME, batch_loss, build_model, make_optimizer, train
 
 TINY_MODEL = {k: v for k, v in tiny_config().to_dict().items() if k not in ("model_type", "extra")}
@@ -100,8 +101,6 @@ def test_synthetic_batches_have_empty_and_nonempty_targets(tmp_path):
 
 
 def test_near_misses_ask_attributes_of_a_class_the_crop_shows():
-    from geoseg.train.queries import by_concept, choose_queries
-
     concepts = by_concept(queries_by_split()["train"])
     shown = {"building", "building/grey_roof", "road"}  # grey roofs and a road: no red roof, no water
     full, empty = np.ones((8, 8), bool), np.zeros((8, 8), bool)
@@ -112,19 +111,15 @@ def test_near_misses_ask_attributes_of_a_class_the_crop_shows():
             rng, concepts, lambda key: full if key in shown else empty, 4, 0.5, min_pixels=1, near_miss_share=share)]
         return [q.concept for q, mask in picks if not mask.any()]
 
-    targets = {"building", "road"}
+    def shows_its_class(key: str) -> bool:
+        return vocab.VOCABULARY[key].target in {"building", "road"}
+
     always = empty_picks(1.0)
-    assert always and all(concepts_target(c) in targets for c in always)
+    assert always and all(shows_its_class(c) for c in always)
     assert {"building/red_roof", "road/dirt"} <= set(always)
     never = empty_picks(0.0)
-    near = sum(concepts_target(c) in targets for c in never) / len(never)
-    assert near < 0.5  # uniform over the absent concepts: mostly other classes (water, fields, ...)
-
-
-def concepts_target(key: str) -> str:
-    from geoseg.train.synth import vocab
-
-    return vocab.VOCABULARY[key].target
+    # uniform over the absent concepts: mostly other classes (water, fields, ...)
+    assert sum(map(shows_its_class, never)) / len(never) < 0.5
 
 
 @pytest.fixture

@@ -36,8 +36,8 @@ class DataConfig:
     refresh_every: int = 50  # steps between replacing one pooled scene by a fresh render
     queries_per_image: int = 3
     empty_share: float = 0.25  # share of queries whose target is absent from the crop
-    # Share of a synthetic crop's empty queries asked about a class it shows with an attribute it
-    # lacks ("red roofs" where every roof is grey; train.queries.choose_queries).
+    # Share of a synthetic crop's empty queries asked about a class it shows with an attribute or
+    # relation it lacks ("red roofs" where every roof is grey; train.queries.choose_queries).
     near_miss_share: float = 0.0
     real: tuple[str, ...] = ()  # manifests of real labelled imagery (their area-split:val lines are never used)
     real_share: float = 0.0  # share of batches drawn from `real`
