@@ -117,9 +117,8 @@ def test_near_misses_ask_attributes_of_a_class_the_crop_shows():
     always = empty_picks(1.0)
     assert always and all(shows_its_class(c) for c in always)
     assert {"building/red_roof", "road/dirt"} <= set(always)
-    never = empty_picks(0.0)
-    # uniform over the absent concepts: mostly other classes (water, fields, ...)
-    assert sum(map(shows_its_class, never)) / len(never) < 0.5
+    never = empty_picks(0.0)  # uniform over the absent concepts: other classes too
+    assert {"water", "field"} <= set(never)
 
 
 @pytest.fixture

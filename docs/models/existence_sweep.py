@@ -31,6 +31,7 @@ from geoseg.errors import InputError  # noqa: E402
 from geoseg.models.compact.segmenter import CompactSegmenter  # noqa: E402
 from geoseg.models.registry import load_segmenter  # noqa: E402
 from geoseg.train.evaluate import manifest_samples, predict_sample  # noqa: E402
+from geoseg.train.metrics import sample_counts  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "train-real"
 VAL = ("area-split:val",)
@@ -64,7 +65,7 @@ def recorded(segmenter: CompactSegmenter, manifest: Path, tags: tuple[str, ...])
     for sample in manifest_samples(manifest, tags):
         logits.clear()
         probs = predict_sample(segmenter, sample)
-        exist = torch.cat(logits).numpy()  # one read per tile (inference_scales has one entry)
+        exist = torch.cat(logits).numpy()  # one read per tile: main() checks inference_scales
         for q, truth in enumerate(sample.masks):
             rows.append((float(exist[q]), (probs[q] * (1 + np.exp(-exist[q]))).astype(np.float16), truth))
     model.decode = decode
@@ -76,9 +77,7 @@ def giou(rows: list[tuple[float, np.ndarray, np.ndarray]], offset: float, gate: 
     scores = []
     for logit, mask_probs, truth in rows:
         exist = 1 / (1 + np.exp(-(logit + offset)))
-        drawn = mask_probs * (exist if exist >= gate else 0.0) > 0.5
-        union = (drawn | truth).sum()
-        scores.append(1.0 if union == 0 else (drawn & truth).sum() / union)
+        scores.append(sample_counts(mask_probs * (exist if exist >= gate else 0.0) > 0.5, truth).iou)
     return float(np.mean(scores))
 
 
@@ -92,6 +91,8 @@ def main() -> None:
     segmenter = load_segmenter(args.checkpoint, device="cpu")
     if not isinstance(segmenter, CompactSegmenter):
         raise InputError(f"{args.checkpoint} is not a compact checkpoint; only those have an existence head")
+    if len(segmenter.model.config.inference_scales) != 1:  # one existence logit per (image, query)
+        raise InputError(f"{args.checkpoint} reads each tile at several scales; the sweep assumes one read")
     data = {name: recorded(segmenter, path if path.is_absolute() else args.data / path, tags)
             for name, (path, tags) in SETS.items()}
     real = list(SETS)[:6]

@@ -162,9 +162,9 @@ def draw_targets(rng: np.random.Generator, present: list, absent: list, n: int, 
     before near misses existed."""
     for _ in range(n):
         want_empty = rng.random() < empty_share or not present
-        pool = absent if (want_empty and absent) or not present else present
+        pool: Sequence = absent if (want_empty and absent) or not present else present
         if pool is absent and near_misses and near_miss_share > 0 and rng.random() < near_miss_share:
-            pool = list(near_misses)
+            pool = near_misses
         if not pool:
             return
         yield pool[int(rng.integers(len(pool)))]
