@@ -301,3 +301,37 @@ def test_export_can_average_several_earlier_phases(tmp_path):
     with pytest.raises(InputError, match="between 0 and 1"):  # 2 x 0.5 leaves the final nothing
         train_config_from_dict(_tiny(tmp_path, export_average_share=0.5,
                                      export_average_with=[str(tmp_path / "p1"), str(tmp_path / "p2")]))
+
+
+def test_ema_keeps_a_moving_average_across_a_resume_and_can_be_exported(tmp_path, one_thread):
+    """checkpoints/ema is the moving average of the weights after each step: with decay 0 the
+    final weights themselves, with decay 0.5 not; a resumed run goes on averaging (every step
+    counted once); `export_ema` exports the average."""
+    from geoseg.train.trainer import EMA_DIR
+
+    def params(directory: Path) -> dict[str, torch.Tensor]:
+        model = CompactModel.from_pretrained(directory)
+        return {k: v for k, v in model.state_dict().items() if k in dict(model.named_parameters())}
+
+    train(train_config_from_dict(_tiny(tmp_path / "d0", ema_decay=0.0)), progress=False)
+    run = tmp_path / "d0" / "run" / "checkpoints"
+    for k, v in params(run / EMA_DIR).items():
+        torch.testing.assert_close(v, params(run / "final")[k])
+
+    cfg = train_config_from_dict(_tiny(tmp_path / "d5", ema_decay=0.5, export_ema=True,
+                                       export_to=str(tmp_path / "export")))
+    cfg.steps = 2
+    train(cfg, progress=False)
+    cfg.steps = 4  # resumed from step 2
+    train(cfg, progress=False)
+    run = tmp_path / "d5" / "run" / "checkpoints"
+    assert int(torch.load(run / "last" / STATE_NAME, weights_only=True)["ema"]["n_averaged"]) == 4
+    ema, final = params(run / EMA_DIR), params(run / "final")
+    assert any(not torch.equal(ema[k], final[k]) for k in ema)  # an average, not the last weights
+    for k, v in params(tmp_path / "export").items():
+        torch.testing.assert_close(v, ema[k])
+    assert CompactModel.from_pretrained(tmp_path / "export").config.extra["ema_decay"] == 0.5
+    with pytest.raises(InputError, match="ema_decay"):
+        train_config_from_dict(_tiny(tmp_path, ema_decay=1.0))
+    with pytest.raises(InputError, match="set ema_decay"):
+        train_config_from_dict(_tiny(tmp_path, export_ema=True))

@@ -83,6 +83,11 @@ class TrainConfig:
     # Re-estimate BatchNorm's statistics on this many training batches before exporting (0: keep
     # the running averages the run ended with); trainer.reestimate_batchnorm says why.
     export_bn_batches: int = 0
+    # Keep an exponential moving average of the trained weights (this decay per step; horizon about
+    # 1 / (1 - decay) steps): the run writes it as checkpoints/ema beside checkpoints/final, a
+    # candidate like any other; `export_ema` exports it instead of the final weights.
+    ema_decay: float | None = None
+    export_ema: bool = False
     time_limit_min: float | None = None  # stop (and checkpoint) after this much wall clock
     model: dict = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
@@ -120,6 +125,10 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     for name in ("real_share", "empty_share", "near_miss_share", "water_retint", "damage_share", "unrelated_share"):
         if not 0 <= getattr(config.data, name) <= 1:
             raise InputError(f"{where}: data.{name} is a share between 0 and 1, not {getattr(config.data, name)}")
+    if config.ema_decay is not None and not 0 <= config.ema_decay < 1:
+        raise InputError(f"{where}: ema_decay is a decay per step, at least 0 and under 1, not {config.ema_decay}")
+    if config.export_ema and config.ema_decay is None:
+        raise InputError(f"{where}: export_ema exports the moving average ema_decay keeps; set ema_decay (e.g. 0.999)")
     if config.export_bn_batches < 0:
         raise InputError(f"{where}: export_bn_batches counts batches (0: keep the run's statistics), not {config.export_bn_batches}")
     if config.data.tile % 32:

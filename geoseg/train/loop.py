@@ -84,6 +84,10 @@ class TrainingTask(Protocol):
         return the loss and its parts for the log."""
         ...
 
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. to update a moving average of the weights)."""
+        ...
+
     def close_batches(self) -> None: ...
 
     def save_final(self, directory: Path, step: int) -> Path:
@@ -217,6 +221,7 @@ def run_training(task: TrainingTask, config: TrainConfig, *, progress: bool = Tr
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
                 sched.step()
+                task.after_step()
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")

@@ -533,6 +533,9 @@ class MLLMTask:
                 totals[k] = totals.get(k, 0.0) + v / accum
         return totals.pop("loss"), totals
 
+    def after_step(self) -> None:
+        pass  # no moving average of the LoRA weights
+
     def close_batches(self) -> None:
         if self._own_source is not None:
             self._own_source.close()

@@ -8,6 +8,8 @@ A run directory holds:
     checkpoints/last/          config.json + model.safetensors + trainer_state.pt (optimizer,
                                schedule, step, training seconds) -- `geoseg train` resumes from it
     checkpoints/final/         config.json + model.safetensors of the finished run
+    checkpoints/ema/           with `ema_decay`: the moving average of its weights (BatchNorm
+                               statistics the final's), a candidate beside the final
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ __all__ = ["STATE_NAME", "Budget", "CompactTask", "batch_loss", "build_model", "
            "init_weights", "make_optimizer", "save_checkpoint", "train"]
 
 log = logging.getLogger(__name__)
+
+EMA_DIR = "ema"  # beside checkpoints/final: the moving average of the weights (ema_decay)
 
 
 def build_model(config: TrainConfig) -> CompactModel:
@@ -123,6 +127,7 @@ class CompactTask:
         self.model: CompactModel | None = None
         self.text: TextEncoder | None = None
         self.source: Any = None  # make_batch_source's (duck-typed) source while batches are open
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None  # with ema_decay
 
     def _built(self) -> CompactModel:
         assert self.model is not None, "build() runs first"
@@ -130,15 +135,31 @@ class CompactTask:
 
     def build(self) -> list[dict[str, Any]]:
         self.model = build_model(self.config).train()
+        if self.config.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # parameters only: BatchNorm's statistics are the final's (or re-estimated on export)
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay))
         return param_groups(self.model, self.config)
 
     def load_last(self, directory: Path, state: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
         self._built().load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        if self.ema is not None:
+            if "ema" not in state:
+                raise InputError(f"{directory}: this run was started without ema_decay; resume it without, "
+                                 "or start a new run_dir")
+            self.ema.load_state_dict(state["ema"])
 
     def save_last(self, directory: Path, state: dict[str, Any]) -> None:
+        if self.ema is not None:  # in the trainer state, so weights, moments and average swap together
+            state = {**state, "ema": self.ema.state_dict()}
         save_checkpoint(self._built(), directory, state)
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self._built())
 
     def open_batches(self, start_step: int) -> None:
         cfg = self._built().config
@@ -161,7 +182,21 @@ class CompactTask:
     def save_final(self, directory: Path, step: int) -> Path:
         model = self._built()
         model.config.extra = {**model.config.extra, "trained_steps": step, "stage": self.config.stage}
-        return save_checkpoint(model.eval(), directory)
+        final = save_checkpoint(model.eval(), directory)
+        if self.ema is not None:
+            save_checkpoint(self._ema_model(), directory.parent / EMA_DIR)
+        return final
+
+    def _ema_model(self) -> CompactModel:
+        """The moving average as a model, with the final weights' BatchNorm statistics."""
+        assert self.ema is not None
+        averaged = self.ema.module
+        assert isinstance(averaged, CompactModel)
+        with torch.no_grad():
+            for own, final in zip(averaged.buffers(), self._built().buffers(), strict=True):
+                own.copy_(final)
+        averaged.config.extra = {**self._built().config.extra, "ema_decay": self.config.ema_decay}
+        return averaged.eval()
 
     def export(self, final: Path) -> None:
         export_final(final, self.config)
@@ -172,7 +207,7 @@ class CompactTask:
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:
-    """Copy the final checkpoint to `export_to`; or write there its average with the
+    """Copy the final checkpoint (with `export_ema`, the moving average) to `export_to`; or write there its average with the
     `export_average_with` checkpoints, each weighted `export_average_share` (float tensors averaged;
     counters such as BatchNorm's batch count kept from `final`), and/or the weights with their
     BatchNorm statistics re-estimated on `export_bn_batches` training batches.
@@ -182,6 +217,8 @@ def export_final(final: Path, config: TrainConfig) -> Path:
     assert config.export_to is not None  # the loop exports only when it is set
     export = Path(config.export_to)
     export.mkdir(parents=True, exist_ok=True)
+    if config.export_ema:
+        final = final.parent / EMA_DIR
     others = averaged_checkpoints(config)
     if not others and not config.export_bn_batches:
         for name in ("config.json", WEIGHTS_NAME):
