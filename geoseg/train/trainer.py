@@ -207,10 +207,11 @@ class CompactTask:
 
 
 def export_final(final: Path, config: TrainConfig) -> Path:
-    """Copy the final checkpoint (with `export_ema`, the moving average) to `export_to`; or write there its average with the
-    `export_average_with` checkpoints, each weighted `export_average_share` (float tensors averaged;
-    counters such as BatchNorm's batch count kept from `final`), and/or the weights with their
-    BatchNorm statistics re-estimated on `export_bn_batches` training batches.
+    """Copy the final checkpoint (with `export_ema`, the moving average beside it) to `export_to`;
+    or write there its average with the `export_average_with` checkpoints, each weighted
+    `export_average_share` (float tensors averaged; counters such as BatchNorm's batch count kept
+    from `final`), and/or the weights with their BatchNorm statistics re-estimated on
+    `export_bn_batches` training batches.
 
     Such a changed export is also kept beside `final` as `exported`: the shipped weights are
     overwritten by the next phase's export, and a later phase may start from or average with it."""
