@@ -310,8 +310,7 @@ def test_ema_keeps_a_moving_average_across_a_resume_and_can_be_exported(tmp_path
     from geoseg.train.trainer import EMA_DIR
 
     def params(directory: Path) -> dict[str, torch.Tensor]:
-        model = CompactModel.from_pretrained(directory)
-        return {k: v for k, v in model.state_dict().items() if k in dict(model.named_parameters())}
+        return dict(CompactModel.from_pretrained(directory).named_parameters())
 
     train(train_config_from_dict(_tiny(tmp_path / "d0", ema_decay=0.0)), progress=False)
     run = tmp_path / "d0" / "run" / "checkpoints"

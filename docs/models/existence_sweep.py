@@ -62,13 +62,15 @@ def recorded(segmenter: CompactSegmenter, manifest: Path, tags: tuple[str, ...])
 
     model.decode = recording_decode  # the existence logits are not part of a Prediction
     rows = []
-    for sample in manifest_samples(manifest, tags):
-        logits.clear()
-        probs = predict_sample(segmenter, sample)
-        exist = torch.cat(logits).numpy()  # one read per tile: main() checks inference_scales
-        for q, truth in enumerate(sample.masks):
-            rows.append((float(exist[q]), (probs[q] * (1 + np.exp(-exist[q]))).astype(np.float16), truth))
-    model.decode = decode
+    try:
+        for sample in manifest_samples(manifest, tags):
+            logits.clear()
+            probs = predict_sample(segmenter, sample)
+            exist = torch.cat(logits).numpy()  # one read per tile: main() checks inference_scales
+            for q, truth in enumerate(sample.masks):
+                rows.append((float(exist[q]), (probs[q] * (1 + np.exp(-exist[q]))).astype(np.float16), truth))
+    finally:
+        model.decode = decode
     return rows
 
 
