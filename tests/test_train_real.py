@@ -228,8 +228,24 @@ def test_retint_recolours_only_the_water_and_keeps_its_texture():
     assert retint(rng, sea, np.zeros_like(water)) is sea
 
 
+def test_mottle_blotches_only_the_water_and_repeats_from_its_seed():
+    from geoseg.train.real import mottle
+
+    pond = np.full((64, 64, 3), [0.2, 0.25, 0.15], np.float32)
+    water = np.zeros((64, 64), bool)
+    water[8:40, 8:40] = True
+    out = mottle(np.random.default_rng(0), pond, water)
+    assert np.array_equal(out[48:, 48:], pond[48:, 48:])  # far from the water: untouched
+    inner = (slice(12, 36), slice(12, 36))
+    assert out[inner].std(axis=(0, 1)).mean() > 0.01  # a flat pond comes out blotchy
+    assert np.array_equal(out, mottle(np.random.default_rng(0), pond, water))
+    assert mottle(np.random.default_rng(0), pond, np.zeros_like(water)) is pond
+
+
 def test_shares_outside_zero_to_one_are_refused(manifest):
     from geoseg.errors import InputError
 
     with pytest.raises(InputError, match="water_retint"):
         train_config_from_dict({"data": {"water_retint": 1.5}})
+    with pytest.raises(InputError, match="water_mottle"):
+        train_config_from_dict({"data": {"water_mottle": -0.1}})

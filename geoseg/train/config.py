@@ -50,6 +50,9 @@ class DataConfig:
     # Share of real crops showing water whose water is recoloured (geoseg.train.real.WATER_TINTS):
     # lagoons and ponds are rarely sea blue, and one source's water must not teach a colour.
     water_retint: float = 0.0
+    # Share of those recoloured crops whose water also gets algae or silt blotches (geoseg.train.
+    # real.mottle): olive, mottled lakes were missed where only smooth water was trained.
+    water_mottle: float = 0.0
     # Share of real crops with labelled buildings that get building damage composited onto them
     # (geoseg.train.damage); the other such crops are asked the damage queries with empty masks.
     damage_share: float = 0.0
@@ -122,7 +125,7 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     if others and not 0 < config.export_average_share * len(others) < 1:
         raise InputError(f"{where}: export_average_share x {len(others)} checkpoint(s) must lie between 0 and 1 "
                          f"(the final weights keep the rest), not {config.export_average_share}")
-    for name in ("real_share", "empty_share", "near_miss_share", "water_retint", "damage_share", "unrelated_share"):
+    for name in ("real_share", "empty_share", "near_miss_share", "water_retint", "water_mottle", "damage_share", "unrelated_share"):
         if not 0 <= getattr(config.data, name) <= 1:
             raise InputError(f"{where}: data.{name} is a share between 0 and 1, not {getattr(config.data, name)}")
     if config.ema_decay is not None and not 0 <= config.ema_decay < 1:

@@ -236,6 +236,26 @@ def retint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.
     return (image * (1 - alpha) + recoloured * alpha).astype(np.float32)
 
 
+# Directions (RGB) of the blotches: algae green, olive and silt brown.
+MOTTLE_HUES = np.array([[0.25, 0.45, 0.10], [0.35, 0.35, 0.12], [0.40, 0.30, 0.18]], np.float32)
+
+
+def mottle(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`image` with blotchy, low-frequency algae or silt patterns laid over the water under `mask`:
+    villa-community lakes are olive and mottled like the grass beside them, while the training
+    water is smooth, so smoothness alone must not be what says "water"."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return image
+    noise = ndimage.gaussian_filter(rng.standard_normal(mask.shape).astype(np.float32), rng.uniform(2.0, 8.0))
+    noise /= noise.std() + 1e-6
+    hue = MOTTLE_HUES[int(rng.integers(len(MOTTLE_HUES)))]
+    blotches = np.clip(noise, 0, None)[..., None] * hue * np.float32(rng.uniform(0.1, 0.25))
+    alpha = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)[..., None]
+    return np.clip(image + alpha * blotches, 0, 1).astype(np.float32)
+
+
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
@@ -356,6 +376,9 @@ class RealSource:
             image = crop.image
             if "water" in crop.masks and self.rng.random() < self.cfg.water_retint:
                 image = retint(self.rng, image, crop.masks["water"] & crop.valid)
+                # only drawn when asked for, so configs without it keep their random stream
+                if self.cfg.water_mottle and self.rng.random() < self.cfg.water_mottle:
+                    image = mottle(self.rng, image, crop.masks["water"] & crop.valid)
             images.append(radiometric_jitter(self.rng, image))
             for text, mask in picks:
                 queries.append(text)
