@@ -225,18 +225,23 @@ WATER_TINTS = np.array([
 def retint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """`image` with the pixels under `mask` moved to a random water tint, keeping their texture
     (the deviation from their mean colour), blended over a soft edge."""
-    from scipy import ndimage
-
     if not mask.any():
         return image
     tint = WATER_TINTS[int(rng.integers(len(WATER_TINTS)))] * np.float32(rng.uniform(0.8, 1.2))
     texture = image - image[mask].mean(axis=0)
     recoloured = np.clip(tint + texture * np.float32(rng.uniform(0.4, 1.0)), 0, 1)
-    alpha = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)[..., None] * np.float32(rng.uniform(0.7, 1.0))
+    alpha = _soft_edge(mask) * np.float32(rng.uniform(0.7, 1.0))
     return (image * (1 - alpha) + recoloured * alpha).astype(np.float32)
 
 
-# Directions (RGB) of the blotches: algae green, olive and silt brown.
+def _soft_edge(mask: np.ndarray) -> np.ndarray:
+    """H x W x 1 weights: 1 inside `mask`, 0 outside, blurred over about a pixel at its edge."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(mask.astype(np.float32), 1.0)[..., None]
+
+
+# Colours (RGB) the blotches add where their noise is positive: algae green, olive, silt brown.
 MOTTLE_HUES = np.array([[0.25, 0.45, 0.10], [0.35, 0.35, 0.12], [0.40, 0.30, 0.18]], np.float32)
 
 
@@ -252,8 +257,7 @@ def mottle(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.
     noise /= noise.std() + 1e-6
     hue = MOTTLE_HUES[int(rng.integers(len(MOTTLE_HUES)))]
     blotches = np.clip(noise, 0, None)[..., None] * hue * np.float32(rng.uniform(0.1, 0.25))
-    alpha = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)[..., None]
-    return np.clip(image + alpha * blotches, 0, 1).astype(np.float32)
+    return np.clip(image + _soft_edge(mask) * blotches, 0, 1).astype(np.float32)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -375,10 +379,11 @@ class RealSource:
                                         self.cfg.empty_share, unrelated_share=self.cfg.unrelated_share)
             image = crop.image
             if "water" in crop.masks and self.rng.random() < self.cfg.water_retint:
-                image = retint(self.rng, image, crop.masks["water"] & crop.valid)
+                water = crop.masks["water"] & crop.valid
+                image = retint(self.rng, image, water)
                 # only drawn when asked for, so configs without it keep their random stream
                 if self.cfg.water_mottle and self.rng.random() < self.cfg.water_mottle:
-                    image = mottle(self.rng, image, crop.masks["water"] & crop.valid)
+                    image = mottle(self.rng, image, water)
             images.append(radiometric_jitter(self.rng, image))
             for text, mask in picks:
                 queries.append(text)
