@@ -207,11 +207,12 @@ def format_report(result: dict) -> str:
     lines = [
         f"model {result['model']} {result['model_version']} (sha256 {str(result['weights_sha256'])[:12]}), "
         f"dataset {result['dataset']}, threshold {result['threshold']}, scale {result['scale']}",
-        f"{'group':28s}" + "".join(f"{k:>9s}" for k in REPORT_KEYS),
+        f"{'group':28s}" + "".join(f"{k:>9s}" for k in REPORT_KEYS) + f"{'gIoU 95%':>14s}",
     ]
     for group, m in result["metrics"].items():
         cells = [f"{m[k]:9d}" if k == "count" else (f"{m[k]:9.4f}" if k in m else f"{'-':>9s}") for k in REPORT_KEYS]
-        lines.append(f"{group:28s}" + "".join(cells))
+        interval = "{:.3f}-{:.3f}".format(*m["gIoU_ci95"]) if "gIoU_ci95" in m else "-"
+        lines.append(f"{group:28s}" + "".join(cells) + f"{interval:>14s}")
     if "samples" in result:
         lines += ["", f"{'iou':>6s} {'prec':>6s} {'recall':>6s} {'truth':>6s} {'pred':>6s}  expression | image"]
         lines += [_sample_line(row) for row in result["samples"]]

@@ -11,6 +11,11 @@ Over a set of samples:
     Pr@t  = share of samples with IoU > t (strict), t in {0.5, 0.7, 0.9}
     fp_area = mean share of pixels predicted positive (reported for empty targets: the false-
             positive area per target-free tile)
+    gIoU_ci95 = [low, high], a 95 % percentile-bootstrap interval of gIoU: the samples drawn with
+            replacement 2,000 times (fixed seed, so the same scores give the same interval). A
+            validation source of 9-22 samples moves its gIoU by several hundredths when one
+            sample flips; the interval says how far a number can be read. Samples are drawn
+            independently, so several queries of one image count as independent (narrower).
 A pooled ratio whose denominator is 0 (no pixel positive anywhere) is 1.0, like the per-sample rule.
 Every number is reported for all samples, for non-empty targets and for empty targets.
 """
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 THRESHOLDS = (0.5, 0.7, 0.9)
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -87,7 +94,18 @@ def summarise(samples: list[SampleCounts]) -> dict[str, float]:
     for t in THRESHOLDS:
         out[f"Pr@{t}"] = float((ious > t).mean())
     out["fp_area"] = float(np.mean([_ratio(s.pred_area - s.intersection, s.pixels) for s in samples]))
+    out["gIoU_ci95"] = bootstrap_interval(ious)
     return out
+
+
+def bootstrap_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """[low, high] percentile-bootstrap interval of the mean of `values` (see the module's
+    gIoU_ci95); a single value is its own interval."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.integers(0, len(values), size=(BOOTSTRAP_DRAWS, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2
+    return [float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))]
 
 
 @dataclass
