@@ -68,7 +68,7 @@ def evaluate_command(ctx: click.Context, model: str, dataset: str, threshold: fl
 
     IoU is 1 for a sample whose prediction and truth are both empty; Pr@t counts IoU > t.
     Numbers are given for all samples, non-empty targets and empty targets; gIoU 95% (JSON:
-    gIoU_ci95) is a bootstrap interval over the samples, to read small sets by.
+    gIoU_ci95_low and _high) is a bootstrap interval over the samples, to read small sets by.
 
     \b
       geoseg evaluate compact data/heldout/manifest.jsonl --json

@@ -211,7 +211,7 @@ def format_report(result: dict) -> str:
     ]
     for group, m in result["metrics"].items():
         cells = [f"{m[k]:9d}" if k == "count" else (f"{m[k]:9.4f}" if k in m else f"{'-':>9s}") for k in REPORT_KEYS]
-        interval = "{:.3f}-{:.3f}".format(*m["gIoU_ci95"]) if "gIoU_ci95" in m else "-"
+        interval = f"{m['gIoU_ci95_low']:.3f}-{m['gIoU_ci95_high']:.3f}" if "gIoU_ci95_low" in m else "-"
         lines.append(f"{group:28s}" + "".join(cells) + f"{interval:>14s}")
     if "samples" in result:
         lines += ["", f"{'iou':>6s} {'prec':>6s} {'recall':>6s} {'truth':>6s} {'pred':>6s}  expression | image"]

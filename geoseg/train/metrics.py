@@ -11,7 +11,7 @@ Over a set of samples:
     Pr@t  = share of samples with IoU > t (strict), t in {0.5, 0.7, 0.9}
     fp_area = mean share of pixels predicted positive (reported for empty targets: the false-
             positive area per target-free tile)
-    gIoU_ci95 = [low, high], a 95 % percentile-bootstrap interval of gIoU: the samples drawn with
+    gIoU_ci95_low, gIoU_ci95_high = a 95 % percentile-bootstrap interval of gIoU: the samples drawn with
             replacement 2,000 times (fixed seed, so the same scores give the same interval). A
             validation source of 9-22 samples moves its gIoU by several hundredths when one
             sample flips; the interval says how far a number can be read. Samples are drawn
@@ -94,18 +94,18 @@ def summarise(samples: list[SampleCounts]) -> dict[str, float]:
     for t in THRESHOLDS:
         out[f"Pr@{t}"] = float((ious > t).mean())
     out["fp_area"] = float(np.mean([_ratio(s.pred_area - s.intersection, s.pixels) for s in samples]))
-    out["gIoU_ci95"] = bootstrap_interval(ious)
+    out["gIoU_ci95_low"], out["gIoU_ci95_high"] = bootstrap_interval(ious)
     return out
 
 
-def bootstrap_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
-    """[low, high] percentile-bootstrap interval of the mean of `values` (see the module's
-    gIoU_ci95); a single value is its own interval."""
+def bootstrap_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """(low, high) percentile-bootstrap interval of the mean of `values` (see the module's
+    gIoU_ci95_*); a single value is its own interval."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = rng.integers(0, len(values), size=(BOOTSTRAP_DRAWS, len(values)))
     means = values[draws].mean(axis=1)
     tail = (1 - level) / 2
-    return [float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))]
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 @dataclass
