@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from geoseg.train.metrics import MetricAccumulator, sample_counts, summarise
+from geoseg.train import metrics
+from geoseg.train.metrics import MetricAccumulator, bootstrap_interval, sample_counts, summarise
 
 
 def _mask(cells: list[tuple[int, int]], shape=(4, 4)) -> np.ndarray:
@@ -87,6 +88,13 @@ def test_giou_interval_matches_the_normal_approximation_and_repeats():
     few_low, few_high = _interval([hit, miss] * 5)
     assert few_high - few_low > 2 * (high - low)
     assert _interval([hit]) == (1.0, 1.0)
+
+
+def test_giou_interval_does_not_depend_on_the_draw_blocks(monkeypatch):
+    values = np.random.default_rng(3).random(37)
+    whole = bootstrap_interval(values)
+    monkeypatch.setattr(metrics, "BOOTSTRAP_BLOCK", 37 * 7)  # 7 draws per block, the last one short
+    assert bootstrap_interval(values) == whole
 
 
 def _interval(samples: list) -> tuple[float, float]:
