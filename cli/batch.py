@@ -7,6 +7,7 @@ import time
 
 import click
 
+from .interrupt import exit_code, what_stopped
 from .options import click_option
 
 # geoseg.batch and the executors import torch; they are imported when the command runs.
@@ -84,9 +85,10 @@ def batch_command(ctx, jobs, on_error, resume, force, workers, executor, ray_add
     try:
         for result in runner.run(jobs_stream):
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-    except KeyboardInterrupt:
-        click.echo("geoseg: batch interrupted; run it again with --resume to continue where it stopped", err=True)
-        ctx.exit(130)
+    except KeyboardInterrupt as stop:
+        click.echo(f"geoseg: batch {what_stopped(stop)}; run it again with --resume to continue where it stopped",
+                   err=True)
+        ctx.exit(exit_code(stop))
     finally:
         ex.close()
     if not quiet:

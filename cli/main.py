@@ -15,6 +15,7 @@ from geoseg.errors import GeosegError
 from .batch import batch_command
 from .chat import chat_command
 from .info import models_command
+from .interrupt import exit_code, stop_cleanly_on_sigterm, what_stopped
 from .run import change_command, segment_command, vectorize_command
 from .train import evaluate_command, train_command
 
@@ -30,9 +31,9 @@ class GeosegGroup(click.Group):
                 logging.getLogger("geoseg").exception("traceback")
             click.echo(f"geoseg: error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("geoseg: interrupted; no output was written", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as stop:
+            click.echo(f"geoseg: {what_stopped(stop)}; no output was written", err=True)
+            ctx.exit(exit_code(stop))
 
 
 @click.group(cls=GeosegGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,7 +94,9 @@ def main() -> None:
     imported, Python's own teardown (about 1,100 modules' objects freed one by one) adds half a
     second of one busy core after the outputs are committed (docs/performance.md); with every
     file closed and the streams flushed there is nothing left for it to do. `cli` itself (tests,
-    `python -m`, other programs) exits the ordinary way."""
+    `python -m`, other programs) exits the ordinary way, and SIGTERM stops it as on Ctrl-C only
+    here: a program that imports the library keeps its own signal handling."""
+    stop_cleanly_on_sigterm()
     try:
         cli.main()
     except SystemExit as stop:

@@ -375,7 +375,7 @@ def test_without_resume_an_interrupted_job_starts_over(scenes):
     assert result.status == "ok" and result.tiles_resumed == 0 and result.tiles_predicted == 30
 
 
-SIGINT_RUN = """
+SIGNALLED_RUN = """
 import os, signal, sys, time
 # as in a terminal: a shell that starts a background job without job control makes it ignore SIGINT
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -383,29 +383,31 @@ sys.path.insert(0, {tests!r})
 from doubles import ConvOracle
 from geoseg.batch.executors import local
 
-class SigintAfter(ConvOracle):
+class SignalAfter(ConvOracle):
     calls = 0
     def predict(self, images, queries):
-        SigintAfter.calls += 1
-        if SigintAfter.calls == {at_call}:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the model works on a batch
+        SignalAfter.calls += 1
+        if SignalAfter.calls == {at_call}:
+            os.kill(os.getpid(), signal.{signal})  # Ctrl-C (or a scheduler's stop) mid-batch
             time.sleep(0.5)  # as a real model would: the main thread handles the signal meanwhile
         return super().predict(images, queries)
 
-local.load_segmenter = lambda spec, **kw: SigintAfter(tile_size=128, overlap=32)
-from geoseg_cli.main import cli
-cli(["batch", "jobs.jsonl", *{args!r}])
+local.load_segmenter = lambda spec, **kw: SignalAfter(tile_size=128, overlap=32)
+sys.argv = ["geoseg", "batch", "jobs.jsonl", *{args!r}]
+from geoseg_cli.main import main
+main()
 """
 
 
-def test_ctrl_c_stops_at_a_tile_boundary_and_resume_finishes(scenes):
+@pytest.mark.parametrize(("signal", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_stops_at_a_tile_boundary_and_resume_finishes(scenes, signal, code):
     write_jobs(scenes / "jobs.jsonl", [resume_jobs(scenes)[0]])
     def geoseg_batch(at_call: int, *args: str) -> subprocess.CompletedProcess:
-        code = SIGINT_RUN.format(tests=str(TESTS), at_call=at_call, args=list(args))
-        return subprocess.run([sys.executable, "-c", code], cwd=scenes, capture_output=True, text=True, timeout=300)
+        run = SIGNALLED_RUN.format(tests=str(TESTS), at_call=at_call, signal=signal, args=list(args))
+        return subprocess.run([sys.executable, "-c", run], cwd=scenes, capture_output=True, text=True, timeout=300)
 
     proc = geoseg_batch(4)
-    assert proc.returncode == 130, proc.stderr
+    assert proc.returncode == code, proc.stderr
     assert "--resume" in proc.stderr and json.loads(proc.stdout)["status"] == "interrupted"
     proc = geoseg_batch(0, "--resume")
     assert proc.returncode == 0, proc.stderr

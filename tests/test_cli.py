@@ -93,6 +93,40 @@ def test_ctrl_c_leaves_nothing(monkeypatch, scene, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
+SIGTERM_RUN = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job of a script (`qgis &`)
+sys.path.insert(0, {tests!r})
+from doubles import BandOracle
+from geoseg.run import pipeline
+
+class TerminatedWhilePredicting(BandOracle):
+    def predict(self, *a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop, `timeout`, QGIS's Cancel
+        time.sleep(5)  # as a real model would: the main thread handles the signal meanwhile
+        return super().predict(*a, **k)
+
+pipeline.load_segmenter = lambda *a, **k: TerminatedWhilePredicting(tile_size=128)
+sys.argv = ["geoseg", *{args!r}]
+from geoseg_cli.main import main
+main()
+"""
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_nothing(scene, tmp_path):
+    """The console script handles SIGTERM as Ctrl-C even where SIGINT is ignored: exit 143, one
+    line, no output and no temporary file."""
+    import subprocess
+    from pathlib import Path
+
+    args = ["segment", str(scene), "buildings", "-o", str(tmp_path / "o.gpkg"), "--probabilities", str(tmp_path / "p.tif")]
+    code = SIGTERM_RUN.format(tests=str(Path(__file__).parent), args=args)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "geoseg: terminated (SIGTERM); no output was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
 def test_dry_run_prints_plan(oracle, scene):
     r = run("segment", scene, "q", "-o", "unused.gpkg", "--dry-run", "--json")
     assert r.exit_code == 0

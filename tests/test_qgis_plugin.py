@@ -79,8 +79,14 @@ def test_makefile_builds_the_zip_outside_make_test():
 
 # ---------------------------------------------------------------- the runner (no QGIS needed)
 FAKE = textwrap.dedent(r"""
-    import sys, time
+    import signal, sys, time
     mode, marker = sys.argv[1], sys.argv[2]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under a QGIS started by `qgis &` in a script
+
+    def terminated(signum, frame):  # geoseg's console script: SIGTERM stops it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         sys.stderr.write("scene.tif:   0%|          | 0/10 [00:00<?, ?tile/s]")
         sys.stderr.write("\rgeoseg: WARNING: 'gizmos' is close to no concept the model knows\n")
@@ -135,7 +141,7 @@ def test_runner_cancel_interrupts_geoseg_like_ctrl_c(tmp_path):
     assert outcome.canceled
     assert time.monotonic() - start < 8  # the fake would have run 10 s
     assert seen["progress"][-1] < 50
-    if os.name == "posix":  # SIGINT: geoseg cleans up as on Ctrl-C
+    if os.name == "posix":  # SIGTERM, which geoseg handles as Ctrl-C (cleaning up)
         assert (tmp_path / "marker").read_text() == "interrupted"
 
 

@@ -10,7 +10,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -108,14 +107,13 @@ class Outcome:
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Interrupt geoseg as Ctrl-C would (it removes its temporary files, writes nothing); then kill."""
+    """Stop geoseg with SIGTERM, which it handles as Ctrl-C (it removes its temporary files, writes
+    nothing); then kill. Not SIGINT: a QGIS started as a background job of a script ignores
+    SIGINT, and its children inherit that."""
     if proc.poll() is not None:
         return
     try:
-        if os.name == "posix":
-            proc.send_signal(signal.SIGINT)
-        else:
-            proc.terminate()
+        proc.terminate()
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
