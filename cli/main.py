@@ -15,7 +15,7 @@ from geoseg.errors import GeosegError
 from .batch import batch_command
 from .chat import chat_command
 from .info import models_command
-from .interrupt import exit_code, stop_cleanly_on_sigterm, what_stopped
+from .interrupt import Terminated, exit_code, stop_cleanly_on_sigterm
 from .run import change_command, segment_command, vectorize_command
 from .train import evaluate_command, train_command
 
@@ -32,7 +32,10 @@ class GeosegGroup(click.Group):
             click.echo(f"geoseg: error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt as stop:
-            click.echo(f"geoseg: {what_stopped(stop)}; no output was written", err=True)
+            if isinstance(stop, Terminated):
+                click.echo("geoseg: terminated (SIGTERM); no output was written", err=True)
+            else:
+                click.echo("geoseg: interrupted; no output was written", err=True)
             ctx.exit(exit_code(stop))
 
 

@@ -98,7 +98,7 @@ def test_every_raise_with_a_message_is_listed():
 
 def test_common_problems_quote_real_messages():
     """The hand-written rows abridge real messages: their fixed words appear, in order, in one
-    message of the generated list (or in cli/main.py, which prints the Ctrl-C line itself)."""
+    message of the generated list (or in cli/main.py, which prints the Ctrl-C and SIGTERM lines)."""
     import re
 
     page = (DOCS / "troubleshooting.md").read_text()
