@@ -31,7 +31,8 @@ the same text.
 Conventions (all commands): positional inputs, `-o/--output`, nothing is overwritten without
 `--overwrite`; stdout carries only machine-readable output (`--json`), progress and logs go to
 stderr. Exit codes: 0 ok, 1 runtime error, 2 bad input or usage, 3 nothing found with
-`--fail-on-empty`, 130 interrupted. Every error message and its fix: [troubleshooting.md](troubleshooting.md).
+`--fail-on-empty`, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (nothing written either way).
+Every error message and its fix: [troubleshooting.md](troubleshooting.md).
 
 Shell completion (Click's own; bash, zsh and fish):
 
