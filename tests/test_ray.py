@@ -171,3 +171,21 @@ def test_placement_one_host_per_gpu(cluster, monkeypatch, resources, replicas, e
 def test_more_cpu_replicas_than_cpus_is_refused(cluster):
     with pytest.raises(GeosegError, match="--replicas 3: the Ray cluster has 2 CPUs"):
         RayExecutor(replicas=3, load=conv_oracle).placement()
+
+
+def test_joining_the_cluster_keeps_the_callers_sigterm_handler():
+    """ray.init sets a SIGTERM handler that exits on the spot; geoseg's console script handles
+    SIGTERM as Ctrl-C (a batch ends with its `interrupted` lines, exit 143), so connect puts the
+    caller's handler back."""
+    code = (
+        "import signal\n"
+        "from geoseg.batch.executors.ray_executor import RayExecutor\n"
+        "def mine(signum, frame): pass\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "ex = RayExecutor(workers=1, init={'num_cpus': 1})\n"
+        "ex.connect()\n"
+        "print(signal.getsignal(signal.SIGTERM) is mine)\n"
+        "ex.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split()[-1:] == ["True"], proc.stderr

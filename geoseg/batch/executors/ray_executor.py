@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -275,11 +276,18 @@ class RayExecutor:
         if self._started or ray.is_initialized():
             return
         address = self._address
+        # ray.init replaces the SIGTERM handler with one that exits on the spot; the caller's
+        # (geoseg's console script stops as on Ctrl-C) is put back. Only the main thread has one.
+        main_thread = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
             ray.init(address=address, **{**kwargs, **(self._init or {})})
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
+        finally:
+            if main_thread and on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
         self._started = True
 
     def placement(self) -> tuple[int, dict[str, float]]:
