@@ -2,10 +2,10 @@
 
 Every step that writes already undoes its work on KeyboardInterrupt (temporary files removed,
 finished tiles kept for --resume). SIGTERM is what batch schedulers, `timeout`, `kill` and the QGIS
-plugin's Cancel send; by default it ends Python on the spot and leaves a temporary file beside the
-output. Raising `Terminated`, a KeyboardInterrupt, from it takes the same clean path. SIGINT alone
-is not enough for those callers: a shell that starts a background job without job control makes
-the job ignore SIGINT, and geoseg must not undo that choice.
+plugin's Cancel send; by default it ends Python on the spot, which can leave a temporary file beside
+the output. Raising `Terminated`, a KeyboardInterrupt, from it takes the same clean path. SIGINT
+alone is not enough for those callers: a shell that starts a background job without job control
+makes the job ignore SIGINT, and geoseg must not undo that choice.
 """
 
 from __future__ import annotations
@@ -33,5 +33,5 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
 
 
 def what_stopped(interrupt: KeyboardInterrupt) -> str:
-    """The word the one-line message starts with."""
+    """What stopped the run, in the words of the one-line message."""
     return "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"

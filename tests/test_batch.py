@@ -400,7 +400,7 @@ main()
 
 
 @pytest.mark.parametrize(("signal", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_ctrl_c_stops_at_a_tile_boundary_and_resume_finishes(scenes, signal, code):
+def test_ctrl_c_or_sigterm_stops_at_a_tile_boundary_and_resume_finishes(scenes, signal, code):
     write_jobs(scenes / "jobs.jsonl", [resume_jobs(scenes)[0]])
     def geoseg_batch(at_call: int, *args: str) -> subprocess.CompletedProcess:
         run = SIGNALLED_RUN.format(tests=str(TESTS), at_call=at_call, signal=signal, args=list(args))
