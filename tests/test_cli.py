@@ -1,7 +1,9 @@
 """The command line: exit codes, stdout/stderr discipline, one-line errors, nothing clobbered."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,9 +118,6 @@ main()
 def test_sigterm_stops_like_ctrl_c_and_leaves_nothing(scene, tmp_path):
     """The console script handles SIGTERM as Ctrl-C even where SIGINT is ignored: exit 143, one
     line, no output and no temporary file."""
-    import subprocess
-    from pathlib import Path
-
     args = ["segment", str(scene), "buildings", "-o", str(tmp_path / "o.gpkg"), "--probabilities", str(tmp_path / "p.tif")]
     code = SIGTERM_RUN.format(tests=str(Path(__file__).parent), args=args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -278,15 +278,14 @@ class RayExecutor:
         address = self._address
         # ray.init replaces the SIGTERM handler with one that exits on the spot; the caller's
         # (geoseg's console script stops as on Ctrl-C) is put back. Only the main thread has one.
-        main_thread = threading.current_thread() is threading.main_thread()
-        on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+        on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
             ray.init(address=address, **{**kwargs, **(self._init or {})})
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise GeosegError(f"--ray-address {address}: cannot join the Ray cluster ({_first_line(e)})") from None
         finally:
-            if main_thread and on_sigterm is not None:
+            if on_sigterm is not None:
                 signal.signal(signal.SIGTERM, on_sigterm)
         self._started = True
 
